@@ -91,6 +91,7 @@ def quantize_depth_uint16(depth: np.ndarray) -> tuple[np.ndarray, float, float]:
     Non-finite pixels get raw 0 and the caller should set ``depth_invalid = 0``; finite pixels
     map to 1..65535 so 0 stays free for "no data".
     """
+    depth = np.asarray(depth, dtype=np.float64)  # float32 arithmetic would cost ~1/4 step
     finite = np.isfinite(depth)
     if not finite.any():
         return np.zeros(depth.shape, np.uint16), 1.0, 0.0

@@ -35,6 +35,8 @@ UNET_ARCHITECTURES = {"sd2_depth": SD2_DEPTH_UNET, "tiny": tiny_unet_config()}
 
 def build_unet_on_meta(name_or_config: str | dict) -> UNet2DConditionModel:
     """Instantiate a UNet on the meta device (shapes only, no storage)."""
-    config = UNET_ARCHITECTURES[name_or_config] if isinstance(name_or_config, str) else name_or_config
+    config = (
+        UNET_ARCHITECTURES[name_or_config] if isinstance(name_or_config, str) else name_or_config
+    )
     with torch.device("meta"):
         return UNet2DConditionModel(**config)

@@ -58,7 +58,9 @@ def verify_manifest(folder: str | Path, manifest: str | Path) -> list[str]:
         if not path.is_file():
             problems.append(f"missing: {rel}")
         elif (actual := sha256_file(path)) != expected:
-            problems.append(f"sha256 mismatch: {rel} (expected {expected[:12]}…, got {actual[:12]}…)")
+            problems.append(
+                f"sha256 mismatch: {rel} (expected {expected[:12]}…, got {actual[:12]}…)"
+            )
     if problems:
         raise ChecksumError(
             f"model folder {folder} does not match {manifest}:\n  "
