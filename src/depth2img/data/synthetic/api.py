@@ -18,7 +18,7 @@ from .conditions import CONDITIONS, check_condition
 DOMAINS: tuple[str, ...] = ("street", "aerial", "endoscopy")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on arrays would be ambiguous
 class SyntheticSample:
     """One rendered image with its exact depth.
 
@@ -83,11 +83,11 @@ _REGISTRY: dict[str, _Domain] = {
 
 
 def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    """``128 -> (128, 128)``; ``(H, W)`` passes through. Raises ValueError on non-positive."""
-    h, w = (size, size) if np.isscalar(size) else tuple(size)
-    if int(h) < 1 or int(w) < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
-    return int(h), int(w)
+    """``128 -> (128, 128)``; ``(H, W)`` passes through. ValueError on anything else."""
+    hw = (size, size) if np.isscalar(size) else tuple(size)
+    if len(hw) != 2 or int(hw[0]) < 1 or int(hw[1]) < 1:
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    return int(hw[0]), int(hw[1])
 
 
 def _domain_index(domain: str) -> int:
@@ -114,18 +114,27 @@ def make_geometry(domain: str, scene_index: int, seed: int = 0):
     return _REGISTRY[domain].make_geometry(scene_rng(domain, scene_index, seed))
 
 
-def render_geometry(domain: str, geometry, condition: str | None = None, size=128, **ids):
+def render_geometry(
+    domain: str,
+    geometry,
+    condition: str | None = None,
+    size: int | tuple[int, int] = 128,
+    scene_index: int = 0,
+    seed: int = 0,
+) -> SyntheticSample:
     """Render an explicit geometry spec (e.g. a hand-built test scene) into a sample.
 
-    ``ids`` may hold ``scene_index`` and ``seed`` for the scene id and metadata.
+    ``geometry`` is a ``StreetGeometry`` / ``AerialGeometry`` / ``EndoscopyGeometry`` matching
+    ``domain``; ``scene_index`` and ``seed`` only label the result (scene id, metadata).
     """
     condition = check_condition(domain, condition)
     h, w = _size_hw(size)
     gbuffer = _REGISTRY[domain].trace(geometry, h, w)
-    return _finish(domain, geometry, gbuffer, condition, h, w, **ids)
+    return _finish(domain, geometry, gbuffer, condition, h, w, scene_index, seed)
 
 
-def _finish(domain, geometry, gbuffer, condition, h, w, scene_index=0, seed=0) -> SyntheticSample:
+def _finish(domain, geometry, gbuffer, condition, h, w, scene_index, seed) -> SyntheticSample:
+    """Shade a traced scene under ``condition`` and package it with caption and metadata."""
     spec = _REGISTRY[domain]
     meta = spec.meta(geometry, h, w)
     meta.update(seed=int(seed), scene_index=int(scene_index), size=[h, w])
@@ -157,9 +166,7 @@ def render_sample(
     _domain_index(domain)
     condition = check_condition(domain, condition)
     geometry = make_geometry(domain, scene_index, seed)
-    return render_geometry(
-        domain, geometry, condition, size, scene_index=scene_index, seed=seed
-    )
+    return render_geometry(domain, geometry, condition, size, scene_index=scene_index, seed=seed)
 
 
 def iter_samples(
@@ -177,6 +184,8 @@ def iter_samples(
     :func:`render_sample` in a loop.
     """
     _domain_index(domain)
+    if isinstance(conditions, str):  # a single name, not a sequence of characters
+        conditions = (conditions,)
     conds = tuple(CONDITIONS[domain] if conditions is None else conditions)
     if not conds:
         raise ValueError("conditions must not be empty")

@@ -63,6 +63,18 @@ class PinholeCamera:
         d = fwd[None, None, :] + xn[None, :, None] * right - yn[:, None, None] * up  # [H, W, 3]
         return d.reshape(-1, 3)
 
+    def sees(self, point) -> bool:
+        """Whether a world point lies in front of the camera inside the square field of view
+        (the fov of the shorter side, so the answer does not depend on the image size)."""
+        v = np.asarray(point, float) - np.asarray(self.position)
+        z = float(v @ np.asarray(self.forward))
+        if z <= 0:
+            return False
+        half = np.tan(np.deg2rad(self.fov_deg) / 2.0)
+        return (
+            abs(float(v @ self.right)) / z < half and abs(float(v @ np.asarray(self.up))) / z < half
+        )
+
     def to_meta(self, height: int, width: int) -> dict:
         """JSON-serialisable description (pose + intrinsics at this resolution)."""
         f, cx, cy = self.intrinsics(height, width)
@@ -116,6 +128,10 @@ class Sphere:
     def normal(self, p: np.ndarray) -> np.ndarray:
         return (p - np.asarray(self.center)) / self.radius
 
+    def bounds(self) -> tuple[np.ndarray, float]:
+        """Bounding sphere (centre (3,), radius) for ray culling."""
+        return np.asarray(self.center, float), float(self.radius)
+
 
 @dataclass(frozen=True)
 class Box:
@@ -131,11 +147,18 @@ class Box:
         inv = 1.0 / d_safe
         t1 = (np.asarray(self.lo) - o) * inv
         t2 = (np.asarray(self.hi) - o) * inv
-        tnear = np.minimum(t1, t2).max(axis=1)
-        tfar = np.maximum(t1, t2).min(axis=1)
+        near, far = np.minimum(t1, t2), np.maximum(t1, t2)
+        # Explicit column max/min: much faster than .max(axis=1) on (N, 3) arrays.
+        tnear = np.maximum(np.maximum(near[:, 0], near[:, 1]), near[:, 2])
+        tfar = np.minimum(np.minimum(far[:, 0], far[:, 1]), far[:, 2])
         hit = (tnear <= tfar) & (tfar > tmin)
         t = np.where(tnear > tmin, tnear, tfar)
         return np.where(hit, t, INF)
+
+    def bounds(self) -> tuple[np.ndarray, float]:
+        """Bounding sphere (centre (3,), radius) for ray culling."""
+        lo, hi = np.asarray(self.lo, float), np.asarray(self.hi, float)
+        return (lo + hi) / 2.0, float(np.linalg.norm(hi - lo) / 2.0)
 
     def normal(self, p: np.ndarray) -> np.ndarray:
         lo, hi = np.asarray(self.lo), np.asarray(self.hi)
@@ -179,6 +202,12 @@ class Cylinder:
             best = np.where(ok & (t < best), t, best)
         return best
 
+    def bounds(self) -> tuple[np.ndarray, float]:
+        """Bounding sphere (centre (3,), radius) for ray culling."""
+        half = (self.y1 - self.y0) / 2.0
+        centre = np.array([self.center_xz[0], self.y0 + half, self.center_xz[1]])
+        return centre, float(np.hypot(half, self.radius))
+
     def normal(self, p: np.ndarray) -> np.ndarray:
         rx, rz = p[:, 0] - self.center_xz[0], p[:, 2] - self.center_xz[1]
         side = np.stack([rx, np.zeros_like(rx), rz], axis=1) / self.radius
@@ -213,11 +242,35 @@ def nearest_hit(prims, o: np.ndarray, d: np.ndarray, tmin: float = 1e-6):
 
 
 def any_hit(prims, o: np.ndarray, d: np.ndarray, tmin: float = 1e-4) -> np.ndarray:
-    """Boolean (N,) mask of rays blocked by any primitive (used for shadow rays)."""
-    blocked = np.zeros(len(d), dtype=bool)
+    """Boolean (N,) mask of rays blocked by any primitive (used for shadow rays).
+
+    ``o`` is (N, 3); ``d`` is (N, 3) or one shared direction (3,) (e.g. towards the sun).
+    """
+    blocked = np.zeros(len(o), dtype=bool)
     for prim in prims:
-        blocked |= np.isfinite(prim.intersect(o, d, tmin))
+        # Cheap bounding-sphere test first; exact intersection only on the few candidates.
+        cand = np.flatnonzero(~blocked & _may_hit(prim, o, d))
+        if len(cand):
+            dc = np.broadcast_to(d, o.shape)[cand] if d.ndim == 1 else d[cand]
+            blocked[cand] |= np.isfinite(prim.intersect(o[cand], dc, tmin))
     return blocked
+
+
+def _may_hit(prim, o: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """(N,) bool: the ray line passes within the primitive's bounding sphere, ahead of o.
+
+    o: (N, 3); d: (N, 3) or a shared (3,) direction.
+    """
+    centre, radius = prim.bounds()
+    oc = centre - o  # [N, 3]
+    if d.ndim == 1:
+        dd = float(d @ d)
+        proj = oc @ d
+    else:
+        dd = np.einsum("ij,ij->i", d, d)
+        proj = np.einsum("ij,ij->i", oc, d)
+    dist2 = np.einsum("ij,ij->i", oc, oc) - proj * proj / dd
+    return (dist2 <= radius * radius) & (proj > -radius * np.sqrt(dd))
 
 
 def normalize(v: np.ndarray) -> np.ndarray:
@@ -231,7 +284,7 @@ def normalize(v: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _hash2(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
+def hash2(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
     """Integer lattice hash -> float32 in [0, 1). Pure uint32 arithmetic, so deterministic."""
     h = ix.astype(np.uint32) * np.uint32(374761393) + iy.astype(np.uint32) * np.uint32(668265263)
     h = h + np.uint32((seed * 2654435761) & 0xFFFFFFFF)
@@ -240,34 +293,39 @@ def _hash2(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
     return (h >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / (1 << 24))
 
 
-def value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Smooth 2-D value noise in [0, 1] with unit lattice spacing; same shape as ``x``."""
+def value_noise(x: np.ndarray, y: np.ndarray, seed: int, period_x: int | None = None):
+    """Smooth 2-D value noise in [0, 1] with unit lattice spacing; same shape as ``x``.
+
+    With ``period_x`` the noise repeats every ``period_x`` units along x (seamless wrapping,
+    e.g. around a tube).
+    """
     fx, fy = np.floor(x), np.floor(y)
     ix, iy = fx.astype(np.int64), fy.astype(np.int64)
     tx, ty = x - fx, y - fy
     tx = tx * tx * (3 - 2 * tx)  # smoothstep: C1-continuous across lattice cells
     ty = ty * ty * (3 - 2 * ty)
-    v00, v10 = _hash2(ix, iy, seed), _hash2(ix + 1, iy, seed)
-    v01, v11 = _hash2(ix, iy + 1, seed), _hash2(ix + 1, iy + 1, seed)
+    ix1 = ix + 1
+    if period_x is not None:
+        ix, ix1 = np.mod(ix, period_x), np.mod(ix1, period_x)
+    v00, v10 = hash2(ix, iy, seed), hash2(ix1, iy, seed)
+    v01, v11 = hash2(ix, iy + 1, seed), hash2(ix1, iy + 1, seed)
     top = v00 + (v10 - v00) * tx
     bottom = v01 + (v11 - v01) * tx
     return top + (bottom - top) * ty
 
 
-def fbm(x: np.ndarray, y: np.ndarray, seed: int, octaves: int = 3) -> np.ndarray:
-    """Fractal sum of value-noise octaves, normalised to [0, 1]; same shape as ``x``."""
+def fbm(x: np.ndarray, y: np.ndarray, seed: int, octaves: int = 3, period_x: int | None = None):
+    """Fractal sum of value-noise octaves, normalised to [0, 1]; same shape as ``x``.
+
+    ``period_x`` (an integer) makes every octave repeat along x with that period.
+    """
     total, amp, norm = 0.0, 1.0, 0.0
     for k in range(octaves):
-        total = total + amp * value_noise(x * 2**k, y * 2**k, seed + 7919 * k)
+        period = None if period_x is None else period_x * 2**k
+        total = total + amp * value_noise(x * 2**k, y * 2**k, seed + 7919 * k, period)
         norm += amp
         amp *= 0.5
     return total / norm
-
-
-def hash_points(shape: tuple[int, int], density: float, seed: int) -> np.ndarray:
-    """Sparse random dots: boolean mask of ``shape`` with about ``density`` fraction set."""
-    rng = np.random.default_rng(seed)
-    return rng.random(shape) < density
 
 
 # --------------------------------------------------------------------------------------------

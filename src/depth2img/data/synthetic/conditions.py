@@ -62,8 +62,8 @@ OUTDOOR_LIGHTS: dict[str, OutdoorLight] = {
     ),
     "sunset": OutdoorLight(
         sun_elevation_deg=7.0,
-        sun_color=(1.05, 0.52, 0.20),
-        ambient=(0.30, 0.20, 0.26),
+        sun_color=(1.15, 0.55, 0.20),
+        ambient=(0.44, 0.30, 0.32),
         sky_top=(0.20, 0.16, 0.38),
         sky_horizon=(1.00, 0.52, 0.22),
         fog_color=(0.90, 0.52, 0.32),
@@ -128,7 +128,7 @@ ENDOSCOPY_LOOKS: dict[str, EndoscopyLook] = {
     "tinted": EndoscopyLook(gain=1.0, tint=(0.45, 1.0, 1.05), vessel_contrast=2.2),
     "bleeding": EndoscopyLook(gain=0.95, tint=(1.0, 0.85, 0.85), blood=True),
     "bright": EndoscopyLook(gain=2.4, tint=(1.0, 1.0, 1.0)),
-    "dim": EndoscopyLook(gain=0.3, tint=(1.0, 1.0, 1.0), noise_std=0.025),
+    "dim": EndoscopyLook(gain=0.42, tint=(1.0, 1.0, 1.0), noise_std=0.025),
 }
 
 

@@ -8,7 +8,7 @@ Depth: **z-depth along the optical axis in metres**; sky (and anything beyond) i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,13 +23,13 @@ SKY = -2  # surface index of sky pixels
 
 @dataclass(frozen=True)
 class Surface:
-    """One primitive with its material. ``role`` is "building", "prop" or "lamp"."""
+    """One primitive with its material. ``role`` is "building", "prop", "tree" or "lamp"."""
 
     prim: c.Box | c.Sphere | c.Cylinder
     color: tuple[float, float, float]
     color_name: str
     role: str
-    texture: str = "plain"  # plain | checker | stripes | rings | facade
+    texture: str = "plain"  # plain | checker | stripes | rings | facade | foliage
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,6 @@ class StreetGeometry:
     lamp_heads: tuple[tuple[float, float, float], ...] = ()
     sun_azimuth_deg: float = 200.0
     texture_seed: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +84,7 @@ def make_street_geometry(rng: np.random.Generator) -> StreetGeometry:
         fov_deg=float(rng.uniform(60, 75)),
     )
     surfaces = _buildings(rng, road_cx, road_hw + walk) + _props(rng, road_cx, road_hw + walk)
+    surfaces += _trees(rng, road_cx, road_hw + walk)
     poles, heads = _lamps(rng, road_cx, road_hw + 0.3)
     return StreetGeometry(
         camera=cam,
@@ -113,8 +113,8 @@ def _buildings(rng, road_cx: float, setback: float) -> tuple[Surface, ...]:
                 lo = (min(x_near, x_far), 0.0, z)
                 hi = (max(x_near, x_far), height, z + length)
                 tone = np.array(BUILDING_TONES[int(rng.integers(len(BUILDING_TONES)))])
-                tone = np.clip(tone * rng.uniform(0.85, 1.15, 3), 0, 1)
-                out.append(Surface(c.Box(lo, hi), tuple(tone), "building", "building", "facade"))
+                tone = tuple(float(v) for v in np.clip(tone * rng.uniform(0.85, 1.15, 3), 0, 1))
+                out.append(Surface(c.Box(lo, hi), tone, "building", "building", "facade"))
             z += length + float(rng.uniform(0.0, 4.0))
     return tuple(out)
 
@@ -147,6 +147,21 @@ def _props(rng, road_cx: float, half_span: float) -> tuple[Surface, ...]:
             prim = c.Cylinder((x, z), r * 0.6, 0.0, float(rng.uniform(1.5, 4.0)))
             texture = "rings"
         out.append(Surface(prim, color, name, "prop", texture))
+    return tuple(out)
+
+
+def _trees(rng, road_cx: float, setback: float) -> tuple[Surface, ...]:
+    """0-6 trees (cylinder trunk + sphere crown) along the outer edge of the sidewalks."""
+    out: list[Surface] = []
+    for _ in range(int(rng.choice([0, 0, 2, 3, 4, 6]))):
+        side = float(rng.choice([-1.0, 1.0]))
+        x, z = road_cx + side * (setback - 0.7), float(rng.uniform(4.0, 60.0))
+        crown, trunk_h = float(rng.uniform(1.2, 2.0)), float(rng.uniform(2.0, 3.2))
+        bark = (0.30, 0.22, 0.15)
+        leaves = tuple(float(v) for v in np.array([0.16, 0.38, 0.12]) * rng.uniform(0.8, 1.2, 3))
+        out.append(Surface(c.Cylinder((x, z), 0.18, 0.0, trunk_h + crown), bark, "", "tree"))
+        sphere = c.Sphere((x, trunk_h + crown * 0.8, z), crown)
+        out.append(Surface(sphere, leaves, "green", "tree", "foliage"))
     return tuple(out)
 
 
@@ -198,8 +213,15 @@ def trace_street(geom: StreetGeometry, height: int, width: int) -> GBuffer:
 
 
 def sun_direction(geom: StreetGeometry, light: OutdoorLight) -> np.ndarray:
-    """Unit vector towards the sun (y up), shape (3,)."""
-    el, az = np.deg2rad(light.sun_elevation_deg), np.deg2rad(geom.sun_azimuth_deg)
+    """Unit vector towards the sun (y up), shape (3,).
+
+    A low sun (sunset) is put behind the camera, +-40 degrees, so its orange light reaches down
+    the street canyon onto the surfaces we see instead of leaving them all in shadow.
+    """
+    az_deg = geom.sun_azimuth_deg
+    if light.sun_elevation_deg < 15:
+        az_deg = 180.0 + (az_deg % 80.0) - 40.0
+    el, az = np.deg2rad(light.sun_elevation_deg), np.deg2rad(az_deg)
     return np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
 
 
@@ -208,7 +230,6 @@ def shade_street(geom: StreetGeometry, gb: GBuffer, condition: str) -> np.ndarra
     light = OUTDOOR_LIGHTS[condition]
     sun = sun_direction(geom, light)
     solid = gb.surface != SKY
-    rgb = np.zeros((len(gb.t), 3))
     albedo, emission = _albedo(geom, gb, light)
     # Hemisphere ambient: upward faces see more sky than walls.
     amb = np.asarray(light.ambient) * (0.75 + 0.25 * gb.normals[:, 1:2])
@@ -219,7 +240,9 @@ def shade_street(geom: StreetGeometry, gb: GBuffer, condition: str) -> np.ndarra
     if light.night:
         rgb += albedo * _lamp_light(geom, gb)
     rgb += emission
-    rgb[~solid] = _sky(geom, gb.dirs[~solid], light, gb)
+    rgb[~solid] = _sky(geom, gb.dirs[~solid], light)
+    if light.night:
+        rgb += _lamp_glow(geom, gb)
     rgb = _haze(rgb, gb, light)
     image = rgb.reshape(gb.height, gb.width, 3)
     if light.snow:
@@ -232,9 +255,8 @@ def _shadow(geom: StreetGeometry, gb: GBuffer, sun: np.ndarray, sel: np.ndarray)
     out = np.zeros(len(gb.t))
     if sel.any():
         origins = gb.points[sel] + 1e-3 * gb.normals[sel]
-        dirs = np.broadcast_to(sun, origins.shape)
         prims = [s.prim for s in geom.surfaces]
-        out[sel] = c.any_hit(prims, origins, np.ascontiguousarray(dirs)).astype(float)
+        out[sel] = c.any_hit(prims, origins, sun).astype(float)
     return out
 
 
@@ -253,16 +275,22 @@ def _albedo(geom: StreetGeometry, gb: GBuffer, light: OutdoorLight):
         p, nrm = gb.points[sel], gb.normals[sel]
         albedo[sel], emission[sel] = _material(s, p, nrm, seed + 31 * i, light.night)
     if light.snow:
-        up = c.smoothstep(0.55, 0.9, gb.normals[:, 1])
-        cover = up * (0.75 + 0.25 * c.value_noise(gb.points[:, 0] * 2, gb.points[:, 2] * 2, seed))
-        road = g & (np.abs(gb.points[:, 0] - geom.road_center_x) < geom.road_half_width)
-        # Tyre tracks keep the road partly clear.
-        track = 0.5 + 0.5 * np.cos(gb.points[:, 0] * 2.2)
-        cover = np.where(road, cover * (0.35 + 0.55 * track), cover)
-        snow_col = np.array([0.93, 0.94, 0.97])
-        albedo = c.lerp(albedo, snow_col, cover[:, None])
+        albedo = _snow_cover(geom, gb, albedo)
         emission *= 0.6
     return albedo, emission
+
+
+def _snow_cover(geom: StreetGeometry, gb: GBuffer, albedo: np.ndarray) -> np.ndarray:
+    """Whiten upward-facing surfaces (ground, roofs, tops); tyre tracks keep the road greyer."""
+    up = c.smoothstep(0.55, 0.9, gb.normals[:, 1])
+    noise = c.value_noise(gb.points[:, 0] * 2, gb.points[:, 2] * 2, geom.texture_seed)
+    cover = up * (0.75 + 0.25 * noise)
+    road = (gb.surface == GROUND) & (
+        np.abs(gb.points[:, 0] - geom.road_center_x) < geom.road_half_width
+    )
+    track = 0.5 + 0.5 * np.cos(gb.points[:, 0] * 2.2)
+    cover = np.where(road, cover * (0.35 + 0.55 * track), cover)
+    return c.lerp(albedo, np.array([0.93, 0.94, 0.97]), cover[:, None])
 
 
 def _ground_albedo(geom: StreetGeometry, p: np.ndarray, seed: int) -> np.ndarray:
@@ -295,6 +323,9 @@ def _material(s: Surface, p: np.ndarray, nrm: np.ndarray, seed: int, night: bool
         albedo = base * (0.7 + 0.3 * chk)[:, None]
     elif s.texture == "stripes":
         albedo = base * (0.65 + 0.35 * (np.sin(p[:, 1] * 9.0) > 0))[:, None]
+    elif s.texture == "foliage":
+        leaf = c.fbm(p[:, 0] * 2.5 + p[:, 2] * 2.5, p[:, 1] * 2.5, seed, octaves=2)
+        albedo = base * (0.5 + 0.9 * leaf)[:, None]
     elif s.texture == "rings":
         albedo = base * (0.7 + 0.3 * (np.mod(p[:, 1], 0.8) < 0.4))[:, None]
     else:
@@ -317,8 +348,8 @@ def _facade(s: Surface, p: np.ndarray, nrm: np.ndarray, seed: int, night: bool):
     albedo[roof] = (0.35, 0.34, 0.33)
     emission = np.zeros_like(p)
     if night:
-        on = c._hash2(cell_u.astype(np.int64), cell_v.astype(np.int64), seed) < 0.45
-        emission[window & on & ~roof] = (1.0, 0.78, 0.42)
+        on = c.hash2(cell_u.astype(np.int64), cell_v.astype(np.int64), seed) < 0.3
+        emission[window & on & ~roof] = (0.95, 0.72, 0.38)
     return albedo, emission
 
 
@@ -329,11 +360,31 @@ def _lamp_light(geom: StreetGeometry, gb: GBuffer) -> np.ndarray:
         v = np.asarray(head) - gb.points
         dist2 = np.einsum("ij,ij->i", v, v)
         cos = np.clip(np.einsum("ij,ij->i", v, gb.normals) / np.sqrt(dist2 + 1e-9), 0, None)
-        total += (22.0 * cos / (dist2 + 4.0))[:, None]
+        total += (11.0 * cos / (dist2 + 4.0))[:, None]
     return total * np.array([1.0, 0.72, 0.40])
 
 
-def _sky(geom: StreetGeometry, dirs: np.ndarray, light: OutdoorLight, gb: GBuffer) -> np.ndarray:
+def _lamp_glow(geom: StreetGeometry, gb: GBuffer) -> np.ndarray:
+    """(N, 3) additive halo around each visible lamp head (appearance only, depth unchanged)."""
+    cam = geom.camera
+    f, cx, cy = cam.intrinsics(gb.height, gb.width)
+    fwd, up, right = np.asarray(cam.forward), np.asarray(cam.up), cam.right
+    rows, cols = np.divmod(np.arange(gb.height * gb.width), gb.width)
+    glow = np.zeros(len(gb.t))
+    for head in geom.lamp_heads:
+        v = np.asarray(head) - np.asarray(cam.position)
+        z = float(v @ fwd)
+        if z < 1.0:
+            continue
+        u0, v0 = f * float(v @ right) / z + cx, -f * float(v @ up) / z + cy
+        sigma = max(f * 0.12 / z, 0.5)  # a ~0.25 m bulb halo, at least about a pixel
+        d2 = (cols + 0.5 - u0) ** 2 + (rows + 0.5 - v0) ** 2
+        # Hidden where a closer surface covers the halo centre.
+        glow += np.exp(-d2 / (2 * sigma**2)) * (gb.t >= z - 0.5)
+    return np.clip(glow, 0, 1.0)[:, None] * np.array([1.0, 0.85, 0.55])
+
+
+def _sky(geom: StreetGeometry, dirs: np.ndarray, light: OutdoorLight) -> np.ndarray:
     """Sky colour (M, 3) for unit-normalised view directions: gradient, sun, clouds, stars."""
     u = c.normalize(dirs)
     el = np.clip(u[:, 1], 0.0, 1.0)
@@ -347,10 +398,12 @@ def _sky(geom: StreetGeometry, dirs: np.ndarray, light: OutdoorLight, gb: GBuffe
     sun = sun_direction(geom, light)
     cosang = u @ sun
     if light.night:
-        stars = c._hash2(np.arange(len(u)) * 7, np.zeros(len(u), np.int64), geom.texture_seed)
-        sky = sky + (stars > 0.994)[:, None] * 0.7
+        # Stars: a hash of the quantised direction, so they stay put between resolutions.
+        q = np.floor(u * 400.0).astype(np.int64)
+        stars = c.hash2(q[:, 0] * 7919 + q[:, 2], q[:, 1], geom.texture_seed)
+        sky = sky + (stars > 0.985)[:, None] * 0.7
         sky = sky + (cosang > 0.9996)[:, None] * np.array([0.8, 0.82, 0.9])  # moon
-    else:
+    elif light.fog_distance > 200:  # the sun disk only shows through clear air
         glow = np.clip(cosang, 0, 1) ** 64
         sky = sky + glow[:, None] * np.asarray(light.sun_color) * 0.6
         sky = sky + (cosang > 0.9993)[:, None] * 1.0
@@ -361,6 +414,7 @@ def _haze(rgb: np.ndarray, gb: GBuffer, light: OutdoorLight) -> np.ndarray:
     """Exponential aerial-perspective / fog blend by z-depth (sky counts as ``FAR_M``)."""
     depth = np.minimum(gb.t, FAR_M)
     f = 1.0 - np.exp(-depth / light.fog_distance)
+    # The sky gradient already is the horizon haze; only thick fog replaces it entirely.
     f = np.where(gb.surface == SKY, f * (1.0 if light.fog_distance < 50 else 0.0), f)
     return c.lerp(rgb, np.asarray(light.fog_color), f[:, None])
 
@@ -379,27 +433,52 @@ def _snowflakes(image: np.ndarray, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def _anchor(s: Surface) -> np.ndarray:
+    """A point that is visible when the surface is: a building's street-facing wall centre,
+    otherwise the primitive's centre."""
+    centre, _ = s.prim.bounds()
+    if s.role == "building":
+        lo, hi = np.asarray(s.prim.lo), np.asarray(s.prim.hi)
+        x_near = lo[0] if abs(lo[0]) < abs(hi[0]) else hi[0]
+        return np.array([x_near, min(hi[1] / 2, 3.0), centre[2]])
+    return centre
+
+
+def visible_counts(geom: StreetGeometry) -> dict[str, int]:
+    """Objects whose anchor point is in the (square) field of view, by role / prop shape."""
+    counts: dict[str, int] = {}
+    for s in geom.surfaces:
+        if s.role == "tree" and s.prim.kind != "sphere":
+            continue  # count each tree once (by its crown)
+        if not geom.camera.sees(_anchor(s)):
+            continue
+        key = s.prim.kind if s.role == "prop" else s.role
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def caption_street(geom: StreetGeometry, condition: str) -> str:
-    """E.g. "a street between 7 buildings with a red box and two blue spheres, at night"."""
-    props = [(s.color_name, s.prim.kind) for s in geom.surfaces if s.role == "prop"]
-    n_build = sum(s.role == "building" for s in geom.surfaces)
+    """E.g. "a street between 7 buildings with a red box and two blue spheres, at night".
+
+    Only objects in view are named (see :func:`visible_counts`).
+    """
+    seen = [s for s in geom.surfaces if geom.camera.sees(_anchor(s))]
+    items = [(s.color_name, s.prim.kind) for s in seen if s.role == "prop"]
+    items += [("", "tree") for s in seen if s.role == "tree" and s.prim.kind == "sphere"]
+    n_build = sum(s.role == "building" for s in seen)
     text = "a street"
     if n_build:
         text += f" between {n_build} building{'s' if n_build != 1 else ''}"
-    if props:
-        text += " with " + describe_counts(props)
+    if items:
+        text += " with " + describe_counts(items)
     return f"{text}, {CONDITION_PHRASES[condition]}"
 
 
 def meta_street(geom: StreetGeometry, height: int, width: int) -> dict:
     """JSON-serialisable scene facts: camera, object counts, far plane."""
-    counts: dict[str, int] = {}
-    for s in geom.surfaces:
-        key = s.role if s.role != "prop" else s.prim.kind
-        counts[key] = counts.get(key, 0) + 1
     return {
         "camera": geom.camera.to_meta(height, width),
-        "counts": counts,
+        "counts": visible_counts(geom),
         "far": FAR_M,
         "depth_definition": "z-depth along the optical axis; sky clamped to far",
     }
