@@ -1,0 +1,128 @@
+"""``depth2img-train``: fine-tune a depth2img model (Hydra entry point, orchestration only).
+
+    depth2img-train experiment=street_tiny
+    depth2img-train experiment=aerial_finetune trainer=gpu data.global_batch_size=64
+    depth2img-train run_name=my-run            # rerun with the same name: resumes last.ckpt
+    depth2img-train ckpt_path=/path/step=1000.ckpt
+    depth2img-train --help                      # config groups and the composed config
+
+Builds DataModule, LightningModule, callbacks, loggers and Trainer from the config, picks the
+checkpoint to resume from, and calls ``trainer.fit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from depth2img.models.components import REPO_ROOT
+from depth2img.training.run_dir import (
+    ensure_wandb_run_id,
+    find_resume_checkpoint,
+    register_resolvers,
+)
+
+log = logging.getLogger("depth2img.train")
+CONFIG_DIR = Path(os.environ.get("DEPTH2IMG_CONFIG_DIR", REPO_ROOT / "configs")).resolve()
+
+register_resolvers()
+
+
+class ConfigError(Exception):
+    """A user-facing configuration problem (printed without a traceback, exit code 2)."""
+
+
+def instantiate_dict(section: DictConfig | None) -> list:
+    """Instantiate every ``_target_`` entry of a name -> config mapping (None entries skipped)."""
+    from hydra.utils import instantiate
+
+    if not section:
+        return []
+    return [instantiate(cfg) for cfg in section.values() if cfg and "_target_" in cfg]
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """Loggers from ``cfg.logger``; W&B gets the run id persisted in the run dir."""
+    if not cfg.get("logger"):
+        return []
+    with open_dict(cfg):
+        for name, logger_cfg in cfg.logger.items():
+            target = str((logger_cfg or {}).get("_target_", ""))
+            if target.endswith("WandbLogger") and not logger_cfg.get("id"):
+                cfg.logger[name].id = ensure_wandb_run_id(run_dir)
+    return instantiate_dict(cfg.logger)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training job from a composed config; returns the final callback metrics."""
+    import lightning.pytorch as pl
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from depth2img.models.checkpointing import AtomicCheckpointIO
+
+    # The Hydra output dir is the single source of truth for the run dir (a DDP child process
+    # gets it as hydra.run.dir from Lightning), so every path below derives from it.
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+    if cfg.get("print_config"):
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+
+    if not cfg.get("data"):
+        raise ConfigError("no data config: pass data=<name> (see configs/data/) and its shards")
+    try:
+        # Everything that can fail because of user input happens here, before training starts.
+        datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model)
+        callbacks = instantiate_dict(cfg.get("callbacks"))
+        loggers = build_loggers(cfg, run_dir)
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO()],
+        )
+        ckpt_path = find_resume_checkpoint(run_dir, cfg.get("ckpt_path"))
+    except (InstantiationException, ValueError, OSError) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        raise ConfigError(f"{type(cause).__name__}: {cause}") from err
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    log.info("run dir: %s", run_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except ConfigError as err:
+        # Bad input: one clear line, no traceback; exit code 2 like argparse.
+        print(f"depth2img-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console-script entry point (``depth2img-train``)."""
+    if not (CONFIG_DIR / "train.yaml").is_file():
+        print(
+            f"depth2img-train: error: config folder {CONFIG_DIR} has no train.yaml. Run from a "
+            "source checkout (pip install -e .) or set DEPTH2IMG_CONFIG_DIR.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,433 @@
+"""``Depth2ImgModule``: fine-tune a depth-conditioned latent diffusion UNet with Lightning.
+
+The module receives plain values (strings, numbers, dicts) and builds its networks itself, so a
+checkpoint restores with ``Depth2ImgModule.load_from_checkpoint(path)`` and nothing else. A
+checkpoint holds only what trains (the UNet, or its LoRA adapters + ``conv_in``), the EMA of those
+weights, the optimizer/scheduler/loop state and the hparams; the frozen VAE and text encoder are
+rebuilt from ``model_source`` on load.
+
+One training step (DESIGN.md "Data flow" step 3)::
+
+    image (B,3,H,W) [-1,1] --VAE--> latents (B,4,h,w) * scaling_factor   (or batch["latents"])
+    depth (B,1,H,W) --DepthSpec.to_latent_condition--> (B,1,h,w) [-1,1]
+    noise (+offset), t ~ U{0..T-1} --scheduler.add_noise--> noisy (B,4,h,w)
+    UNet(cat[noisy, depth], t, text_emb) --> prediction vs target(prediction_type)
+    loss = mean_b( minSNR_weight_b * mse_b )
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from diffusers import DDPMScheduler
+
+from depth2img.data.depth_spec import DepthSpec
+from depth2img.models.components import Components, build_tiny_components, load_components
+from depth2img.models.ema import EMA
+from depth2img.models.lora import add_lora
+from depth2img.models.losses import (
+    check_prediction_type,
+    compute_snr,
+    min_snr_weights,
+    sample_noise,
+    training_target,
+    weighted_mse,
+)
+from depth2img.models.optim import build_optimizer, build_scheduler
+
+TRAIN_MODES = ("full", "lora")
+
+
+def to_plain(value: Any) -> Any:
+    """OmegaConf containers -> plain dict/list (checkpoints must load with weights_only=True)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, DictConfig | ListConfig):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    if isinstance(value, tuple):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def build_components(
+    model_source: str,
+    *,
+    convert_to_depth: bool = False,
+    checksums: str | None = None,
+    prediction_type: str | None = None,
+    seed: int = 0,
+) -> Components:
+    """``"tiny"`` -> random tiny components (seeded); anything else -> ``load_components``."""
+    if model_source == "tiny":
+        return build_tiny_components(seed=seed, prediction_type=prediction_type or "epsilon")
+    return load_components(
+        model_source,
+        convert_to_depth=convert_to_depth,
+        checksums=checksums,
+        prediction_type=prediction_type,
+    )
+
+
+def sample_generator(seed: int, key: str) -> torch.Generator:
+    """CPU generator seeded from the run seed and a sample key (stable across processes)."""
+    digest = zlib.crc32(str(key).encode("utf-8"))
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + digest) % (2**63))
+
+
+class Depth2ImgModule(pl.LightningModule):
+    """Train a depth2img UNet (full fine-tune or LoRA) with EMA, min-SNR-γ, offset noise.
+
+    Args:
+        model_source: ``"shipped"``, ``"tiny"`` (random tiny model, tests), a diffusers folder or
+            a hub id (see ``components.load_components``).
+        convert_to_depth: widen a 4-channel text-to-image UNet to latents + depth.
+        checksums: optional checksum manifest verified before loading.
+        prediction_type: override the scheduler's ("epsilon" | "v_prediction"); None keeps it.
+        train_mode: "full" (all UNet weights) or "lora" (adapters on attention + ``conv_in``).
+        lora_rank, lora_alpha, lora_dropout: LoRA settings (alpha None = rank).
+        learning_rate: peak LR for the configured global batch (never auto-scaled).
+        lr_warmup_steps, lr_schedule, lr_min_ratio: linear warm-up then constant or cosine.
+        weight_decay, adam_betas, adam_eps, use_8bit_adam: AdamW settings.
+        ema_decay: EMA decay of the trainable weights; None disables EMA.
+        ema_update_every: update EMA every N optimizer steps.
+        snr_gamma: min-SNR-γ; None = plain MSE.
+        noise_offset: per-channel offset noise scale (0 = off).
+        input_perturbation: extra noise on the model input only (Ning et al. 2023; 0 = off).
+        gradient_checkpointing: trade compute for memory in the UNet.
+        enable_sdpa: keep diffusers' default scaled-dot-product attention; False = plain math.
+        depth_spec: ``DepthSpec.to_dict()``; None = SD2 default.
+        val_num_inference_steps, val_guidance_scale, val_seeds, image_log_every_n_steps: used
+            by the image-grid / generation callbacks (read from ``pl_module.hparams``).
+        seed: seed of the tiny model's weights and of the validation noise.
+    """
+
+    def __init__(
+        self,
+        model_source: str = "shipped",
+        convert_to_depth: bool = False,
+        checksums: str | None = None,
+        prediction_type: str | None = None,
+        train_mode: str = "full",
+        lora_rank: int = 8,
+        lora_alpha: float | None = None,
+        lora_dropout: float = 0.0,
+        learning_rate: float = 1e-4,
+        lr_warmup_steps: int = 0,
+        lr_schedule: str = "constant",
+        lr_min_ratio: float = 0.0,
+        weight_decay: float = 1e-2,
+        adam_betas: tuple[float, float] | list[float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        use_8bit_adam: bool = False,
+        ema_decay: float | None = 0.999,
+        ema_update_every: int = 1,
+        snr_gamma: float | None = 5.0,
+        noise_offset: float = 0.0,
+        input_perturbation: float = 0.0,
+        gradient_checkpointing: bool = False,
+        enable_sdpa: bool = True,
+        depth_spec: dict | None = None,
+        val_num_inference_steps: int = 20,
+        val_guidance_scale: float = 5.0,
+        val_seeds: list[int] | None = None,
+        image_log_every_n_steps: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
+        if prediction_type is not None:
+            check_prediction_type(prediction_type)
+        hparams = {k: to_plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
+        self.save_hyperparameters(hparams)
+        # Strict: on_load_checkpoint fills in the frozen weights (never checkpointed), so a
+        # missing or unexpected key is a real mismatch.
+        self.strict_loading = True
+
+        components = build_components(
+            model_source,
+            convert_to_depth=convert_to_depth,
+            checksums=checksums,
+            prediction_type=prediction_type,
+            seed=seed,
+        )
+        self.vae = components.vae
+        self.text_encoder = components.text_encoder
+        self.unet = components.unet
+        self.tokenizer = components.tokenizer
+        self.noise_scheduler: DDPMScheduler = components.scheduler
+        self.extras = components.extras
+        self.depth_spec = DepthSpec.from_dict(to_plain(depth_spec))
+        check_prediction_type(self.noise_scheduler.config.prediction_type)
+
+        for frozen in (self.vae, self.text_encoder):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        if train_mode == "lora":
+            add_lora(self.unet, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+        else:
+            self.unet.requires_grad_(True)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        if not enable_sdpa:
+            from diffusers.models.attention_processor import AttnProcessor
+
+            self.unet.set_attn_processor(AttnProcessor())
+
+        self.ema = (
+            EMA(self._trainable_named_parameters(), decay=ema_decay)
+            if ema_decay is not None
+            else None
+        )
+        self._ema_active = False  # True while validation runs on the EMA weights
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+        """Lightning's loader, weights-only by default (checkpoints hold no code)."""
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+
+    # ----------------------------------------------------------------- structure helpers
+    @property
+    def components(self) -> Components:
+        """The networks as a ``Components`` (what the sampler and the exporter consume)."""
+        return Components(
+            self.vae,
+            self.text_encoder,
+            self.tokenizer,
+            self.unet,
+            self.noise_scheduler,
+            self.extras,
+        )
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def _trainable_named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters, in EMA order (cached: walking every module per step cost
+        ~7 ms on the tiny model; ``.to()`` keeps the Parameter objects, so the cache stays valid).
+        """
+        if getattr(self, "_trainable_cache", None) is None:
+            self._trainable_cache = [p for _, p in self._trainable_named_parameters()]
+        return self._trainable_cache
+
+    def train(self, mode: bool = True):
+        """Keep the frozen VAE / text encoder in eval mode whatever Lightning asks."""
+        super().train(mode)
+        self.vae.eval()
+        self.text_encoder.eval()
+        return self
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Run the block with the EMA weights in the UNet (no-op without EMA / when active)."""
+        if self.ema is None or self._ema_active:
+            yield
+            return
+        self._ema_active = True
+        try:
+            with self.ema.swapped(self.trainable_parameters()):
+                yield
+        finally:
+            self._ema_active = False
+
+    # ----------------------------------------------------------------- encoders
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Captions -> (B, L, D) text-encoder hidden states (frozen, no grad)."""
+        tokens = self.tokenizer(
+            list(captions),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+
+    @torch.no_grad()
+    def encode_latents(self, batch: dict, sample: bool = True) -> torch.Tensor:
+        """Batch -> scaled latents (B, C, h, w).
+
+        Uses ``batch["latents"]`` (unscaled VAE mean, cached) when present, else encodes
+        ``batch["image"]`` (B, 3, H, W) in [-1, 1] with the frozen VAE; ``sample=False`` takes
+        the posterior mean (deterministic validation).
+        """
+        if batch.get("latents") is not None:
+            latents = batch["latents"].to(self.device, torch.float32)
+        else:
+            image = batch["image"].to(self.device)
+            posterior = self.vae.encode(image).latent_dist
+            latents = posterior.sample() if sample else posterior.mean
+        return latents * self.scaling_factor
+
+    def depth_condition(self, batch: dict, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """Batch depth (B,1,H,W) model convention -> UNet depth channel (B,1,h,w) in [-1, 1]."""
+        valid = batch.get("valid_mask")
+        return self.depth_spec.to_latent_condition(batch["depth"], latent_hw, valid)
+
+    # ----------------------------------------------------------------- objective
+    def diffusion_loss(
+        self,
+        batch: dict,
+        *,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        sample_latents: bool = True,
+    ) -> torch.Tensor:
+        """The weighted denoising loss of a batch (scalar); noise/timesteps drawn when None."""
+        latents = self.encode_latents(batch, sample=sample_latents)  # [B, 4, h, w]
+        bsz = latents.shape[0]
+        depth = self.depth_condition(batch, tuple(latents.shape[-2:])).to(latents)  # [B, 1, h, w]
+        if noise is None:
+            noise = sample_noise(latents, self.hparams.noise_offset)
+        if timesteps is None:
+            num_steps = self.noise_scheduler.config.num_train_timesteps
+            timesteps = torch.randint(0, num_steps, (bsz,), device=self.device)
+        timesteps = timesteps.long().to(self.device)
+        model_noise = noise
+        if self.hparams.input_perturbation and self.training:
+            model_noise = noise + self.hparams.input_perturbation * torch.randn_like(noise)
+        noisy = self.noise_scheduler.add_noise(latents, model_noise, timesteps)
+        text = self.encode_text(batch["caption"])  # [B, L, D]
+        prediction = self.unet(torch.cat([noisy, depth], dim=1), timesteps, text).sample
+        target = training_target(self.noise_scheduler, latents, noise, timesteps)
+        weights = min_snr_weights(
+            compute_snr(self.noise_scheduler, timesteps),
+            self.hparams.snr_gamma,
+            self.noise_scheduler.config.prediction_type,
+        )
+        return weighted_mse(prediction, target, weights)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        bsz = len(batch["caption"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        schedulers = self.lr_schedulers()
+        if schedulers is not None:
+            self.log("train/lr", schedulers.get_last_lr()[0], batch_size=bsz)
+        return loss
+
+    def validation_noise(self, batch: dict, latent_shape: torch.Size) -> tuple:
+        """Fixed noise (B,C,h,w) and timesteps (B,) per sample, seeded from each sample's key.
+
+        Independent of batch composition, order and world size, so ``val/loss`` is comparable
+        across runs and GPU counts.
+        """
+        keys = batch.get("key") or [str(i) for i in range(latent_shape[0])]
+        num_steps = self.noise_scheduler.config.num_train_timesteps
+        noises, steps = [], []
+        for key in keys:
+            gen = sample_generator(self.hparams.seed, key)
+            steps.append(int(torch.randint(0, num_steps, (1,), generator=gen)))
+            noises.append(torch.randn(tuple(latent_shape[1:]), generator=gen))
+        noise = torch.stack(noises).to(self.device)
+        return noise, torch.tensor(steps, device=self.device)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        latents_shape = self._latent_shape(batch)
+        noise, timesteps = self.validation_noise(batch, latents_shape)
+        loss = self.diffusion_loss(batch, noise=noise, timesteps=timesteps, sample_latents=False)
+        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["caption"]), prog_bar=True)
+        return loss
+
+    def _latent_shape(self, batch: dict) -> torch.Size:
+        if batch.get("latents") is not None:
+            return batch["latents"].shape
+        image = batch["image"]
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return torch.Size(
+            (image.shape[0], self.vae.config.latent_channels)
+            + (image.shape[-2] // factor, image.shape[-1] // factor)
+        )
+
+    # ----------------------------------------------------------------- EMA plumbing
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        every = max(1, int(self.hparams.ema_update_every))
+        if self.ema is not None and self.trainer.global_step % every == 0:
+            self.ema.update(self.trainable_parameters())
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_ema = self.ema_weights()
+        self._val_ema.__enter__()
+
+    def on_validation_epoch_end(self) -> None:
+        context = getattr(self, "_val_ema", None) or nullcontext()
+        context.__exit__(None, None, None)
+        self._val_ema = None
+
+    # ----------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer(
+            self.trainable_parameters(),
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            betas=tuple(hp.adam_betas),
+            eps=hp.adam_eps,
+            use_8bit=hp.use_8bit_adam,
+        )
+        total = None
+        if hp.lr_schedule == "cosine":
+            total = self.trainer.max_steps
+            if total is None or total < 0:
+                total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(
+            optimizer, hp.lr_warmup_steps, hp.lr_schedule, total, hp.lr_min_ratio
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # ----------------------------------------------------------------- checkpoint content
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable weights (+ EMA) in the checkpoint; hparams as a plain dict."""
+        trainable = {n for n, _ in self._trainable_named_parameters()}
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+        if self._ema_active and self.ema is not None and self.ema.backup is not None:
+            # Saved during validation: the UNet holds EMA weights right now; store the raw ones.
+            for key, value in self.ema.backup.items():
+                checkpoint["state_dict"][key] = value
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+        checkpoint["hyper_parameters"] = dict(to_plain(dict(self.hparams)))
+        checkpoint["depth2img"] = {
+            "depth_spec": self.depth_spec.to_dict(),
+            "prediction_type": self.noise_scheduler.config.prediction_type,
+            "scaling_factor": self.scaling_factor,
+            "train_mode": self.hparams.train_mode,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Fill frozen weights (not in the file) from the freshly built model; restore EMA."""
+        state = checkpoint["state_dict"]
+        trainable = {n for n, _ in self._trainable_named_parameters()}
+        missing = sorted(trainable - set(state))
+        if missing:
+            raise KeyError(
+                f"checkpoint lacks {len(missing)} trainable weights (e.g. {missing[:3]}): it was "
+                "written for a different model_source / train_mode"
+            )
+        for key, value in self.state_dict().items():
+            if key not in state and key not in trainable:
+                state[key] = value
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])

@@ -1,0 +1,120 @@
+"""Run directories: one folder per run = Hydra output dir = Lightning root = logs = checkpoints.
+
+The run name must be stable across SLURM requeues and identical on every rank, so a requeued job
+lands in the same folder and finds ``checkpoints/last.ckpt``. Rules (``make_run_name``):
+
+1. an explicit ``run_name=...`` wins (reuse it to resume a local run);
+2. under SLURM: ``<experiment_name>-<SLURM_JOB_ID>`` (a requeue keeps the job id);
+3. otherwise ``<experiment_name>-<YYYY-mm-dd_HH-MM-SS>``, fixed once per process tree through
+   ``$DEPTH2IMG_RUN_TIMESTAMP`` so re-resolving the config (or a DDP child) gives the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from depth2img.models.components import REPO_ROOT
+
+CHECKPOINT_DIRNAME = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+WANDB_ID_FILE = "wandb_run_id.txt"
+TIMESTAMP_ENV = "DEPTH2IMG_RUN_TIMESTAMP"
+_SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+def sanitize_name(name: str) -> str:
+    """Make ``name`` safe as a single path component (no slashes, spaces, odd characters)."""
+    cleaned = _SAFE.sub("_", str(name)).strip("._")
+    if not cleaned:
+        raise ValueError(f"run/experiment name {name!r} has no usable characters")
+    return cleaned
+
+
+def run_timestamp(env: Mapping[str, str] | None = None) -> str:
+    """This process tree's run timestamp (set once in ``$DEPTH2IMG_RUN_TIMESTAMP``)."""
+    if env is None:
+        env = os.environ
+        if TIMESTAMP_ENV not in env:
+            os.environ[TIMESTAMP_ENV] = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return env.get(TIMESTAMP_ENV) or time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def make_run_name(
+    experiment_name: str, run_name: str | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """Run folder name; see the module docstring for the rules."""
+    if run_name:
+        return sanitize_name(run_name)
+    environ = os.environ if env is None else env
+    job_id = environ.get("SLURM_JOB_ID")
+    if job_id:
+        return sanitize_name(f"{experiment_name}-{job_id}")
+    return sanitize_name(f"{experiment_name}-{run_timestamp(env)}")
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIRNAME / LAST_CHECKPOINT
+
+
+def find_resume_checkpoint(run_dir: str | Path, ckpt_path: str | None = None) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path`` if given, else the run dir's ``last.ckpt``.
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` was given but does not exist.
+    """
+    if ckpt_path:
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path={ckpt_path} does not exist. Pass an existing .ckpt, or leave ckpt_path "
+                f"unset to resume from {last_checkpoint(run_dir)} when it exists."
+            )
+        return str(path.resolve())
+    last = last_checkpoint(run_dir)
+    return str(last) if last.is_file() else None
+
+
+def ensure_wandb_run_id(run_dir: str | Path, env: Mapping[str, str] | None = None) -> str:
+    """Read ``<run_dir>/wandb_run_id.txt``, creating it on first use.
+
+    Under SLURM the id derives from the job id, so ranks racing to create the file write the
+    same content; otherwise it is random. Reusing it with ``resume="allow"`` continues the same
+    W&B run after a requeue or a manual resume (Lightning #13524).
+    """
+    environ = os.environ if env is None else env
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file():
+        existing = path.read_text().strip()
+        if existing:
+            return existing
+    job_id = environ.get("SLURM_JOB_ID")
+    run_id = sanitize_name(f"slurm-{job_id}") if job_id else uuid.uuid4().hex[:12]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{WANDB_ID_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(run_id + "\n")
+    with contextlib.suppress(OSError):
+        if not path.exists():
+            os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers used by the configs (idempotent).
+
+    ``${d2i.repo_root:}`` -> the repository root; ``${d2i.run_name:${experiment_name}}`` -> the
+    run name (``make_run_name``).
+    """
+    if not OmegaConf.has_resolver("d2i.repo_root"):
+        OmegaConf.register_new_resolver("d2i.repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("d2i.run_name"):
+        OmegaConf.register_new_resolver("d2i.run_name", lambda exp: make_run_name(str(exp)))
