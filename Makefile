@@ -32,8 +32,10 @@ $(VENV)/.package-installed: pyproject.toml $(VENV)/.torch-installed
 
 install: $(VENV)/.package-installed  ## create .venv and install torch + depth2img (skips what is there)
 
+# make test keeps going when no cluster can be started here (the SLURM tests then skip with the
+# reason); set DEPTH2IMG_SLURM_OPTIONAL=0 to make a missing cluster an error.
 cluster-start:  ## start the local one-node SLURM test cluster (installs slurm-wlm/munge if missing)
-	bash slurm/local_cluster.sh start
+	DEPTH2IMG_SLURM_OPTIONAL=$${DEPTH2IMG_SLURM_OPTIONAL:-1} bash slurm/local_cluster.sh start
 
 cluster-stop:  ## stop the local SLURM test cluster
 	bash slurm/local_cluster.sh stop
