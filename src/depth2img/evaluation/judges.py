@@ -1,0 +1,92 @@
+"""Depth judges: the monocular depth model that measures generated images.
+
+Any transformers depth model works (``Intel/dpt-large``, ``Intel/dpt-hybrid-midas``,
+``depth-anything/Depth-Anything-V2-Small-hf`` … by hub id or local folder) plus ``shipped`` (the
+tiny judge shipped with the tiny model; it runs anywhere but is weak — use a real judge for
+numbers you publish).
+
+A judge that also produced the conditioning depth grades its own homework: generated images that
+merely reproduce its biases score well. ControlNet++ therefore judges with DPT-Large while the
+conditioning came from DPT-Hybrid. :func:`same_model_warning` detects the case from the shards'
+metadata.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+from depth2img.depth_estimation import DepthEstimator
+
+JUDGE_ALIASES = {"shipped": "shipped", "tiny": "shipped"}
+# Metadata fields that may name the model that produced a sample's depth.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+DEPTH_SOURCE_FIELDS = ("depth_estimator", "depth_model", "depth_source", "source")
+
+
+def load_judge(
+    source: str = "shipped",
+    device: str = "cpu",
+    batch_size: int = 8,
+    depth_kind: str = "inverse",
+) -> DepthEstimator:
+    """Load a judge (``shipped``/``tiny``, local folder or hub id) as a ``DepthEstimator``."""
+    return DepthEstimator.from_pretrained(
+        JUDGE_ALIASES.get(source, source),
+        device=device,
+        batch_size=batch_size,
+        depth_kind=depth_kind,
+    )
+
+
+def _norm(name: str) -> str:
+    """Compare by the last two path parts, lower-case (``/x/Intel/dpt-large`` ~ ``Intel/dpt-large``)."""
+    parts = [p for p in Path(str(name).rstrip("/")).parts if p not in ("/", "depth_estimator")]
+    return "/".join(parts[-2:]).lower()
+
+
+def conditioning_depth_sources(metas: Iterable[dict]) -> set[str]:
+    """Model names recorded in sample metadata as the origin of the depth (not 'synthetic')."""
+    found = set()
+    for meta in metas:
+        for field in DEPTH_SOURCE_FIELDS:
+            value = meta.get(field)
+            if not isinstance(value, str) or value in ("", "synthetic", "estimated"):
+                continue
+            # ``source`` is often the image's own path (folder import): not a model name.
+            if field == "source" and value.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            found.add(value)
+    return found
+
+
+def same_model_warning(judge_name: str, metas: Iterable[dict]) -> str | None:
+    """A warning text when the judge is (probably) the model that made the conditioning depth.
+
+    Returns None when the depth came from elsewhere (e.g. the synthetic renderer's exact depth).
+    Also warns when depth was estimated by an unrecorded model: it may be the judge.
+    """
+    metas = list(metas)
+    sources = conditioning_depth_sources(metas)
+    judge = _norm(judge_name)
+    if any(_norm(s) == judge for s in sources):
+        return (
+            f"the judge {judge_name!r} is the model that produced the conditioning depth: depth "
+            "scores are optimistic (the judge grades its own biases). Use a different judge, e.g. "
+            "Intel/dpt-large when the depth came from DPT-Hybrid (ControlNet++ protocol)."
+        )
+    if any(m.get("depth_source") == "estimated" for m in metas) and not sources:
+        return (
+            "the conditioning depth was estimated by a model the shards do not name; if it is "
+            f"the judge {judge_name!r}, depth scores are optimistic."
+        )
+    return None
+
+
+def warn_if_same_model(judge_name: str, metas: Iterable[dict]) -> str | None:
+    """Emit :func:`same_model_warning` as a ``UserWarning`` (and return it)."""
+    message = same_model_warning(judge_name, metas)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return message
