@@ -169,6 +169,8 @@ def test_from_folder_estimates_depth(tmp_path, tiny_judge_dir):
     for sample in samples:
         assert sample.meta.depth_kind == "inverse" and sample.depth.dtype == np.float32
         assert sample.depth.shape == sample.image.shape[:2] == (15, 20)
+        # recorded so depth2img-eval can warn when the judge made the conditioning depth
+        assert sample.meta.extra["depth_estimator"] == str(tiny_judge_dir)
     assert read_manifest(out)["depth_source"].startswith("estimated:")
 
 

@@ -348,6 +348,7 @@ def _import_options(args: argparse.Namespace):
         default_caption=args.caption,
         batch_size=args.batch_size,
         domain=args.domain,
+        depth_estimator=args.depth_model or "",
     )
 
 

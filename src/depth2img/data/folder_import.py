@@ -302,6 +302,9 @@ class ImportOptions:
     default_caption: str = ""
     batch_size: int = 8
     domain: str = ""
+    # Name of the model that estimates missing depth (recorded so evaluation can warn when the
+    # judge is the same model that made the conditioning depth).
+    depth_estimator: str = ""
 
 
 Estimator = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -440,7 +443,12 @@ def _encode(pair, image: LoadedImage, depth, images_dir, options, captions) -> d
         domain=options.domain,
         scene_id=pair.key,
         source=pair.image.relative_to(images_dir).as_posix(),
-        extra={"depth_source": "estimated" if estimated else pair.depth.name},
+        extra={"depth_source": "estimated" if estimated else pair.depth.name}
+        | (
+            {"depth_estimator": options.depth_estimator}
+            if estimated and options.depth_estimator
+            else {}
+        ),
     )
     if options.image_format == "auto" and image.original is not None:
         stored_image = image.original
