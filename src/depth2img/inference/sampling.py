@@ -1,0 +1,356 @@
+"""The one sampler: depth (and optionally an init image) + prompts -> images.
+
+Training (validation images), evaluation (structure benchmark) and inference (generator, CLI)
+all call ``generate`` so a checkpoint is judged with exactly the code that serves it.
+
+What it does, step by step (the same as diffusers' ``StableDiffusionDepth2ImgPipeline``, plus
+the fixes listed below):
+
+1. encode prompts (CLIP last hidden state, padded to the tokenizer's max length);
+2. depth (model convention, any size) -> bicubic resize to the latent size -> per-sample min-max
+   to [-1, 1] with the ``DepthSpec`` eps;
+3. initial latents: pure noise, or the VAE-encoded init image noised to the first timestep;
+4. denoising loop with classifier-free guidance on text only (both branches see the same depth);
+5. VAE decode -> images in [0, 1].
+
+Fixes over the vanilla pipeline:
+
+- a flat depth map gives a valid image (eps > 0), not NaN;
+- depth-only generation (no init image needed);
+- ``strength=1.0`` starts from pure noise (``pure_noise_at_full_strength``), so no colors of the
+  init image leak through; the vanilla behaviour (noised image latents) is one flag away;
+- per-sample generators: a seed gives the same pixels whatever else is in the batch;
+- 4-channel UNets (img2img baseline, no depth input) run through the same code.
+
+Output size: ``(H, W)`` comes from the init image if given, else from ``height``/``width``,
+else from the depth map, and is rounded *down* to a multiple of the VAE scale factor (at least
+one factor), like diffusers. An init image of another size is resized (bilinear, antialiased) to
+that size; the depth map may have any size with the same aspect ratio and is resized straight
+to the latent size.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+
+from depth2img.data.depth_spec import DepthSpec
+from depth2img.inference.schedulers import make_scheduler
+
+OUTPUT_TYPES = ("tensor", "np", "pil", "latent")
+
+# Two depth maps count as the same aspect ratio within this relative tolerance (rounding of
+# sizes to the VAE factor or odd pixel counts change it slightly).
+ASPECT_TOLERANCE = 0.02
+
+
+def encode_prompts(components, prompts: Sequence[str], device=None) -> torch.Tensor:
+    """Prompts -> text embeddings (B, L, D), the text encoder's last hidden state.
+
+    Tokenized to the tokenizer's ``model_max_length`` with truncation, like diffusers, so an
+    embedding here equals the pipeline's ``prompt_embeds``.
+    """
+    device = device or components.text_encoder.device
+    tokens = components.tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=components.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    mask = None
+    if getattr(components.text_encoder.config, "use_attention_mask", False):
+        mask = tokens.attention_mask.to(device)
+    return components.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+
+
+def make_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
+    """One ``torch.Generator`` per sample (CPU by default so seeds give the same noise on any device)."""
+    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+
+def output_size(reference_hw: tuple[int, int], vae_scale_factor: int) -> tuple[int, int]:
+    """Round ``(H, W)`` down to multiples of ``vae_scale_factor`` (at least one factor each)."""
+    return tuple(max(vae_scale_factor, s - s % vae_scale_factor) for s in reference_hw)
+
+
+def check_same_aspect(depth_hw: tuple[int, int], image_hw: tuple[int, int], what: str = "") -> None:
+    """Raise a ValueError when two sizes have different aspect ratios (beyond rounding)."""
+    depth_ratio = depth_hw[1] / depth_hw[0]
+    image_ratio = image_hw[1] / image_hw[0]
+    if abs(depth_ratio / image_ratio - 1.0) > ASPECT_TOLERANCE:
+        raise ValueError(
+            f"{what}depth map {depth_hw[0]}x{depth_hw[1]} (HxW) and image {image_hw[0]}x"
+            f"{image_hw[1]} have different aspect ratios: crop or pad the depth map to the "
+            "image's aspect ratio (a depth map of the same aspect ratio is resized automatically)"
+        )
+
+
+def _scheduler_step_kwargs(scheduler, generators) -> dict:
+    params = set(inspect.signature(scheduler.step).parameters)
+    return {"generator": generators} if "generator" in params else {}
+
+
+def _timesteps(scheduler, num_inference_steps: int, strength: float, from_image: bool, device):
+    """Timesteps to run; for img2img the diffusers ``get_timesteps`` rule."""
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    if not from_image:
+        return scheduler.timesteps
+    init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+    t_start = max(num_inference_steps - init_timestep, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order :]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    if len(timesteps) == 0:
+        raise ValueError(
+            f"strength={strength} with {num_inference_steps} steps leaves no denoising step: "
+            f"raise strength to at least {1.0 / num_inference_steps:.3g} or use more steps"
+        )
+    return timesteps
+
+
+def _prepare_init_images(init_images: torch.Tensor, size_hw, device, dtype) -> torch.Tensor:
+    if init_images.dim() != 4 or init_images.shape[1] != 3:
+        raise ValueError(
+            f"init_images must be (B, 3, H, W) in [-1, 1], got shape {tuple(init_images.shape)}"
+        )
+    images = init_images.to(device=device, dtype=torch.float32)
+    if tuple(images.shape[-2:]) != tuple(size_hw):
+        images = F.interpolate(images, size=size_hw, mode="bilinear", antialias=True)
+    return images.clamp(-1.0, 1.0).to(dtype)
+
+
+def _text_embeddings(components, prompts, negative_prompt, do_cfg, device, dtype):
+    """(B, L, D) prompt embeddings, or (2B, L, D) [negative; prompt] with guidance."""
+    batch = len(prompts)
+    embeds = encode_prompts(components, prompts, components.text_encoder.device).to(device, dtype)
+    if not do_cfg:
+        return embeds
+    if negative_prompt is None:
+        negative = [""] * batch
+    elif isinstance(negative_prompt, str):
+        negative = [negative_prompt] * batch
+    else:
+        negative = list(negative_prompt)
+        if len(negative) != batch:
+            raise ValueError(f"got {len(negative)} negative prompts for {batch} prompts")
+    uncond = encode_prompts(components, negative, components.text_encoder.device)
+    return torch.cat([uncond.to(device, dtype), embeds])  # [2B, L, D] (uncond first)
+
+
+def _initial_latents(
+    components, scheduler, timesteps, shape, init_images, size_hw, gen, device, dtype
+):
+    """Pure noise (``init_images`` None) or the init image's latents noised to ``timesteps[0]``."""
+    if init_images is None:
+        latents = randn_tensor(shape, generator=gen, device=device, dtype=dtype)
+        return latents * scheduler.init_noise_sigma
+    vae = components.vae
+    images = _prepare_init_images(init_images, size_hw, vae.device, vae.dtype)
+    # Same order of random draws per generator as diffusers: posterior sample, then noise.
+    init_latents = vae.encode(images).latent_dist.sample(gen)
+    init_latents = (components.scaling_factor * init_latents).to(device, dtype)
+    noise = randn_tensor(shape, generator=gen, device=device, dtype=dtype)
+    return scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(shape[0]))
+
+
+def _denoise(
+    unet, scheduler, timesteps, latents, embeds, depth_cond, guidance_scale, gen, progress
+):
+    """The sampling loop; guidance on text only (``depth_cond`` is already doubled for CFG)."""
+    do_cfg = embeds.shape[0] == 2 * latents.shape[0]
+    step_kwargs = _scheduler_step_kwargs(scheduler, gen)
+    if progress:
+        from tqdm.auto import tqdm
+
+        timesteps = tqdm(timesteps, desc="denoising", leave=False)
+    for t in timesteps:
+        model_in = torch.cat([latents, latents]) if do_cfg else latents
+        model_in = scheduler.scale_model_input(model_in, t)
+        if depth_cond is not None:
+            model_in = torch.cat([model_in, depth_cond], dim=1)  # [B', C + 1, h, w]
+        pred = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        if do_cfg:
+            pred_uncond, pred_text = pred.chunk(2)
+            pred = pred_uncond + guidance_scale * (pred_text - pred_uncond)
+        latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
+    return latents
+
+
+def _to_output(images01: torch.Tensor, output: str):
+    if output == "tensor":
+        return images01
+    array = images01.permute(0, 2, 3, 1).float().cpu().numpy()  # [B, H, W, 3]
+    if output == "np":
+        return array
+    from PIL import Image
+
+    return [Image.fromarray((a * 255.0).round().astype(np.uint8)) for a in array]
+
+
+@torch.no_grad()
+def generate(
+    components,
+    depth: torch.Tensor | None,
+    prompts: str | Sequence[str],
+    *,
+    negative_prompt: str | Sequence[str] | None = None,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    seeds: Sequence[int] | None = None,
+    generators: Sequence[torch.Generator] | torch.Generator | None = None,
+    scheduler_name: str = "ddim",
+    init_images: torch.Tensor | None = None,
+    strength: float = 1.0,
+    pure_noise_at_full_strength: bool = True,
+    depth_spec: DepthSpec | None = None,
+    depth_valid: torch.Tensor | None = None,
+    unet: torch.nn.Module | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    output: str = "tensor",
+    progress: bool = False,
+):
+    """Generate images conditioned on depth (and optionally an init image).
+
+    Args:
+        components: ``depth2img.models.components.Components``.
+        depth: (B, 1, H, W) or (B, H, W) near-is-high depth (model convention, e.g. from
+            ``DepthSpec.normalize``; any range, any size with the output's aspect ratio). May be
+            None only for a 4-channel UNet (then give ``init_images`` or ``height``/``width``).
+        prompts: one prompt per sample (a single string is used for every sample).
+        negative_prompt: text of the unconditional branch (default "").
+        num_inference_steps: solver steps.
+        guidance_scale: classifier-free guidance on text; <= 1 disables it (half the UNet work).
+        seeds: one int per sample; sample i's noise comes only from its own generator, so its
+            pixels do not depend on the rest of the batch. Default: drawn from torch's global RNG.
+        generators: alternative to ``seeds``: one ``torch.Generator`` per sample (or one shared
+            generator, which makes results depend on batch composition).
+        scheduler_name: see ``depth2img.inference.schedulers.SCHEDULER_NAMES``.
+        init_images: (B, 3, H, W) in [-1, 1], or None (depth-only generation from pure noise).
+        strength: how much of the schedule to run from the noised init image (1.0 = all).
+        pure_noise_at_full_strength: with ``strength == 1`` start from pure noise like the
+            original SD2 script (no color leak); False reproduces diffusers (image latents noised
+            to the first timestep).
+        depth_spec: depth normalization (eps, resize mode); default ``DepthSpec()``.
+        depth_valid: optional (B, 1, H, W) bool mask of valid depth pixels.
+        unet: UNet to use instead of ``components.unet`` (e.g. the trainer's EMA copy).
+        height, width: output size when neither an init image nor a depth map fixes it.
+        output: "tensor" (B, 3, H, W) float32 in [0, 1], "np" (B, H, W, 3) float32 in [0, 1],
+            "pil" (list of RGB images) or "latent" (B, C, h, w) scaled latents.
+        progress: show a tqdm bar over the denoising steps.
+
+    Returns:
+        The images in the requested ``output`` form.
+
+    Raises:
+        ValueError: inconsistent batch sizes, missing depth for a depth UNet, bad strength,
+            unknown scheduler or output type, depth/image aspect mismatch.
+    """
+    if output not in OUTPUT_TYPES:
+        raise ValueError(f"unknown output {output!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+    unet = unet if unet is not None else components.unet
+    device, dtype = unet.device, unet.dtype
+    depth_spec = depth_spec or DepthSpec()
+    latent_channels = components.latent_channels
+    needs_depth = unet.config.in_channels == latent_channels + 1
+    if unet.config.in_channels not in (latent_channels, latent_channels + 1):
+        raise ValueError(
+            f"UNet has {unet.config.in_channels} input channels; expected {latent_channels} "
+            f"(text-to-image) or {latent_channels + 1} (latents + depth)"
+        )
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+
+    # --- batch size and output size ---------------------------------------------------------
+    if depth is not None:
+        depth = depth.unsqueeze(1) if depth.dim() == 3 else depth
+        if depth.dim() != 4 or depth.shape[1] != 1:
+            raise ValueError(
+                f"depth must be (B, 1, H, W) or (B, H, W), got shape {tuple(depth.shape)}"
+            )
+    elif needs_depth:
+        raise ValueError("this UNet is depth-conditioned (latents + 1 channel): pass a depth map")
+    if isinstance(prompts, str):
+        batch = next(
+            (t.shape[0] for t in (depth, init_images) if t is not None),
+            len(seeds) if seeds is not None else 1,
+        )
+        prompts = [prompts] * batch
+    prompts = list(prompts)
+    batch = len(prompts)
+    for name, tensor in (("depth", depth), ("init_images", init_images)):
+        if tensor is not None and tensor.shape[0] != batch:
+            raise ValueError(
+                f"{name} has batch size {tensor.shape[0]} but there are {batch} prompts"
+            )
+    if init_images is not None:
+        reference_hw = tuple(init_images.shape[-2:])
+    elif height is not None and width is not None:
+        reference_hw = (int(height), int(width))
+    elif depth is not None:
+        reference_hw = tuple(depth.shape[-2:])
+    else:
+        raise ValueError("no output size: pass init_images, depth, or height and width")
+    size_hw = output_size(reference_hw, components.vae_scale_factor)
+    latent_hw = tuple(s // components.vae_scale_factor for s in size_hw)
+    if depth is not None:
+        check_same_aspect(tuple(depth.shape[-2:]), reference_hw)
+
+    # --- generators: one per sample -----------------------------------------------------------
+    if generators is None:
+        if seeds is None:
+            seeds = torch.randint(0, 2**31 - 1, (batch,)).tolist()
+        if len(seeds) != batch:
+            raise ValueError(f"got {len(seeds)} seeds for {batch} samples: give one per sample")
+        generators = make_generators(seeds)
+    elif isinstance(generators, Sequence) and len(generators) != batch:
+        raise ValueError(f"got {len(generators)} generators for {batch} samples")
+    # diffusers' randn_tensor draws per sample from a list; a single generator stays shared.
+    gen = list(generators) if isinstance(generators, Sequence) else generators
+
+    # --- text ---------------------------------------------------------------------------------
+    do_cfg = guidance_scale > 1.0
+    embeds = _text_embeddings(components, prompts, negative_prompt, do_cfg, device, dtype)
+
+    # --- depth condition ----------------------------------------------------------------------
+    depth_cond = None
+    if needs_depth:
+        valid = depth_valid.to(device) if depth_valid is not None else None
+        depth_cond = depth_spec.to_latent_condition(depth.to(device), latent_hw, valid)
+        depth_cond = depth_cond.to(dtype)  # [B, 1, h, w] in [-1, 1]
+        if do_cfg:
+            # Guidance acts on text only: the unconditional branch sees the same depth.
+            depth_cond = torch.cat([depth_cond, depth_cond])
+
+    # --- initial latents ----------------------------------------------------------------------
+    scheduler = make_scheduler(scheduler_name, components.scheduler.config)
+    from_image = init_images is not None and not (strength >= 1.0 and pure_noise_at_full_strength)
+    timesteps = _timesteps(scheduler, num_inference_steps, strength, from_image, device)
+    shape = (batch, latent_channels, *latent_hw)
+    latents = _initial_latents(
+        components,
+        scheduler,
+        timesteps,
+        shape,
+        init_images if from_image else None,
+        size_hw,
+        gen,
+        device,
+        dtype,
+    )
+    latents = _denoise(
+        unet, scheduler, timesteps, latents, embeds, depth_cond, guidance_scale, gen, progress
+    )
+
+    if output == "latent":
+        return latents
+    vae = components.vae
+    decoded = vae.decode(latents.to(vae.device, vae.dtype) / components.scaling_factor).sample
+    images01 = (decoded.float() / 2.0 + 0.5).clamp(0.0, 1.0)  # [B, 3, H, W]
+    return _to_output(images01, output)
