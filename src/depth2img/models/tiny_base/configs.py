@@ -1,0 +1,166 @@
+"""Architectures and step budgets of the shipped tiny base model.
+
+Sizes are picked for a 2-core CPU: 64 px images, a VAE with down-sampling factor 4 (16x16x4
+latents), ~2 M-parameter UNets. ``BuildConfig.quick()`` is a smoke-test budget (~1-2 minutes);
+``BuildConfig.full()`` is the shipped model (~35 minutes on a heavily shared 2-core box).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+IMAGE_SIZE = 64  # px; the shipped model generates 64x64 images
+TEXT_HIDDEN = 64  # text encoder width = UNet cross_attention_dim
+
+
+def vae_config() -> dict:
+    """AutoencoderKL, 3 blocks (factor 4), 4 latent channels, ~0.7 M parameters."""
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+        scaling_factor=1.0,  # replaced by 1 / std(latents) after training (like SD)
+    )
+
+
+def text_encoder_config(vocab_size: int, max_length: int, bos: int, eos: int) -> dict:
+    """CLIPTextModel, 2 layers, 64 wide (kept frozen at its random initialization)."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=max_length,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+
+
+def unet_config(in_channels: int = 4) -> dict:
+    """UNet2DConditionModel with SD's block types on 16x16 latents, ~2.7 M parameters."""
+    return dict(
+        sample_size=IMAGE_SIZE // 4,
+        in_channels=in_channels,
+        out_channels=4,
+        # No attention at the full 16x16 latent size: it doubled the CPU cost of a step.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 96),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        use_linear_projection=True,
+    )
+
+
+def judge_config() -> dict:
+    """DPTForDepthEstimation: ViT 4 x 64 wide, patch 8 at 64 px (output 128 px), ~0.45 M params."""
+    return dict(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 32, 64, 64],
+        fusion_hidden_size=32,
+        reassemble_factors=[4, 2, 1, 0.5],
+        head_in_index=-1,
+    )
+
+
+def judge_processor_config() -> dict:
+    """DPTImageProcessor settings: resize to the judge's input size, normalize to [-1, 1]."""
+    return dict(
+        do_resize=True,
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        keep_aspect_ratio=False,
+        ensure_multiple_of=1,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_pad=False,
+    )
+
+
+@dataclass
+class BuildConfig:
+    """Data sizes and training steps (the whole build is deterministic given these + seed)."""
+
+    seed: int = 0
+    image_size: int = IMAGE_SIZE
+    # Rendered samples per domain (every scene is rendered under all its conditions).
+    train_samples: dict = field(
+        default_factory=lambda: {"street": 800, "endoscopy": 800, "aerial": 300}
+    )
+    heldout_samples: int = 12  # per domain, scenes never seen in training
+    unet_aerial_fraction: float = 0.05  # aerial stays mostly unseen by the UNet
+    vae_steps: int = 500
+    vae_batch: int = 8
+    vae_crop: int = 32  # random crops keep the VAE cheap; it is fully convolutional
+    vae_lr: float = 1e-3
+    judge_steps: int = 400
+    judge_batch: int = 8
+    judge_lr: float = 1e-3
+    base_steps: int = 250
+    depth_steps: int = 1600
+    unet_batch: int = 16
+    unet_lr: float = 1e-3
+    # The depth weights start at zero and Adam moves a weight ~lr per step: a first try at 5e-4
+    # left the depth channel with almost no effect after a few hundred steps.
+    depth_lr: float = 1e-3
+    caption_dropout: float = 0.1
+    # Depth stage: the caption alone already tells the domain (street vs tube), so with 10 %
+    # dropout a first build ignored the depth channel after 1000 steps. Dropping half of the
+    # captions makes depth the only layout cue for those samples, which bootstraps its use.
+    depth_caption_dropout: float = 0.5
+    ema_decay: float = 0.99  # short runs: a long EMA lags far behind the trained weights
+    num_threads: int = 1  # 2 threads on 2 oversubscribed cores was 10x slower (OpenMP spin)
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> BuildConfig:
+        """Smoke-test budget: same pipeline, tiny data and step counts (~1-2 minutes)."""
+        return cls(
+            seed=seed,
+            train_samples={"street": 40, "endoscopy": 40, "aerial": 20},
+            heldout_samples=8,
+            vae_steps=30,
+            vae_batch=4,
+            judge_steps=30,
+            judge_batch=4,
+            base_steps=30,
+            depth_steps=30,
+            unet_batch=8,
+        )
+
+    @classmethod
+    def draft(cls, seed: int = 0) -> BuildConfig:
+        """A first usable model (~20 minutes): less data, a fraction of the steps."""
+        return cls(
+            seed=seed,
+            train_samples={"street": 400, "endoscopy": 400, "aerial": 150},
+            heldout_samples=12,
+            vae_steps=300,
+            judge_steps=250,
+            base_steps=100,
+            depth_steps=220,
+        )
+
+    @classmethod
+    def full(cls, seed: int = 0) -> BuildConfig:
+        return cls(seed=seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

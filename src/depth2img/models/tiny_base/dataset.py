@@ -1,0 +1,127 @@
+"""Render the synthetic training and held-out sets into memory, once, as numpy arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from depth2img.data.depth_spec import DepthSpec
+from depth2img.data.synthetic import CONDITIONS, DOMAINS, iter_samples
+
+# Held-out scenes start far past any training scene index, so no geometry is shared.
+HELDOUT_START = 100_000
+
+
+@dataclass
+class RenderedSet:
+    """A rendered set in memory.
+
+    images: (N, H, W, 3) uint8. depth: (N, H, W) float32 in the model convention (near = 1,
+    far = -1, per-sample min-max, see ``DepthSpec.normalize``). captions/domains/scene_ids:
+    length-N lists.
+    """
+
+    images: np.ndarray
+    depth: np.ndarray
+    captions: list[str]
+    domains: list[str]
+    scene_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def subset(self, index: np.ndarray) -> RenderedSet:
+        index = np.asarray(index)
+        return RenderedSet(
+            self.images[index],
+            self.depth[index],
+            [self.captions[i] for i in index],
+            [self.domains[i] for i in index],
+            [self.scene_ids[i] for i in index],
+        )
+
+    def images_tensor(self) -> torch.Tensor:
+        """(N, 3, H, W) float32 in [-1, 1]."""
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def depth_tensor(self) -> torch.Tensor:
+        """(N, 1, H, W) float32 in [-1, 1], near = 1."""
+        return torch.from_numpy(self.depth)[:, None]
+
+
+def render_set(
+    counts: dict[str, int], size: int, seed: int, start: int = 0, desc: str = "render"
+) -> RenderedSet:
+    """Render ``counts[domain]`` samples of each domain (all conditions of each scene).
+
+    Args:
+        counts: samples per domain (domains missing from the dict are skipped).
+        size: square image size in px.
+        seed: renderer seed (geometry is a pure function of domain, seed and scene index).
+        start: first scene index.
+    """
+    spec = DepthSpec()
+    images, depths, captions, domains, scene_ids = [], [], [], [], []
+    total = sum(counts.get(d, 0) for d in DOMAINS)
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+        for domain in DOMAINS:
+            n = counts.get(domain, 0)
+            for sample in iter_samples(domain, n, size=size, seed=seed, start=start):
+                depth = torch.from_numpy(sample.depth)[None]
+                normalized, _ = spec.normalize(depth, sample.depth_kind)
+                images.append(sample.image)
+                depths.append(normalized[0].numpy())
+                captions.append(sample.caption)
+                domains.append(domain)
+                scene_ids.append(sample.scene_id)
+                bar.update()
+    return RenderedSet(
+        np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
+    )
+
+
+def render_heldout(per_domain: int, size: int, seed: int) -> RenderedSet:
+    """Held-out renders: ``per_domain`` samples per domain from scenes never used in training.
+
+    One condition per scene (cycling through the conditions) so the set covers many geometries.
+    """
+    spec = DepthSpec()
+    images, depths, captions, domains, scene_ids = [], [], [], [], []
+    with tqdm(total=per_domain * len(DOMAINS), desc="render held-out", unit="img") as bar:
+        for domain in DOMAINS:
+            conds = CONDITIONS[domain]
+            for i in range(per_domain):
+                cond = conds[i % len(conds)]
+                (sample,) = iter_samples(
+                    domain, 1, size=size, seed=seed, conditions=[cond], start=HELDOUT_START + i
+                )
+                normalized, _ = spec.normalize(
+                    torch.from_numpy(sample.depth)[None], sample.depth_kind
+                )
+                images.append(sample.image)
+                depths.append(normalized[0].numpy())
+                captions.append(sample.caption)
+                domains.append(domain)
+                scene_ids.append(sample.scene_id)
+                bar.update()
+    return RenderedSet(
+        np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
+    )
+
+
+def unet_mix_index(domains: list[str], aerial_fraction: float, seed: int) -> np.ndarray:
+    """Indices of the UNet training mix: every non-aerial sample plus a few aerial ones.
+
+    The number of aerial samples is chosen so they make up at most ``aerial_fraction`` of the
+    mix, leaving aerial mostly unseen (fine-tuning on it then has something to show).
+    """
+    domains_arr = np.asarray(domains)
+    other = np.flatnonzero(domains_arr != "aerial")
+    aerial = np.flatnonzero(domains_arr == "aerial")
+    n_aerial = int(np.floor(aerial_fraction * len(other) / (1.0 - aerial_fraction)))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(aerial, size=min(n_aerial, len(aerial)), replace=False)
+    return np.sort(np.concatenate([other, chosen]))

@@ -1,0 +1,126 @@
+"""Write the tiny base model as two diffusers folders and check that they load.
+
+- ``tiny-depth2img``: ``StableDiffusionDepth2ImgPipeline`` (5-channel UNet + tiny DPT judge);
+- ``tiny-sd-base``: ``StableDiffusionImg2ImgPipeline`` with the 4-channel parent UNet.
+
+Each folder gets a ``checksums.json`` (``depth2img.models.checksums.write_manifest``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionDepth2ImgPipeline,
+    StableDiffusionImg2ImgPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation
+
+from depth2img.models.checksums import verify_manifest, write_manifest
+from depth2img.models.components import SHIPPED_MODELS, sd_scheduler_config
+from depth2img.models.tiny_base import configs
+
+DEPTH_FOLDER = SHIPPED_MODELS["shipped"]
+BASE_FOLDER = SHIPPED_MODELS["shipped-base"]
+
+
+def judge_processor():
+    """The judge's ``DPTImageProcessor`` (the PIL backend: torchvision is not installed)."""
+    try:
+        from transformers import DPTImageProcessorPil as processor_cls
+    except ImportError:  # older transformers: the PIL processor is the default one
+        from transformers import DPTImageProcessor as processor_cls
+    return processor_cls(**configs.judge_processor_config())
+
+
+def _replace_folder(folder: Path) -> None:
+    """Remove a previous build so no stale file survives (checksums list every weight file)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def save_pipelines(
+    out: Path,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    base_unet: UNet2DConditionModel,
+    depth_unet: UNet2DConditionModel,
+    judge: DPTForDepthEstimation,
+) -> tuple[Path, Path]:
+    """Save both pipelines under ``out`` with checksum manifests; return their folders."""
+    scheduler = DDIMScheduler.from_config(sd_scheduler_config())
+    depth_dir, base_dir = out / DEPTH_FOLDER, out / BASE_FOLDER
+    _replace_folder(depth_dir)
+    _replace_folder(base_dir)
+    StableDiffusionDepth2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=depth_unet,
+        scheduler=scheduler,
+        depth_estimator=judge,
+        feature_extractor=judge_processor(),
+    ).save_pretrained(depth_dir)
+    StableDiffusionImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=base_unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(base_dir)
+    for folder in (depth_dir, base_dir):
+        write_manifest(folder)
+    return depth_dir, base_dir
+
+
+def folder_size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def check_folders(depth_dir: Path, base_dir: Path) -> dict:
+    """Load both folders with vanilla diffusers and run 2 CPU steps; verify checksums.
+
+    Returns a small dict of facts for the README. Raises on any failure.
+    """
+    from PIL import Image
+
+    facts = {}
+    for folder in (depth_dir, base_dir):
+        verify_manifest(folder, folder / "checksums.json")
+    image = Image.new("RGB", (configs.IMAGE_SIZE, configs.IMAGE_SIZE), (128, 128, 128))
+    pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(depth_dir)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        "a street",
+        image=image,
+        num_inference_steps=2,
+        strength=1.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    facts["depth2img_output_shape"] = list(out.shape)
+    base = StableDiffusionImg2ImgPipeline.from_pretrained(base_dir)
+    base.set_progress_bar_config(disable=True)
+    out = base(
+        "a street",
+        image=image,
+        num_inference_steps=2,
+        strength=0.8,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    facts["img2img_output_shape"] = list(out.shape)
+    facts["size_mb"] = {
+        DEPTH_FOLDER: round(folder_size_mb(depth_dir), 2),
+        BASE_FOLDER: round(folder_size_mb(base_dir), 2),
+    }
+    return facts
