@@ -120,6 +120,9 @@ def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: di
         _markdown_table(header, rows),
         "",
     ]
+    judge_warning = evals["finetuned"].get("judge_quality_warning")
+    if judge_warning:
+        md += [f"**Read the depth rows with care:** {judge_warning}", ""]
     if "samples" in rel:
         md += ["## Samples from the fine-tuned checkpoint", "", f"![samples]({rel['samples']})", ""]
     for name in ("base", "finetuned"):
