@@ -119,7 +119,10 @@ deterministic given the seed and the software versions. Same recipe as SD2-depth
 7. **Depth UNet**: the base UNet widened to 5 input channels with
    `depth2img.models.conversion.expand_unet_input_channels` (new channel zero-initialized, bias
    kept), then {cfg["depth_steps"]} more steps with the depth channel
-   (`DepthSpec.to_latent_condition`), same mix ({t["depth"]:.0f} s).
+   (`DepthSpec.to_latent_condition`), same mix, learning rate {cfg["depth_lr"]:g},
+   **{cfg.get("depth_caption_dropout", cfg["caption_dropout"]):.0%} caption dropout** (with 10 % a
+   first build ignored the depth channel: the caption alone already tells the domain)
+   ({t["depth"]:.0f} s).
 
 ## Numbers (held-out renders)
 
