@@ -384,7 +384,7 @@ def evaluate(settings: EvalSettings) -> dict:
     if rank == 0:
         result["wall_s"] = round(time.perf_counter() - t0, 2)
         write_report(result, [r for r in records if "grid" in r], out_dir)
-        write_json_atomic(out_dir / "metrics.json", _json_safe(result))
+        write_json_atomic(out_dir / "metrics.json", json_safe(result))
     barrier()
     return result
 
@@ -430,12 +430,12 @@ def uninformative_judge_warning(summaries: dict) -> str | None:
     return None
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN/inf → None (strict JSON), numpy scalars → Python."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from depth2img.data.depth_spec import to_near_high
 from depth2img.evaluation.bootstrap import summarize
 from depth2img.evaluation.depth_metrics import DEPTH_METRICS, chance_pairs, image_depth_metrics
+from depth2img.evaluation.runner import json_safe
 
 IMAGE_METRICS = ("l1", "psnr")
 DEFAULT_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -268,7 +269,7 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path) -> dict:
         "num_tasks": len(tasks),
         "rows": rows,
     }
-    (out_dir / "benchmark.json").write_text(json.dumps(_json_safe(result), indent=2))
+    (out_dir / "benchmark.json").write_text(json.dumps(json_safe(result), indent=2))
     (out_dir / "benchmark.md").write_text(markdown_table(result))
     plot_benchmark(result, out_dir / "benchmark.png")
     write_samples(tasks, samples, settings.strengths, out_dir / "samples.png")
@@ -295,16 +296,6 @@ def _summary_row(method: str, strength: float | None, per_image: list[dict]) -> 
     for name in (*DEPTH_METRICS, *IMAGE_METRICS):
         row[name] = summarize([m[name] for m in per_image])
     return row
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 TABLE_METRICS = ("depth_absrel", "depth_delta1", "depth_spearman", "depth_rmse_cnpp", "l1", "psnr")
