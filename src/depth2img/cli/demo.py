@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-samples", type=int, default=1200, help="aerial training samples")
     parser.add_argument("--val-samples", type=int, default=120, help="held-out aerial samples")
     parser.add_argument("--size", type=int, default=64, help="image size (the tiny model: 64)")
-    parser.add_argument("--steps", type=int, default=450, help="fine-tuning steps")
+    parser.add_argument("--steps", type=int, default=800, help="fine-tuning steps")
     parser.add_argument("--batch-size", type=int, default=16, help="global batch size")
     parser.add_argument("--eval-samples", type=int, default=64, help="evaluated images per model")
     parser.add_argument(
