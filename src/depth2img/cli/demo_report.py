@@ -80,6 +80,28 @@ def verdict(evals: dict[str, dict]) -> dict:
     }
 
 
+def write_comparison_grid(out: Path, columns_per_grid: int = 5) -> Path | None:
+    """``comparison.png``: real render | conditioning depth | base | fine-tuned, per eval sample.
+
+    Cut from the two evaluation grids (image | depth | generated | judged depth | error), which
+    use the same samples and seeds, so each row compares the two models on one input.
+    """
+    from PIL import Image
+
+    base_path, tuned_path = out / "eval_base" / "grid.png", out / "eval_finetuned" / "grid.png"
+    if not (base_path.is_file() and tuned_path.is_file()):
+        return None
+    base, tuned = Image.open(base_path).convert("RGB"), Image.open(tuned_path).convert("RGB")
+    tile = base.width // columns_per_grid
+    height = min(base.height, tuned.height)
+    canvas = Image.new("RGB", (4 * tile, height), "white")
+    canvas.paste(base.crop((0, 0, 3 * tile, height)), (0, 0))
+    canvas.paste(tuned.crop((2 * tile, 0, 3 * tile, height)), (3 * tile, 0))
+    path = out / "comparison.png"
+    canvas.resize((canvas.width * 2, canvas.height * 2), Image.NEAREST).save(path)
+    return path
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -92,7 +114,9 @@ def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: di
     rows = comparison_rows(evals)
     result = verdict(evals)
     n = evals["finetuned"]["N"]
+    write_comparison_grid(out)
     images = {
+        "comparison": out / "comparison.png",
         "samples": out / "samples" / "grid.png",
         "base": out / "eval_base" / "grid.png",
         "finetuned": out / "eval_finetuned" / "grid.png",
@@ -123,6 +147,15 @@ def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: di
     judge_warning = evals["finetuned"].get("judge_quality_warning")
     if judge_warning:
         md += [f"**Read the depth rows with care:** {judge_warning}", ""]
+    if "comparison" in rel:
+        md += [
+            "## Base vs fine-tuned on the same held-out inputs",
+            "",
+            "real render | conditioning height map | base | fine-tuned (same seed)",
+            "",
+            f"![comparison]({rel['comparison']})",
+            "",
+        ]
     if "samples" in rel:
         md += ["## Samples from the fine-tuned checkpoint", "", f"![samples]({rel['samples']})", ""]
     for name in ("base", "finetuned"):
