@@ -23,13 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import DPTConfig, DPTForDepthEstimation
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.synthetic import DOMAINS
 from depth2img.models.components import sd_scheduler_config
 from depth2img.models.conversion import expand_unet_input_channels
 from depth2img.models.tiny_base import configs, dataset, export, metrics, report, samples, training
+from depth2img.models.tiny_base.stage_cache import StageCache, fingerprint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy box)"
     )
     parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="reuse trained stages from here when their inputs, settings and code are unchanged "
+        "(e.g. retrain only the judge); default: no cache",
+    )
+    parser.add_argument(
         "--steps-scale",
         type=float,
         default=1.0,
@@ -61,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _fields(cfg: configs.BuildConfig, *names: str) -> dict:
+    """The BuildConfig fields a stage depends on (part of its cache key)."""
+    values = cfg.to_dict()
+    return {name: values[name] for name in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     lap("render")
     images, depth = train.images_tensor(), train.depth_tensor()  # [N,3,H,W], [N,1,H,W]
     held_images, held_depth = held.images_tensor(), held.depth_tensor()
+    cache = StageCache(args.cache_dir)
+    data_key = fingerprint(images, depth, train.captions, cfg.seed)
 
     # 2. text
     tokenizer, text_encoder = training.build_text_model(train.captions, cfg.seed)
     lap("text")
 
     # 3. VAE, scaling factor from the data
-    vae, _ = training.train_vae(images, cfg)
+    vae_key = fingerprint(
+        "vae",
+        data_key,
+        _fields(cfg, "vae_steps", "vae_batch", "vae_crop", "vae_lr"),
+        [training.train_vae, training._optimizer, training.lr_lambda, configs.vae_config],
+    )
+    vae, _ = cache.run(
+        "vae",
+        vae_key,
+        build=lambda: AutoencoderKL(**configs.vae_config()),
+        train=lambda: training.train_vae(images, cfg)[0],
+    )
     raw_latents = training.encode_latents(vae, images)
     scaling = training.set_scaling_factor(vae, raw_latents)
     recon = training.reconstruct(vae, held_images)
@@ -111,7 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     lap("vae")
 
     # 4. depth judge
-    judge, _ = training.train_judge(images, depth, cfg)
+    judge_key = fingerprint(
+        "judge",
+        data_key,
+        {k: v for k, v in cfg.to_dict().items() if k.startswith("judge")},
+        [training.train_judge, training.build_judge, training.ssi_loss, configs.judge_config],
+        [training._median_mad_normalize, training._optimizer, training.lr_lambda],
+    )
+    judge, _ = cache.run(
+        "judge",
+        judge_key,
+        build=lambda: DPTForDepthEstimation(DPTConfig(**configs.judge_config())),
+        train=lambda: training.train_judge(images, depth, cfg)[0],
+    )
     pred = training.predict_depth(judge, held_images)
     judge_metrics = {}
     for d in DOMAINS:
@@ -140,36 +180,58 @@ def main(argv: list[str] | None = None) -> int:
     uncond = training.encode_text(tokenizer, text_encoder, [""])
     scheduler = DDPMScheduler(**sd_scheduler_config())
     unet_kwargs = dict(batch=cfg.unet_batch, ema_decay=cfg.ema_decay)
-    base_unet, _ = training.train_unet(
-        training.build_base_unet(cfg.seed + 4),
-        latents,
-        text_emb,
-        uncond,
-        scheduler,
-        steps=cfg.base_steps,
-        lr=cfg.unet_lr,
-        seed=cfg.seed + 5,
-        caption_dropout=cfg.caption_dropout,
-        desc="train base UNet",
-        **unet_kwargs,
+    unet_code = [training.train_unet, training._optimizer, training.lr_lambda, configs.unet_config]
+    base_key = fingerprint(
+        "base",
+        [latents, depth_cond, text_emb, uncond, sd_scheduler_config()],
+        _fields(cfg, "seed", "base_steps", "unet_lr", "unet_batch", "caption_dropout", "ema_decay"),
+        unet_code + [training.build_base_unet],
+    )
+    base_unet, _ = cache.run(
+        "base_unet",
+        base_key,
+        build=lambda: UNet2DConditionModel(**configs.unet_config(in_channels=4)),
+        train=lambda: training.train_unet(
+            training.build_base_unet(cfg.seed + 4),
+            latents,
+            text_emb,
+            uncond,
+            scheduler,
+            steps=cfg.base_steps,
+            lr=cfg.unet_lr,
+            seed=cfg.seed + 5,
+            caption_dropout=cfg.caption_dropout,
+            desc="train base UNet",
+            **unet_kwargs,
+        )[0],
     )
     lap("base")
 
     # 6. widen to latents + depth (zero-init, bias kept) and continue with the depth channel
-    depth_unet = expand_unet_input_channels(copy.deepcopy(base_unet).requires_grad_(True), 1)
-    depth_unet, _ = training.train_unet(
-        depth_unet,
-        latents,
-        text_emb,
-        uncond,
-        scheduler,
-        steps=cfg.depth_steps,
-        lr=cfg.depth_lr,
-        seed=cfg.seed + 6,
-        depth=depth_cond,
-        caption_dropout=cfg.depth_caption_dropout,
-        desc="train depth UNet",
-        **unet_kwargs,
+    depth_key = fingerprint(
+        "depth",
+        base_key,
+        _fields(cfg, "depth_steps", "depth_lr", "depth_caption_dropout"),
+        [expand_unet_input_channels],
+    )
+    depth_unet, _ = cache.run(
+        "depth_unet",
+        depth_key,
+        build=lambda: UNet2DConditionModel(**configs.unet_config(in_channels=5)),
+        train=lambda: training.train_unet(
+            expand_unet_input_channels(copy.deepcopy(base_unet).requires_grad_(True), 1),
+            latents,
+            text_emb,
+            uncond,
+            scheduler,
+            steps=cfg.depth_steps,
+            lr=cfg.depth_lr,
+            seed=cfg.seed + 6,
+            depth=depth_cond,
+            caption_dropout=cfg.depth_caption_dropout,
+            desc="train depth UNet",
+            **unet_kwargs,
+        )[0],
     )
     lap("depth")
 
