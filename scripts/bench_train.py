@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from tqdm import tqdm
 
+from depth2img.data.transforms import finalize_batch
 from depth2img.models.lightning_module import Depth2ImgModule
 
 
@@ -37,12 +38,15 @@ def elapsed(start: tuple[float, float], end: tuple[float, float]) -> tuple[float
 
 
 def make_batches(n: int, batch_size: int, size: int, latent: tuple | None, seed: int = 0):
-    """``n`` batches per CONTRACTS.md; with ``latent=(C, h, w)`` also cached ``latents``."""
+    """``n`` batches per CONTRACTS.md (uint8 images, as the reader ships them); with
+    ``latent=(C, h, w)`` also cached ``latents``."""
     gen = torch.Generator().manual_seed(seed)
     batches = []
     for i in range(n):
         batch = {
-            "image": torch.rand(batch_size, 3, size, size, generator=gen) * 2 - 1,
+            "image": torch.randint(
+                0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen
+            ),
             "depth": torch.rand(batch_size, 1, size, size, generator=gen) * 2 - 1,
             "valid_mask": torch.ones(batch_size, 1, size, size, dtype=torch.bool),
             "caption": ["a street with trees"] * batch_size,
@@ -55,7 +59,11 @@ def make_batches(n: int, batch_size: int, size: int, latent: tuple | None, seed:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Move to ``device`` and finish there (uint8 image -> float32 [-1, 1]), like
+    ``ShardDataModule.on_after_batch_transfer`` (``Trainer.fit`` without a datamodule leaves
+    that to ``encode_latents``: the same conversion, once)."""
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return finalize_batch(moved)
 
 
 def new_module(args) -> Depth2ImgModule:

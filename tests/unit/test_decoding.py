@@ -124,7 +124,7 @@ def test_every_image_kind_becomes_rgb_of_the_right_size(kind):
         np.testing.assert_array_equal(sample.image[1:], _rgb()[1:])
     # Non-square source, non-square target: right size after the paired transform.
     out = PairedTransform((16, 20), train=True)(sample, np.random.default_rng(0))
-    assert out["image"].shape == (16, 20, 3) and out["depth"].shape == (1, 16, 20)
+    assert out["image"].shape == (3, 16, 20) and out["depth"].shape == (1, 16, 20)
 
 
 def test_rgba_partial_alpha_composites_on_white():

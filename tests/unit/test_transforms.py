@@ -20,6 +20,8 @@ from depth2img.data.transforms import (
     apply_depth,
     apply_image,
     collate,
+    finalize_batch,
+    image_to_float,
     normalize_depth,
     plan_crop,
     resize_and_center_crop,
@@ -51,7 +53,7 @@ def test_random_crop_and_flip_keep_image_and_depth_aligned(mode, flip, size):
     sample = _ramp_sample(200, 300)
     for seed in range(3):
         plan = plan_crop(sample.image.shape[:2], size, np.random.default_rng(seed), flip)
-        image = apply_image(sample.image, plan)[..., 0].astype(np.float32)
+        image = apply_image(sample.image, plan)[0].numpy().astype(np.float32)  # red channel
         depth = apply_depth(sample.depth, plan, mode)
         # Bicubic vs box/nearest on a uint8-rounded ramp differ by rounding only.
         assert np.abs(image - depth).mean() < 0.75
@@ -67,7 +69,7 @@ def test_paired_transform_normalized_depth_follows_the_image():
     out = PairedTransform((32, 48), train=True, random_flip=True)(
         _ramp_sample(), np.random.default_rng(3)
     )
-    red = out["image"][..., 0].astype(np.float32)
+    red = out["image"][0].numpy().astype(np.float32)
     expected = 2 * (red - red.min()) / (red.max() - red.min()) - 1  # inverse: near = high
     assert np.abs(out["depth"][0].numpy() - expected).max() < 0.05
     assert out["valid_mask"].all() and out["depth"].dtype == torch.float32
@@ -77,7 +79,7 @@ def test_metric_depth_is_inverted_to_near_high():
     sample = _ramp_sample(kind="depth")
     out = PairedTransform(32, train=False)(sample, np.random.default_rng(0))
     depth = out["depth"][0].numpy()
-    red = out["image"][..., 0].astype(np.float32)
+    red = out["image"][0].numpy().astype(np.float32)
     far, near = np.unravel_index(red.argmax(), red.shape), np.unravel_index(red.argmin(), red.shape)
     assert depth[near] > 0.8 and depth[far] == depth.min() == -1.0
 
@@ -101,8 +103,9 @@ def test_val_transform_is_deterministic_and_matches_resize_and_center_crop():
     transform = PairedTransform(32, train=False, random_flip=True, caption_dropout=1.0)
     first = transform(sample, np.random.default_rng(0))
     second = transform(sample, np.random.default_rng(99))
-    np.testing.assert_array_equal(first["image"], second["image"])
-    np.testing.assert_array_equal(first["image"], resize_and_center_crop(sample.image, 32))
+    assert torch.equal(first["image"], second["image"])
+    hwc = first["image"].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(hwc, resize_and_center_crop(sample.image, 32))
     assert first["caption"] == "a ramp"  # no dropout and no flip outside training
 
 
@@ -123,7 +126,9 @@ def test_latents_force_center_crop_and_follow_the_flip():
         flipped = bool(out["latents"][0, 0, 0] == latents[0, 0, -1])
         flips += flipped
         centered = resize_and_center_crop(sample.image, (32, 48))
-        np.testing.assert_array_equal(out["image"], centered[:, ::-1] if flipped else centered)
+        np.testing.assert_array_equal(
+            out["image"].permute(1, 2, 0).numpy(), centered[:, ::-1] if flipped else centered
+        )
         expected = latents[:, :, ::-1] if flipped else latents
         np.testing.assert_array_equal(out["latents"].numpy(), expected.astype(np.float32))
     assert 0 < flips < 6
@@ -139,16 +144,31 @@ def test_collate_contract():
     transform = PairedTransform((16, 24), train=True)
     samples = [transform(_ramp_sample(), np.random.default_rng(i)) for i in range(3)]
     batch = collate(samples)
-    assert batch["image"].shape == (3, 3, 16, 24) and batch["image"].dtype == torch.float32
+    # Images stay uint8 on the host (B, 3, h, w); finalize_batch makes them float on the device.
+    assert batch["image"].shape == (3, 3, 16, 24) and batch["image"].dtype == torch.uint8
     assert batch["image"].is_contiguous()
-    assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
-    expected = torch.from_numpy(samples[1]["image"].copy()).permute(2, 0, 1).float() / 127.5 - 1
-    torch.testing.assert_close(batch["image"][1], expected)
+    assert torch.equal(batch["image"][1], samples[1]["image"])
     assert batch["depth"].shape == (3, 1, 16, 24) and batch["valid_mask"].dtype == torch.bool
     assert batch["caption"] == ["a ramp"] * 3 and batch["key"] == ["ramp"] * 3
     assert batch["meta"][0] == samples[0]["meta"] and "latents" not in batch
     meta = SampleMeta(depth_kind="height", scene_id="s1", extra={"sun": 0.5})
     assert _meta_json(meta) == meta.to_json()
+
+
+def test_finalize_gives_the_float_images_of_the_old_host_conversion():
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, (4, 16, 24, 3), dtype=np.uint8)
+    hwc[0, 0, 0], hwc[0, 0, 1] = 0, 255
+    # The conversion collate used to do on the host (kept here as the reference).
+    old = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous().float().mul_(1 / 127.5).sub_(1)
+    batch = {"image": torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous(), "key": ["a"] * 4}
+    out = finalize_batch(batch)
+    assert out is batch and out["image"].dtype == torch.float32
+    assert torch.equal(out["image"], old)  # bit-identical
+    assert out["image"].min() == -1.0 and out["image"].max() == 1.0
+    assert finalize_batch(out)["image"] is out["image"]  # float passes through
+    assert image_to_float(old) is old
+    assert finalize_batch([1, 2]) == [1, 2]  # not a batch dict: unchanged
 
 
 def test_bad_arguments_have_clear_errors():
@@ -161,25 +181,28 @@ def test_bad_arguments_have_clear_errors():
 
 
 @pytest.mark.parametrize("kind", ["inverse", "depth", "height"])
-@pytest.mark.parametrize("case", ["holes", "flat", "empty", "nonpositive"])
+@pytest.mark.parametrize("case", ["holes", "nan_holes", "flat", "empty", "nonpositive"])
 def test_fast_normalize_equals_depth_spec(kind, case):
     rng = np.random.default_rng(7)
     depth = rng.uniform(0.5, 30.0, (12, 16)).astype(np.float32)
-    if case == "holes":
+    if case in ("holes", "nan_holes"):
         depth[:3] = np.nan
-        depth[5, 5] = np.inf
+        depth[5, 5] = np.inf if case == "holes" else np.nan
     elif case == "flat":
         depth[:] = 4.0
     elif case == "empty":
         depth[:] = np.nan
     else:
         depth[0, :4] = [0.0, -1.0, -5.0, 0.0]
+    # clean=True (what decode_sample guarantees): NaN is the only invalid marker.
+    clean_ok = case != "nonpositive" and not np.isinf(depth).any()
     for eps in (1e-3, 0.0) if case not in ("flat", "empty") else (1e-3,):
-        fast, fast_valid = normalize_depth(depth, kind, eps)
         ref, ref_valid = DepthSpec(eps=eps).normalize(torch.from_numpy(depth)[None, None], kind)
-        np.testing.assert_array_equal(fast_valid, ref_valid[0, 0].numpy())
-        np.testing.assert_allclose(fast, ref[0, 0].numpy(), rtol=0, atol=2e-6)
-        assert np.isfinite(fast).all() and fast.dtype == np.float32
+        for clean in (False, True) if clean_ok else (False,):
+            fast, fast_valid = normalize_depth(depth, kind, eps, clean=clean)
+            np.testing.assert_array_equal(fast_valid, ref_valid[0, 0].numpy())
+            np.testing.assert_allclose(fast, ref[0, 0].numpy(), rtol=0, atol=2e-6)
+            assert np.isfinite(fast).all() and fast.dtype == np.float32
 
 
 def test_reduced_scale_jpeg_stays_aligned_with_full_size_depth():
@@ -199,7 +222,7 @@ def test_reduced_scale_jpeg_stays_aligned_with_full_size_depth():
     assert sample.image_scale == 8 and sample.image.shape == (25, 37, 3)
     for seed in range(3):
         plan = plan_crop(sample.depth.shape, (24, 36), np.random.default_rng(seed), seed == 1)
-        image = apply_image(sample.image, plan)[..., 0].astype(np.float32)
+        image = apply_image(sample.image, plan)[0].numpy().astype(np.float32)
         depth = apply_depth(sample.depth, plan)
         assert np.abs(image - depth).mean() < 1.5
         assert np.abs(image[:, 1:] - depth[:, :-1]).mean() > 2.5

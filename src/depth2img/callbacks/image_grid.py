@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from depth2img.data.transforms import image_to_float
+
 log = logging.getLogger(__name__)
 
 
@@ -135,7 +137,7 @@ class ImageGridCallback(pl.Callback):
         )
         rows = [depth]
         if batch["image"] is not None:
-            real = (batch["image"].float() + 1) / 2
+            real = (image_to_float(batch["image"]).float() + 1) / 2  # uint8 or [-1, 1]
             rows.append(torch.nn.functional.interpolate(real, size=(h, w), mode="bilinear"))
         rows.append(generated.float().cpu())
         return make_grid(rows)

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from depth2img.data.bad_samples import BadSampleCounter, SampleError
 from depth2img.data.decoding import (
+    DecodedSample,
     decode_or_count,
     decode_sample,
     expand_shard_urls,
@@ -49,7 +50,7 @@ from depth2img.data.decoding import (
 )
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.shard_format import read_manifest
-from depth2img.data.transforms import PairedTransform, collate
+from depth2img.data.transforms import PairedTransform, collate, finalize_batch
 
 log = logging.getLogger("depth2img.data")
 
@@ -120,7 +121,8 @@ def _worker() -> tuple[int, int]:
 class TrainStream(IterableDataset):
     """Endless resampled shard stream cut into a fixed number of batches per epoch.
 
-    Yields collated batches (see :func:`transforms.collate`); use with ``batch_size=None``.
+    Yields collated batches (:meth:`transforms.PairedTransform.batch`, the format of
+    :func:`transforms.collate`); use with ``batch_size=None``.
     ``len()`` is the number of batches per epoch on this rank (the same on every rank).
 
     Args:
@@ -199,19 +201,20 @@ class TrainStream(IterableDataset):
                     "`depth2img-shards check`."
                 )
 
-    def _samples(self, rng: np.random.Generator) -> Iterator[dict]:
-        """Endless transformed samples; bad ones are counted and skipped."""
+    def _samples(self, rng: np.random.Generator) -> Iterator[DecodedSample]:
+        """Endless decoded samples the transform can use; bad ones are counted and skipped."""
         misses = 0
         for raw in self._raw_samples(rng):
             decoded = decode_or_count(
                 raw, self.counter, self.keep_constant_depth, self.transform.size
             )
-            try:
-                sample = None if decoded is None else self.transform(decoded, rng)
-            except SampleError as exn:
-                self.counter.add(exn.reason)
-                sample = None
-            if sample is None:
+            if decoded is not None:
+                try:
+                    self.transform.check(decoded)
+                except SampleError as exn:
+                    self.counter.add(exn.reason)
+                    decoded = None
+            if decoded is None:
                 misses += 1
                 if misses >= self.max_consecutive_bad:
                     raise RuntimeError(
@@ -221,9 +224,7 @@ class TrainStream(IterableDataset):
                     )
                 continue
             misses = 0
-            for note in sample.pop("notes"):
-                self.counter.add(note)
-            yield sample
+            yield decoded
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker()
@@ -234,7 +235,14 @@ class TrainStream(IterableDataset):
         rng = np.random.default_rng(seq)
         samples = self._samples(rng)
         for _ in range(n_batches):
-            yield collate([next(samples) for _ in range(self.batch_size)])
+            # Transform the whole batch at once (one resampling call per field and group).
+            batch, notes = self.transform.batch(
+                [next(samples) for _ in range(self.batch_size)], rng
+            )
+            for sample_notes in notes:
+                for note in sample_notes:
+                    self.counter.add(note)
+            yield batch
 
 
 class ValSet(Dataset):
@@ -324,6 +332,11 @@ class ValSet(Dataset):
         return sample
 
 
+def _as_is(batch):
+    """Collate function of the train loader: TrainStream already yields finished batches."""
+    return batch
+
+
 class _EpochLoader(DataLoader):
     """DataLoader that tells its dataset the epoch before workers start.
 
@@ -350,6 +363,9 @@ class _EpochLoader(DataLoader):
 
 class ShardDataModule(L.LightningDataModule):
     """WebDataset shards -> batches per CONTRACTS.md, for training and validation.
+
+    Loaders yield ``image`` as uint8 (B, 3, H, W); :meth:`on_after_batch_transfer` turns it into
+    float32 in [-1, 1] once the batch is on the device (Lightning calls it for any module).
 
     Args:
         train_shards: shard spec(s) for training (folder, glob, brace pattern, list, pipe:).
@@ -515,6 +531,7 @@ class ShardDataModule(L.LightningDataModule):
             stream,
             epoch_fn=self._current_epoch,
             batch_size=None,
+            collate_fn=_as_is,  # batches are complete; skip torch's default_convert walk
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
@@ -549,6 +566,11 @@ class ShardDataModule(L.LightningDataModule):
             collate_fn=collate,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Images travel as uint8 (B, 3, H, W); on the device they become float32 in [-1, 1]
+        (:func:`transforms.finalize_batch`), so steps and callbacks see the model's range."""
+        return finalize_batch(batch)
 
     # ------------------------------------------------------------------ bad samples
 

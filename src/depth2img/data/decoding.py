@@ -34,7 +34,6 @@ import math
 import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -67,18 +66,22 @@ __all__ = [
     "expand_shard_urls",
     "iter_shard_samples",
     "jpeg_draft_factor",
+    "raw_to_depth",
+    "raws_to_depth",
 ]
 
 
-@dataclass
 class DecodedSample:
     """One decoded sample.
 
     Attributes:
         key: sample key (``__key__``).
-        image: (H, W, 3) uint8 RGB.
+        image: (H, W, 3) uint8 RGB (possibly read-only).
         depth: (H, W) float32 physical depth in ``meta.depth_kind`` convention; invalid = NaN.
-        depth_raw: (H, W) uint16 as stored when the depth was a PNG (bit-exact), else None.
+            For a 16-bit PNG it is computed from ``depth_raw`` on first access: the reader only
+            ever converts the crop window it needs (:meth:`depth_region`).
+        depth_raw: (H, W) uint16 as stored when the depth was a PNG (bit-exact, read-only), else
+            None.
         caption: UTF-8 caption ("" when the sample has none).
         meta: the sample's metadata.
         latents: optional (C, h, w) float16/float32 cached unscaled VAE latent mean.
@@ -86,18 +89,86 @@ class DecodedSample:
         notes: tolerated oddities (subset of ``bad_samples.NOTE_REASONS``), e.g. unknown_keys.
         image_scale: 1, or k when the JPEG was decoded at 1/k size (``decode_sample(draft_for=
             ...)``): then ``image`` is (H/k, W/k, 3) and covers the same area as ``depth``.
+        clean: True when invalid depth is NaN only and every other value is finite (and > 0 for
+            ``depth_kind == "depth"``): what :func:`decode_sample` guarantees; the transform
+            then skips re-checking. False (the default) for hand-built samples.
     """
 
-    key: str
-    image: np.ndarray
-    depth: np.ndarray
-    depth_raw: np.ndarray | None
-    caption: str
-    meta: SampleMeta
-    latents: np.ndarray | None = None
-    url: str = ""
-    notes: list[str] = field(default_factory=list)
-    image_scale: int = 1
+    __slots__ = (
+        "key",
+        "image",
+        "_depth",
+        "depth_raw",
+        "caption",
+        "meta",
+        "latents",
+        "url",
+        "notes",
+        "image_scale",
+        "clean",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        image: np.ndarray,
+        depth: np.ndarray | None,
+        depth_raw: np.ndarray | None,
+        caption: str,
+        meta: SampleMeta,
+        latents: np.ndarray | None = None,
+        url: str = "",
+        notes: list[str] | None = None,
+        image_scale: int = 1,
+        clean: bool = False,
+    ):
+        if depth is None and depth_raw is None:
+            raise ValueError("DecodedSample needs depth or depth_raw")
+        self.key = key
+        self.image = image
+        self._depth = depth
+        self.depth_raw = depth_raw
+        self.caption = caption
+        self.meta = meta
+        self.latents = latents
+        self.url = url
+        self.notes = [] if notes is None else notes
+        self.image_scale = image_scale
+        self.clean = clean
+
+    def __repr__(self) -> str:
+        return (
+            f"DecodedSample(key={self.key!r}, image={self.image.shape}, depth={self.depth_hw}, "
+            f"kind={self.meta.depth_kind!r}, image_scale={self.image_scale})"
+        )
+
+    @property
+    def depth(self) -> np.ndarray:
+        if self._depth is None:
+            self._depth = raw_to_depth(self.depth_raw, self.meta)
+        return self._depth
+
+    @depth.setter
+    def depth(self, value: np.ndarray) -> None:
+        self._depth = value
+
+    @property
+    def depth_hw(self) -> tuple[int, int]:
+        """(H, W) of the depth grid (the full-size source grid), without building ``depth``."""
+        return (self.depth_raw if self._depth is None else self._depth).shape[:2]
+
+    @property
+    def depth_is_lazy(self) -> bool:
+        """True for a clean 16-bit PNG sample whose ``depth`` was never built (only regions are
+        needed; :func:`raws_to_depth` converts windows of several such samples at once)."""
+        return self._depth is None and self.clean
+
+    def depth_region(self, rows: slice, cols: slice) -> np.ndarray:
+        """``depth[rows, cols]`` (float32, NaN = invalid), converting only that region from
+        ``depth_raw`` when the full map was never built. Treat it as read-only."""
+        if self._depth is not None:
+            return self._depth[rows, cols]
+        return raw_to_depth(self.depth_raw[rows, cols], self.meta)
 
     @property
     def valid(self) -> np.ndarray:
@@ -326,49 +397,156 @@ def decode_meta(data: bytes | None) -> SampleMeta:
     return meta
 
 
+def _png_values_finite_and_positive(meta: SampleMeta) -> tuple[bool, bool]:
+    """(every ``raw * scale + offset`` is finite in float32, every one is > 0) for raw 0..65535."""
+    scale, offset = float(meta.depth_scale), float(meta.depth_offset)
+    finite = abs(scale) * 65535.0 + abs(offset) < 1e38  # float32 max is 3.4e38
+    return finite, scale > 0 and offset > 0
+
+
+def _scaled(raw: np.ndarray, meta: SampleMeta) -> np.ndarray:
+    """``raw * depth_scale + depth_offset`` in float32, one rounding per operation."""
+    depth = np.multiply(raw, np.float32(meta.depth_scale), dtype=np.float32)
+    if meta.depth_offset != 0.0:
+        depth += np.float32(meta.depth_offset)
+    return depth
+
+
+def raw_to_depth(raw: np.ndarray, meta: SampleMeta) -> np.ndarray:
+    """Stored 16-bit PNG values -> float32 physical depth (NaN = invalid), elementwise.
+
+    ``raw * depth_scale + depth_offset`` in float32 (uint16 is exact in float32); NaN where
+    ``raw == depth_invalid``, where the value overflows float32, and for ``depth_kind ==
+    "depth"`` where it is ``<= 0``. Elementwise, so a window of ``raw`` gives exactly that window
+    of the full map (the reader converts only the crop it needs).
+    """
+    depth = _scaled(raw, meta)
+    if meta.depth_invalid is not None:
+        np.copyto(depth, np.float32(np.nan), where=raw == meta.depth_invalid)
+    finite, positive = _png_values_finite_and_positive(meta)
+    if not finite:
+        with np.errstate(invalid="ignore"):
+            depth[np.isinf(depth)] = np.nan
+    if meta.depth_kind == "depth" and not positive:
+        with np.errstate(invalid="ignore"):
+            depth[depth <= 0] = np.nan
+    return depth
+
+
+def raws_to_depth(raw: np.ndarray, metas: list[SampleMeta]) -> np.ndarray:
+    """Windows of several lazily decoded PNG depths, stacked (Hw, G, Ww) uint16 -> float32.
+
+    The arithmetic of :func:`raw_to_depth` per sample (scale, offset, ``depth_invalid`` -> NaN)
+    in a few passes for the whole stack. Only for samples whose values are all finite and, for
+    ``depth_kind == "depth"``, positive (``DecodedSample.depth_is_lazy``): the other checks of
+    :func:`raw_to_depth` cannot fire there.
+    """
+    scales = np.array([meta.depth_scale for meta in metas], dtype=np.float32)
+    depth = np.multiply(raw, scales[None, :, None], dtype=np.float32)
+    offsets = [meta.depth_offset for meta in metas]
+    if any(offsets):
+        depth += np.array(offsets, dtype=np.float32)[None, :, None]
+    invalid = {meta.depth_invalid for meta in metas}
+    if len(invalid) == 1:
+        (value,) = invalid
+        if value is not None:
+            np.copyto(depth, np.float32(np.nan), where=raw == value)
+    else:
+        for g, meta in enumerate(metas):
+            if meta.depth_invalid is not None:
+                np.copyto(depth[:, g], np.float32(np.nan), where=raw[:, g] == meta.depth_invalid)
+    return depth
+
+
 def decode_depth(
     data: bytes, suffix: str, meta: SampleMeta
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Depth bytes -> ``(depth float32 (H, W) with NaN = invalid, raw uint16 or None)``.
 
-    PNG: ``physical = raw * depth_scale + depth_offset``; ``raw == depth_invalid`` -> NaN.
-    NPY: float32 as stored (any real dtype is cast; (H, W, 1) and (1, H, W) are squeezed).
-    For ``depth_kind == "depth"`` values ``<= 0`` are NaN too (a distance must be positive).
+    PNG: ``physical = raw * depth_scale + depth_offset``; ``raw == depth_invalid`` -> NaN
+    (see :func:`raw_to_depth`). NPY: float32 as stored (any real dtype is cast; (H, W, 1) and
+    (1, H, W) are squeezed), inf -> NaN. For ``depth_kind == "depth"`` values ``<= 0`` are NaN
+    too (a distance must be positive).
 
     Raises:
         SampleError("undecodable_depth").
     """
-    raw = None
+    if suffix == DEPTH_PNG_KEY:
+        raw = _decode_depth_raw(data)
+        return raw_to_depth(raw, meta), raw
+    return _decode_depth_npy(data, meta), None
+
+
+def _decode_depth_raw(data: bytes) -> np.ndarray:
     try:
-        if suffix == DEPTH_PNG_KEY:
-            raw = decode_depth_png(data)
-            # float32 throughout (uint16 is exact in float32); cast and scale in one pass.
-            depth = np.multiply(raw, np.float32(meta.depth_scale), dtype=np.float32)
-            if meta.depth_offset != 0.0:
-                depth += np.float32(meta.depth_offset)
-            if meta.depth_invalid is not None:
-                depth[raw == meta.depth_invalid] = np.nan
-            # raw >= 0, so with a positive scale and offset every value is a positive distance.
-            positive = meta.depth_scale > 0 and meta.depth_offset > 0
-        else:
-            array = decode_npy(data)
-            if array.ndim == 3 and 1 in (array.shape[0], array.shape[2]):
-                array = array.reshape(array.shape[:2] if array.shape[2] == 1 else array.shape[1:])
-            if array.ndim != 2 or array.dtype.kind not in "fiu" or min(array.shape) < 1:
-                raise ValueError(
-                    f"depth.npy must be a real (H, W) array, got {array.dtype} {array.shape}"
-                )
-            depth = np.array(array, dtype=np.float32)  # always a private, writable copy
-            depth[np.isinf(depth)] = np.nan
-            positive = False
-    except SampleError:
-        raise
-    except Exception as exn:  # noqa: BLE001 - corrupt PNG / npy, pickled object arrays
-        raise SampleError("undecodable_depth", f"{suffix}: {type(exn).__name__}: {exn}") from exn
-    if meta.depth_kind == "depth" and not positive:
+        return decode_depth_png(data)
+    except Exception as exn:  # noqa: BLE001 - corrupt PNG
+        raise SampleError(
+            "undecodable_depth", f"{DEPTH_PNG_KEY}: {type(exn).__name__}: {exn}"
+        ) from exn
+
+
+def _decode_depth_npy(data: bytes, meta: SampleMeta) -> np.ndarray:
+    try:
+        array = decode_npy(data)
+        if array.ndim == 3 and 1 in (array.shape[0], array.shape[2]):
+            array = array.reshape(array.shape[:2] if array.shape[2] == 1 else array.shape[1:])
+        if array.ndim != 2 or array.dtype.kind not in "fiu" or min(array.shape) < 1:
+            raise ValueError(
+                f"depth.npy must be a real (H, W) array, got {array.dtype} {array.shape}"
+            )
+        depth = np.array(array, dtype=np.float32)  # always a private, writable copy
+        depth[np.isinf(depth)] = np.nan
+    except Exception as exn:  # noqa: BLE001 - corrupt npy, pickled object arrays
+        raise SampleError(
+            "undecodable_depth", f"{DEPTH_NPY_KEY}: {type(exn).__name__}: {exn}"
+        ) from exn
+    if meta.depth_kind == "depth":
         with np.errstate(invalid="ignore"):
             depth[depth <= 0] = np.nan
-    return depth, raw
+    return depth
+
+
+def _raw_range(raw: np.ndarray, invalid: int | None) -> tuple[int, int] | None:
+    """(min, max) of the uint16 values other than ``invalid``, or None when there are none.
+
+    Plain reductions; when the no-data value is the minimum (or maximum) a wrapping uint16
+    shift moves it to the other end first (one pass instead of a mask and masked reductions).
+    """
+    lo, hi = int(raw.min()), int(raw.max())
+    if invalid is None or invalid not in (lo, hi):
+        return lo, hi
+    if lo == hi:
+        return None
+    if invalid == lo:  # v - (inv + 1) wraps inv to 65535; order of the others is kept
+        lo = int(np.subtract(raw, np.uint16(invalid + 1)).min()) + invalid + 1
+    else:  # invalid == hi: v + (65536 - inv) wraps inv to 0
+        hi = int(np.add(raw, np.uint16(65536 - invalid)).max()) - (65536 - invalid)
+    return lo, hi
+
+
+def _raw_depth_range(raw: np.ndarray, meta: SampleMeta) -> tuple[float, float] | None:
+    """(min, max) physical depth over valid pixels of a PNG depth, or None when none is valid.
+
+    Computed on the uint16 values and mapped through the same float32 arithmetic as
+    :func:`raw_to_depth`, which is monotonic: the same numbers as the min/max of the float map.
+    Only valid when every valid value is finite (and positive for "depth"); the caller checks
+    that. The skip checks only need "is there a valid pixel" and "are two valid pixels
+    different", so a probe of a few rows answers first when it can; then the range returned is
+    the probe's (a sub-range of the true one, still with min < max).
+    """
+    step = raw.shape[0] // 16
+    if step > 1:
+        probe = _raw_range(raw[::step], meta.depth_invalid)
+        if probe is not None:
+            ends = _scaled(np.array(probe, dtype=np.uint16), meta)
+            if ends[0] != ends[1]:
+                return float(ends.min()), float(ends.max())
+    full = _raw_range(raw, meta.depth_invalid)
+    if full is None:
+        return None
+    ends = _scaled(np.array(full, dtype=np.uint16), meta)
+    return float(ends.min()), float(ends.max())
 
 
 def _decode_latents(data: bytes) -> np.ndarray:
@@ -424,23 +602,40 @@ def decode_sample(
         raise SampleError("missing_depth", f"{key}: no .{DEPTH_PNG_KEY} or .{DEPTH_NPY_KEY}")
     meta = decode_meta(raw.get(META_KEY))  # cheap checks before the expensive decodes
     image, image_scale = _decode_image(raw[image_key], draft_for)
-    depth, depth_raw = decode_depth(raw[depth_key], depth_key, meta)
+    depth = depth_raw = None
+    if depth_key == DEPTH_PNG_KEY:
+        depth_raw = _decode_depth_raw(raw[depth_key])
+        depth_hw = depth_raw.shape
+    else:
+        depth = _decode_depth_npy(raw[depth_key], meta)
+        depth_hw = depth.shape
 
     full_hw = (image.shape[0] * image_scale, image.shape[1] * image_scale)
-    if depth.shape != full_hw:
-        (ih, iw), (dh, dw) = full_hw, depth.shape
+    if depth_hw != full_hw:
+        (ih, iw), (dh, dw) = full_hw, depth_hw
         if ih * dw != iw * dh:
             raise SampleError(
                 "size_mismatch", f"{key}: image {iw}x{ih} vs depth {dw}x{dh} (other aspect ratio)"
             )
-        depth = _nearest_resize(depth, full_hw)
+        depth = None if depth is None else _nearest_resize(depth, full_hw)
         depth_raw = None if depth_raw is None else _nearest_resize(depth_raw, full_hw)
         notes.append("size_repaired")
 
-    # NaN-ignoring min/max without a masked copy (non-finite values are NaN by now).
-    vmin, vmax = np.fmin.reduce(depth, axis=None), np.fmax.reduce(depth, axis=None)
-    if np.isnan(vmin):
+    if depth_raw is not None:
+        finite, positive = _png_values_finite_and_positive(meta)
+        if finite and (positive or meta.depth_kind != "depth"):
+            # Range from the uint16 values; the float map is built later, crop window only.
+            value_range = _raw_depth_range(depth_raw, meta)
+        else:  # rare: values that may be <= 0 or overflow become NaN; build the map now
+            depth = raw_to_depth(depth_raw, meta)
+            value_range = None
+    if depth is not None:
+        # NaN-ignoring min/max without a masked copy (non-finite values are NaN by now).
+        vmin, vmax = np.fmin.reduce(depth, axis=None), np.fmax.reduce(depth, axis=None)
+        value_range = None if np.isnan(vmin) else (float(vmin), float(vmax))
+    if value_range is None:
         raise SampleError("depth_all_invalid", f"{key}: no valid depth pixel")
+    vmin, vmax = value_range
     if vmin == vmax:
         if not keep_constant_depth:
             raise SampleError("depth_constant", f"{key}: every valid depth pixel is {vmin}")
@@ -460,6 +655,7 @@ def decode_sample(
         url=str(raw.get("__url__", "")),
         notes=notes,
         image_scale=image_scale,
+        clean=True,
     )
 
 

@@ -112,21 +112,22 @@ def encode_depth_png(raw: np.ndarray) -> bytes:
 
 
 def decode_depth_png(data: bytes) -> np.ndarray:
-    """16-bit (or 8-bit) grayscale PNG bytes -> (H, W) uint16, bit-exact.
+    """16-bit (or 8-bit) grayscale PNG bytes -> (H, W) uint16 (read-only), bit-exact.
 
     WebDataset's built-in image decoders go through 8-bit and lose precision, so depth is
     decoded here.
     """
     with Image.open(io.BytesIO(data)) as image:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.array(image)
+            array = np.asarray(image)
         elif image.mode in ("L", "P", "1"):
-            array = np.array(image.convert("L"))
+            array = np.asarray(image.convert("L"))
         else:
             raise ValueError(f"depth PNG must be single-channel, got mode {image.mode}")
     if array.ndim != 2:
         raise ValueError(f"depth PNG must be 2-D, got shape {array.shape}")
-    return array.astype(np.uint16)
+    # Native uint16 (I;16 already is: no copy); the array may be read-only.
+    return array if array.dtype == np.uint16 else array.astype(np.uint16)
 
 
 def encode_npy(array: np.ndarray) -> bytes:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torchmetrics.aggregation import MeanMetric
 
+from depth2img.data.transforms import image_to_float
 from depth2img.evaluation.depth_metrics import DEPTH_METRICS, image_depth_metrics
 
 
@@ -149,7 +150,8 @@ class GenerationMetricsCallback(pl.Callback):
         sel = torch.tensor(keep, device=batch["depth"].device)
         depth = batch["depth"].index_select(0, sel)  # [k, 1, H, W]
         valid = batch["valid_mask"].index_select(0, sel)
-        real01 = (batch["image"].index_select(0, sel) + 1) / 2  # [k, 3, H, W] in [0, 1]
+        real = image_to_float(batch["image"].index_select(0, sel))  # [-1, 1], also from uint8
+        real01 = (real + 1) / 2  # [k, 3, H, W] in [0, 1]
         images01 = generate(
             pl_module.components,
             depth,

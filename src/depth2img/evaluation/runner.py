@@ -208,8 +208,10 @@ def _local_results(
             depth_valid=batch["valid_mask"].to(device),
         )
         generated = _uint8(images01)  # [B, H, W, 3]
-        real = ((batch["image"] + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
-        real = real.numpy()
+        real = batch["image"]  # the reader's uint8 (B, 3, H, W)
+        if real.dtype != torch.uint8:  # float [-1, 1] from elsewhere
+            real = ((real + 1) * 127.5).round().clamp(0, 255).byte()
+        real = real.permute(0, 2, 3, 1).contiguous().numpy()  # [B, H, W, 3]
         gen_depth = judge(list(generated))
         real_depth = judge(list(real))
         fake_feats = extractor(torch.from_numpy(generated).permute(0, 3, 1, 2).contiguous())

@@ -27,6 +27,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from depth2img.data.depth_spec import DepthSpec
+from depth2img.data.transforms import image_to_float
 from depth2img.models.components import Components, build_tiny_components, load_components
 from depth2img.models.ema import EMA
 from depth2img.models.lora import add_lora
@@ -261,13 +262,15 @@ class Depth2ImgModule(pl.LightningModule):
         """Batch -> scaled latents (B, C, h, w).
 
         Uses ``batch["latents"]`` (unscaled VAE mean, cached) when present, else encodes
-        ``batch["image"]`` (B, 3, H, W) in [-1, 1] with the frozen VAE; ``sample=False`` takes
-        the posterior mean (deterministic validation).
+        ``batch["image"]`` (B, 3, H, W) with the frozen VAE: float32 in [-1, 1], or the reader's
+        uint8 0..255 (converted here, on the device, when ``ShardDataModule``'s
+        ``on_after_batch_transfer`` did not already). ``sample=False`` takes the posterior mean
+        (deterministic validation).
         """
         if batch.get("latents") is not None:
             latents = batch["latents"].to(self.device, torch.float32)
         else:
-            image = batch["image"].to(self.device)
+            image = image_to_float(batch["image"].to(self.device))
             posterior = self.vae.encode(image).latent_dist
             latents = posterior.sample() if sample else posterior.mean
         return latents * self.scaling_factor
