@@ -256,6 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         [held.domains[i] for i in gen_sel],
     )
     print(f"[build] depth following {following}", flush=True)
+    reliance = samples.depth_reliance(
+        pipe,
+        held_images[gen_sel],
+        held_depth[gen_sel],
+        [held.captions[i] for i in gen_sel],
+        [held.domains[i] for i in gen_sel],
+    )
+    print(f"[build] depth reliance {reliance}", flush=True)
     grid_sel = np.concatenate(
         [np.flatnonzero(np.asarray(held.domains) == d)[:3] for d in ("street", "endoscopy")]
     )
@@ -290,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         "vocab_size": len(tokenizer),
         "max_length": tokenizer.model_max_length,
         "sampling": {"steps": samples.STEPS, "guidance": samples.GUIDANCE},
-        "metrics": {"vae_psnr": vae_psnr, "judge": judge_metrics, "depth_following": following},
+        "metrics": {
+            "vae_psnr": vae_psnr,
+            "judge": judge_metrics,
+            "depth_following": following,
+            "depth_reliance": reliance,
+        },
         "checks": checks,
         "versions": {"torch": torch.__version__},
     }

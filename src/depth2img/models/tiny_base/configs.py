@@ -111,11 +111,11 @@ class BuildConfig:
     vae_batch: int = 8
     vae_crop: int = 32  # random crops keep the VAE cheap; it is fully convolutional
     vae_lr: float = 1e-3
-    judge_steps: int = 400
+    judge_steps: int = 800
     judge_batch: int = 8
     judge_lr: float = 1e-3
-    base_steps: int = 250
-    depth_steps: int = 1600
+    base_steps: int = 1000
+    depth_steps: int = 4000
     unet_batch: int = 16
     unet_lr: float = 1e-3
     # The depth weights start at zero and Adam moves a weight ~lr per step: a first try at 5e-4

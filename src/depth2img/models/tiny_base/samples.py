@@ -1,5 +1,9 @@
 """Generation grid (data/models/samples.png) and the depth-following check of the depth model.
 
+Depth reliance (judge-free): the UNet's denoising error on held-out latents with their own depth
+map vs another scene's depth map of the same domain, at fixed noise and timesteps. A depth UNet
+that uses the depth channel denoises measurably better with the right map.
+
 Depth-following: generate from held-out depth maps (gray init image, strength 1.0, so the
 structure can only come from the depth channel), run the tiny judge on the generated images and
 compare with the conditioning depth (``metrics.aligned_depth_errors``). Reported next to a floor
@@ -11,13 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionDepth2ImgPipeline
+from diffusers import DDPMScheduler, StableDiffusionDepth2ImgPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from depth2img.data.depth_spec import depth_to_uint8_preview
+from depth2img.data.depth_spec import DepthSpec, depth_to_uint8_preview
 from depth2img.models.tiny_base.metrics import aligned_depth_errors
-from depth2img.models.tiny_base.training import predict_depth
+from depth2img.models.tiny_base.training import encode_latents, encode_text, predict_depth
 
 GUIDANCE = 4.0
 STEPS = 20
@@ -72,6 +76,69 @@ def _roll_within_groups(groups: list[str]) -> np.ndarray:
     return partner
 
 
+# Timestep bands of the depth-reliance probe: high noise sets the layout, low noise the details.
+RELIANCE_BANDS = {"t700-999": (700, 1000), "t300-699": (300, 700), "t0-299": (0, 300)}
+
+
+@torch.no_grad()
+def depth_reliance(
+    pipe: StableDiffusionDepth2ImgPipeline,
+    images: torch.Tensor,
+    depth: torch.Tensor,
+    captions: list[str],
+    domains: list[str],
+    draws: int = 8,
+    seed: int = 0,
+) -> dict:
+    """Denoising MSE of the depth UNet with the matching vs a mismatched depth map, per band.
+
+    Every held-out sample is noised ``draws`` times per timestep band (same noise and timesteps
+    for both depth maps); the mismatched map is the next scene of the same domain.
+
+    Args:
+        images: (N, 3, H, W) real renders in [-1, 1]; depth: (N, 1, H, W) in [-1, 1].
+
+    Returns:
+        ``{band: {"matched", "mismatched", "ratio"}}`` with ratio = mismatched / matched
+        (1.0 = the UNet ignores the depth channel).
+    """
+    unet, scheduler = pipe.unet.eval(), DDPMScheduler.from_config(pipe.scheduler.config)
+    latents = encode_latents(pipe.vae, images) * pipe.vae.config.scaling_factor
+    cond = DepthSpec().to_latent_condition(depth, tuple(latents.shape[-2:]))
+    text = encode_text(pipe.tokenizer, pipe.text_encoder, captions)
+    partner = torch.from_numpy(_roll_within_groups(domains))
+    gen = torch.Generator().manual_seed(seed)
+    x0, c, d, d_other = (
+        t.repeat(draws, *[1] * (t.dim() - 1)) for t in (latents, text, cond, cond[partner])
+    )
+    out = {}
+    for band, (lo, hi) in RELIANCE_BANDS.items():
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(lo, hi, (len(x0),), generator=gen)
+        noisy = scheduler.add_noise(x0, noise, t)
+        target = (
+            scheduler.get_velocity(x0, noise, t)
+            if scheduler.config.prediction_type == "v_prediction"
+            else noise
+        )
+        errors = {}
+        for name, depth_in in (("matched", d), ("mismatched", d_other)):
+            pred = torch.cat(
+                [
+                    unet(
+                        torch.cat([noisy[i : i + 64], depth_in[i : i + 64]], 1),
+                        t[i : i + 64],
+                        encoder_hidden_states=c[i : i + 64],
+                    ).sample
+                    for i in range(0, len(x0), 64)
+                ]
+            )
+            errors[name] = round(float((pred - target).pow(2).mean()), 5)
+        errors["ratio"] = round(errors["mismatched"] / max(errors["matched"], 1e-12), 3)
+        out[band] = errors
+    return out
+
+
 def depth_following(
     pipe: StableDiffusionDepth2ImgPipeline,
     images: torch.Tensor,
@@ -87,23 +154,32 @@ def depth_following(
     """
     judge = pipe.depth_estimator
     partner = _roll_within_groups(domains)
-    floor = aligned_depth_errors(predict_depth(judge, images), depth)
-    matched, chance = [], []
-    for seed in seeds:
-        generated = generate(pipe, depth, captions, seed)
-        pred = predict_depth(judge, generated * 2.0 - 1.0)
-        matched.append(aligned_depth_errors(pred, depth))
-        chance.append(aligned_depth_errors(pred, depth[partner]))
+    real_pred = predict_depth(judge, images)
+    preds = [
+        predict_depth(judge, generate(pipe, depth, captions, seed) * 2.0 - 1.0) for seed in seeds
+    ]
 
-    def mean(rows: list[dict]) -> dict:
-        return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
+    def summary(sel: np.ndarray) -> dict:
+        def mean(rows: list[dict]) -> dict:
+            return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
 
-    return {
-        "n_images": len(captions) * len(seeds),
-        "generated_vs_condition": mean(matched),
-        "floor_real_images": {k: round(v, 4) for k, v in floor.items()},
-        "chance_mismatched_depth": mean(chance),
+        floor = aligned_depth_errors(real_pred[sel], depth[sel])
+        return {
+            "n_images": len(sel) * len(seeds),
+            "generated_vs_condition": mean(
+                [aligned_depth_errors(p[sel], depth[sel]) for p in preds]
+            ),
+            "floor_real_images": {k: round(v, 4) for k, v in floor.items()},
+            "chance_mismatched_depth": mean(
+                [aligned_depth_errors(p[sel], depth[partner[sel]]) for p in preds]
+            ),
+        }
+
+    result = summary(np.arange(len(captions)))
+    result["by_domain"] = {
+        d: summary(np.flatnonzero(np.asarray(domains) == d)) for d in dict.fromkeys(domains)
     }
+    return result
 
 
 def _tile(array_hwc: np.ndarray, scale: int) -> Image.Image:
