@@ -2,7 +2,7 @@
 
 Sizes are picked for a 2-core CPU: 64 px images, a VAE with down-sampling factor 4 (16x16x4
 latents), ~2 M-parameter UNets. ``BuildConfig.quick()`` is a smoke-test budget (~1-2 minutes);
-``BuildConfig.full()`` is the shipped model (~35 minutes on a heavily shared 2-core box).
+``BuildConfig.full()`` is the shipped model (~50 minutes on a shared 2-core box).
 """
 
 from __future__ import annotations
