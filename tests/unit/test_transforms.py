@@ -146,7 +146,6 @@ def test_collate_contract():
     batch = collate(samples)
     # Images stay uint8 on the host (B, 3, h, w); finalize_batch makes them float on the device.
     assert batch["image"].shape == (3, 3, 16, 24) and batch["image"].dtype == torch.uint8
-    assert batch["image"].is_contiguous()
     assert torch.equal(batch["image"][1], samples[1]["image"])
     assert batch["depth"].shape == (3, 1, 16, 24) and batch["valid_mask"].dtype == torch.bool
     assert batch["caption"] == ["a ramp"] * 3 and batch["key"] == ["ramp"] * 3
@@ -161,9 +160,11 @@ def test_finalize_gives_the_float_images_of_the_old_host_conversion():
     hwc[0, 0, 0], hwc[0, 0, 1] = 0, 255
     # The conversion collate used to do on the host (kept here as the reference).
     old = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous().float().mul_(1 / 127.5).sub_(1)
-    batch = {"image": torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous(), "key": ["a"] * 4}
+    # The reader's layout: (B, 3, H, W) with channels-last memory (an (B, H, W, 3) array).
+    batch = {"image": torch.from_numpy(hwc).permute(0, 3, 1, 2), "key": ["a"] * 4}
     out = finalize_batch(batch)
     assert out is batch and out["image"].dtype == torch.float32
+    assert out["image"].is_contiguous()
     assert torch.equal(out["image"], old)  # bit-identical
     assert out["image"].min() == -1.0 and out["image"].max() == 1.0
     assert finalize_batch(out)["image"] is out["image"]  # float passes through

@@ -235,10 +235,12 @@ class TrainStream(IterableDataset):
         rng = np.random.default_rng(seq)
         samples = self._samples(rng)
         for _ in range(n_batches):
-            # Transform the whole batch at once (one resampling call per field and group).
-            batch, notes = self.transform.batch(
-                [next(samples) for _ in range(self.batch_size)], rng
-            )
+            # Samples go into the batch as they are decoded (resampled right away when big,
+            # a few at a time in one call when small: see transforms.BatchBuilder).
+            builder = self.transform.builder(self.batch_size)
+            for _ in range(self.batch_size):
+                builder.add(next(samples), rng)
+            batch, notes = builder.finish()
             for sample_notes in notes:
                 for note in sample_notes:
                     self.counter.add(note)

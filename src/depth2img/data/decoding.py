@@ -54,6 +54,7 @@ from depth2img.data.shard_format import (
     SampleMeta,
     decode_depth_png,
     decode_npy,
+    image_to_array,
 )
 
 __all__ = [
@@ -303,7 +304,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         return out.astype(np.uint8)
     if mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image)
+    return image_to_array(image)
 
 
 def jpeg_draft_factor(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
@@ -513,16 +514,27 @@ def _raw_range(raw: np.ndarray, invalid: int | None) -> tuple[int, int] | None:
     Plain reductions; when the no-data value is the minimum (or maximum) a wrapping uint16
     shift moves it to the other end first (one pass instead of a mask and masked reductions).
     """
-    lo, hi = int(raw.min()), int(raw.max())
+    hi = int(raw.max())
+    if invalid == 0:  # the usual no-data value: v - 1 wraps 0 to 65535, keeps the others' order
+        return None if hi == 0 else (int(np.subtract(raw, np.uint16(1)).min()) + 1, hi)
+    lo = int(raw.min())
     if invalid is None or invalid not in (lo, hi):
         return lo, hi
     if lo == hi:
         return None
-    if invalid == lo:  # v - (inv + 1) wraps inv to 65535; order of the others is kept
+    if invalid == lo:  # v - (inv + 1) wraps inv to 65535
         lo = int(np.subtract(raw, np.uint16(invalid + 1)).min()) + invalid + 1
     else:  # invalid == hi: v + (65536 - inv) wraps inv to 0
         hi = int(np.add(raw, np.uint16(65536 - invalid)).max()) - (65536 - invalid)
     return lo, hi
+
+
+def _scaled_value(raw: int, meta: SampleMeta) -> np.float32:
+    """:func:`_scaled` of one value (the same float32 operations, on numpy scalars)."""
+    value = np.float32(raw) * np.float32(meta.depth_scale)
+    if meta.depth_offset != 0.0:
+        value = value + np.float32(meta.depth_offset)
+    return value
 
 
 def _raw_depth_range(raw: np.ndarray, meta: SampleMeta) -> tuple[float, float] | None:
@@ -532,21 +544,19 @@ def _raw_depth_range(raw: np.ndarray, meta: SampleMeta) -> tuple[float, float] |
     :func:`raw_to_depth`, which is monotonic: the same numbers as the min/max of the float map.
     Only valid when every valid value is finite (and positive for "depth"); the caller checks
     that. The skip checks only need "is there a valid pixel" and "are two valid pixels
-    different", so a probe of a few rows answers first when it can; then the range returned is
-    the probe's (a sub-range of the true one, still with min < max).
+    different", so for a big map a probe of 16 rows answers first when it can; then the range
+    returned is the probe's (a sub-range of the true one, still with min < max).
     """
     step = raw.shape[0] // 16
-    if step > 1:
-        probe = _raw_range(raw[::step], meta.depth_invalid)
-        if probe is not None:
-            ends = _scaled(np.array(probe, dtype=np.uint16), meta)
-            if ends[0] != ends[1]:
-                return float(ends.min()), float(ends.max())
-    full = _raw_range(raw, meta.depth_invalid)
-    if full is None:
-        return None
-    ends = _scaled(np.array(full, dtype=np.uint16), meta)
-    return float(ends.min()), float(ends.max())
+    candidates = (raw[::step], raw) if step > 1 and raw.size > 1 << 16 else (raw,)
+    for values in candidates:
+        found = _raw_range(values, meta.depth_invalid)
+        if found is None:
+            continue
+        lo, hi = sorted(float(_scaled_value(v, meta)) for v in found)
+        if lo != hi or values is raw:
+            return lo, hi
+    return None
 
 
 def _decode_latents(data: bytes) -> np.ndarray:
