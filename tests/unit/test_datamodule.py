@@ -348,3 +348,17 @@ def test_real_process_group_two_ranks(tmp_path):
     first7 = [f"s0-{i:03d}" for i in range(6)] + ["s1-000"]
     assert ranks[0]["val"] == first7[0::2]
     assert ranks[1]["val"] == [*first7[1::2], first7[0]]  # padded by wrapping around
+
+
+def test_batches_ship_uint8_images_and_become_float_after_the_transfer(tmp_path):
+    folder = _good_shards(tmp_path / "t", shards=1, per_shard=6)
+    dm = _datamodule(folder, folder, samples_per_epoch=4, val_samples=3)
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        batch = next(iter(loader))
+        image = batch["image"]
+        assert image.dtype == torch.uint8 and image.shape[1:] == (3, 16, 16)
+        expected = image.float() / 127.5 - 1
+        out = dm.on_after_batch_transfer(batch, 0)  # what Lightning calls on the device
+        assert out["image"].dtype == torch.float32 and out["image"].is_contiguous()
+        torch.testing.assert_close(out["image"], expected, rtol=0, atol=1e-6)
+        assert out["depth"].dtype == torch.float32 and out["valid_mask"].dtype == torch.bool

@@ -273,3 +273,86 @@ def test_pipe_urls_stream_through_a_command(tmp_path):
     assert keys == ["k0", "k1", "k2"] and counter.counts() == {}
     list(iter_shard_samples(f"pipe:cat {tmp_path}/missing.tar", counter))
     assert counter.counts() == {"tar_error": 1}  # a failing command is a broken shard
+
+
+# ----------------------------------------------------------------------------- 16-bit depth, lazily
+
+
+def _png_depth_raw(raw_depth: np.ndarray, **meta) -> dict:
+    return _raw(
+        *raw_depth.shape,
+        **{"depth.npy": None, "depth.png": encode_depth_png(raw_depth)},
+        json=_meta(**meta),
+    )
+
+
+def test_png_depth_is_converted_lazily_and_windows_are_bit_identical():
+    from depth2img.data.decoding import raw_to_depth, raws_to_depth
+
+    rng = np.random.default_rng(3)
+    raw_depth = rng.integers(0, 65535, (40, 50), dtype=np.uint16)
+    meta = dict(depth_kind="depth", depth_scale=0.002, depth_offset=0.25, depth_invalid=0)
+    sample = decode_sample(_png_depth_raw(raw_depth, **meta))
+    assert sample.depth_is_lazy and sample.clean and sample.depth_hw == (40, 50)
+    window = sample.depth_region(slice(5, 30), slice(7, 41))  # converted only there
+    assert sample.depth_is_lazy
+    full = sample.depth  # built on first access, then kept
+    assert not sample.depth_is_lazy
+    np.testing.assert_array_equal(window, full[5:30, 7:41])  # NaN compare equal here
+    np.testing.assert_array_equal(full, raw_to_depth(raw_depth, sample.meta))
+    # Several samples' windows converted together: the same bits as one by one.
+    metas = [
+        sample.meta,
+        decode_sample(_png_depth_raw(raw_depth, depth_kind="inverse", depth_scale=3.0)).meta,
+        decode_sample(
+            _png_depth_raw(raw_depth, depth_kind="height", depth_invalid=7, depth_offset=-2.0)
+        ).meta,
+    ]
+    stack = np.stack([raw_depth[:, :20], raw_depth[:, 20:40], raw_depth[:, 30:]], axis=1)
+    together = raws_to_depth(stack, metas)
+    for g, m in enumerate(metas):
+        np.testing.assert_array_equal(together[:, g], raw_to_depth(stack[:, g], m))
+
+
+@pytest.mark.parametrize("invalid", [None, 0, 9, 65535])
+@pytest.mark.parametrize("big", [False, True])
+def test_png_depth_skip_checks_on_uint16_values(invalid, big):
+    """all-invalid / constant detection without the float map (probe rows first for big
+    maps): right for every place of the no-data value, also when the probe is inconclusive."""
+    h, w = (300, 260) if big else (20, 30)
+    meta = dict(depth_kind="inverse", depth_scale=0.5, depth_invalid=invalid)
+    fill = 0 if invalid is None else invalid
+    base = np.full((h, w), 100, np.uint16)
+    if invalid is not None:
+        base[::3] = fill  # no-data rows everywhere, also in the probe
+    # Constant valid values: skipped (or kept and noted).
+    with pytest.raises(SampleError, match="depth_constant"):
+        decode_sample(_png_depth_raw(base, **meta))
+    # One different pixel away from the probe rows: not constant.
+    varied = base.copy()
+    varied[h - 2, w - 1] = 101
+    decode_sample(_png_depth_raw(varied, **meta))
+    # The no-data value (at either end of the range) is not a valid value.
+    if invalid is not None:
+        with pytest.raises(SampleError, match="depth_all_invalid"):
+            decode_sample(_png_depth_raw(np.full((h, w), fill, np.uint16), **meta))
+        mixed = base.copy()
+        mixed[1, 1] = 7 if invalid != 7 else 8
+        sample = decode_sample(_png_depth_raw(mixed, **meta))
+        assert np.nanmin(sample.depth) == np.float32(mixed[1, 1]) * np.float32(0.5)
+
+
+def test_image_to_array_equals_numpy_asarray():
+    from depth2img.data.shard_format import image_to_array
+
+    rng = np.random.default_rng(0)
+    for array in (
+        rng.integers(0, 256, (17, 23, 3), dtype=np.uint8),
+        rng.integers(0, 256, (17, 23), dtype=np.uint8),
+        rng.integers(0, 65536, (17, 23), dtype=np.uint16),
+    ):
+        image = Image.fromarray(array)
+        out = image_to_array(image)
+        assert out.dtype == np.asarray(image).dtype
+        np.testing.assert_array_equal(out, np.asarray(image))
+        np.testing.assert_array_equal(out, array)

@@ -4,6 +4,7 @@ contract (shapes, dtypes, ranges, no NaN)."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -228,3 +229,173 @@ def test_reduced_scale_jpeg_stays_aligned_with_full_size_depth():
         assert np.abs(image - depth).mean() < 1.5
         assert np.abs(image[:, 1:] - depth[:, :-1]).mean() > 2.5
         assert np.abs(image[1:] - depth[:-1]).mean() > 2.5
+
+
+# ----------------------------------------------------------------------------- crop geometry
+
+
+def test_random_crops_start_on_whole_pixels_of_the_reduced_image_and_stay_inside():
+    rng = np.random.default_rng(0)
+    for src_hw, size, step in [((200, 296), (24, 36), 8), ((160, 216), 128, 1), ((41, 77), 9, 1)]:
+        for _ in range(20):
+            plan = plan_crop(src_hw, size, rng, step=step)
+            x0, y0, x1, y1 = plan.box
+            assert x0 % step == 0 and y0 % step == 0 and plan.offset is None
+            assert x1 <= src_hw[1] + 1e-6 and y1 <= src_hw[0] + 1e-6
+            # The scale of "resize the shorter side": the same as the center crop's.
+            center = plan_crop(src_hw, size)
+            np.testing.assert_allclose(
+                (x1 - x0, y1 - y0),
+                (center.box[2] - center.box[0], center.box[3] - center.box[1]),
+                rtol=1e-12,
+            )
+
+
+def test_window_crop_equals_pillow_resize_of_the_box_up_to_rounding_and_the_crop_edge():
+    """Resampling only the crop window equals resizing with the box over the whole image
+    (Pillow's bicubic reads past the box edge; the window crop cuts there)."""
+    rng = np.random.default_rng(1)
+    image = _smooth_rgb(rng, 160, 216)
+    for seed in range(4):
+        plan = plan_crop(image.shape[:2], 128, np.random.default_rng(seed), flip=seed % 2 == 1)
+        ours = apply_image(image, plan).permute(1, 2, 0).numpy().astype(int)
+        ref = Image.fromarray(image).resize((128, 128), Image.Resampling.BICUBIC, box=plan.box)
+        ref = np.asarray(ref)[:, ::-1] if plan.flip else np.asarray(ref)
+        diff = np.abs(ours - ref.astype(int))
+        assert diff[3:-3, 3:-3].max() <= 2  # kernel rounding (torch vs Pillow fixed point)
+        assert diff.mean() < 0.3
+
+
+def _smooth_rgb(rng, h, w) -> np.ndarray:
+    low = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    big = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
+    noise = rng.integers(-10, 11, (h, w, 3))
+    return np.clip(np.asarray(big).astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def _box_reference(depth: np.ndarray, box, out_hw) -> np.ndarray:
+    """Pillow's BOX filter by definition: the mean of the source pixels whose centres fall in
+    (c - s/2, c + s/2] around each output centre c (s = max(box / output, 1)); NaN if any is."""
+    (x0, y0, x1, y1), (h, w) = box, out_hw
+    out = np.empty((h, w), np.float64)
+
+    def taps(lo, hi, n, size):
+        scale = (hi - lo) / n
+        half = max(scale, 1.0) / 2
+        centers = lo + (np.arange(n) + 0.5) * scale
+        pix = np.arange(size) + 0.5
+        return [np.nonzero((pix > c - half) & (pix <= c + half))[0] for c in centers]
+
+    rows, cols = taps(y0, y1, h, depth.shape[0]), taps(x0, x1, w, depth.shape[1])
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            out[i, j] = depth[np.ix_(r, c)].astype(np.float64).mean()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_area_depth_is_the_box_mean_and_nan_exactly_where_a_tap_is_missing(seed):
+    rng = np.random.default_rng(seed)
+    src_hw = tuple(int(v) for v in rng.integers(30, 90, 2))
+    out_hw = tuple(int(v) for v in rng.integers(5, 30, 2))
+    depth = rng.uniform(1, 40, src_hw).astype(np.float32)
+    depth[rng.random(src_hw) < 0.03] = np.nan
+    plan = plan_crop(src_hw, out_hw, rng if seed % 2 else None, flip=seed % 3 == 0)
+    ours = apply_depth(depth, plan, "area")
+    ref = _box_reference(depth, plan.box, out_hw)
+    ref = ref[:, ::-1] if plan.flip else ref
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    np.testing.assert_allclose(ours[~np.isnan(ours)], ref[~np.isnan(ref)], rtol=2e-6)
+
+
+def test_strip_box_filter_equals_the_whole_window_filter():
+    from depth2img.data.transforms import (
+        _box_resample_strips,
+        _resample_depth_stack,
+    )
+
+    rng = np.random.default_rng(3)
+    window = rng.uniform(1, 40, (300, 410)).astype(np.float32)
+    window[rng.random(window.shape) < 0.01] = np.nan
+    box = (0.0, 0.0, 410 * 0.7, 300.0)
+    for flip in (False, True):
+        whole = _resample_depth_stack(window[:, None], box, (200, 191), "area", flip)[0]
+        strips = _box_resample_strips(lambda a, b: window[a:b], box, (200, 191), window.shape, flip)
+        np.testing.assert_array_equal(np.isnan(whole), np.isnan(strips))
+        np.testing.assert_allclose(strips, whole, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _png_sample(rng, key: str, h: int, w: int, kind: str = "depth") -> dict:
+    from depth2img.data.shard_format import encode_depth_png, quantize_depth_uint16
+
+    depth = rng.uniform(2, 40, (h, w)).astype(np.float32)
+    depth[: h // 6] = np.nan
+    raw, scale, offset = quantize_depth_uint16(depth)
+    buffer = io.BytesIO()
+    Image.fromarray(_smooth_rgb(rng, h, w)).save(buffer, format="JPEG", quality=90)
+    meta = {"depth_kind": kind, "depth_scale": scale, "depth_offset": offset, "depth_invalid": 0}
+    return {
+        "__key__": key,
+        "jpg": buffer.getvalue(),
+        "depth.png": encode_depth_png(raw),
+        "json": json.dumps(meta).encode(),
+        "txt": key.encode(),
+    }
+
+
+def _assert_batches_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if isinstance(a[name], torch.Tensor):
+            if a[name].dtype.is_floating_point:
+                torch.testing.assert_close(a[name], b[name], rtol=0, atol=2e-6)
+            else:
+                assert torch.equal(a[name], b[name]), name
+        else:
+            assert a[name] == b[name], name
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_equals_collated_single_samples(train):
+    """One transform call per batch (grouped windows, strips, in-place writes) gives what the
+    per-sample path gives, for mixed source sizes, flips, 16-bit PNG and float depth."""
+    from depth2img.data.decoding import decode_sample
+    from depth2img.data.shard_format import encode_npy
+
+    rng = np.random.default_rng(5)
+    raws = [_png_sample(rng, f"a{i}", 40, 56) for i in range(5)]  # small: one grouped call
+    raws += [_png_sample(rng, f"b{i}", 180, 240) for i in range(2)]  # big: strips
+    npy = _png_sample(rng, "c0", 40, 56)
+    npy["depth.npy"] = encode_npy(rng.uniform(1, 9, (40, 56)).astype(np.float32))
+    del npy["depth.png"]
+    raws.append(npy)
+    samples = [decode_sample(raw, draft_for=(32, 32)) for raw in raws]
+    transform = PairedTransform(32, train=train, caption_dropout=0.3)
+    batch, notes = transform.batch(samples, np.random.default_rng(9))
+    rng2 = np.random.default_rng(9)
+    single = [transform(sample, rng2) for sample in samples]
+    assert notes == [s.pop("notes") for s in single]
+    _assert_batches_equal(batch, collate(single))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (8, 3, 32, 32)
+    assert torch.isfinite(batch["depth"]).all() and batch["depth"].abs().max() <= 1
+
+
+def test_clean_fast_path_equals_the_checked_path():
+    """decode_sample marks its samples clean (skipping re-checks); a copy marked unclean goes
+    through every check and must give the same batch."""
+    from depth2img.data.decoding import DecodedSample, decode_sample
+
+    rng = np.random.default_rng(6)
+    samples = [decode_sample(_png_sample(rng, f"k{i}", 48, 64)) for i in range(3)]
+    unclean = [
+        DecodedSample(s.key, s.image, s.depth.copy(), s.depth_raw, s.caption, s.meta)
+        for s in samples
+    ]
+    assert all(s.clean for s in samples) and not any(s.clean for s in unclean)
+    transform = PairedTransform(24, train=True)
+    fast, _ = transform.batch(samples, np.random.default_rng(1))
+    checked, _ = transform.batch(unclean, np.random.default_rng(1))
+    _assert_batches_equal(fast, checked)
