@@ -128,7 +128,7 @@ def image_to_array(image: Image.Image) -> np.ndarray:
         return np.asarray(image)
     dtype, bands = spec
     shape = (image.height, image.width) if bands is None else (image.height, image.width, bands)
-    size = int(np.prod(shape)) * dtype.itemsize
+    size = image.height * image.width * (bands or 1) * dtype.itemsize
     try:
         encoder = Image._getencoder(image.mode, "raw", image.mode)
         encoder.setimage(image.im, (0, 0, *image.size))
