@@ -239,7 +239,7 @@ class TrainStream(IterableDataset):
             # a few at a time in one call when small: see transforms.BatchBuilder).
             builder = self.transform.builder(self.batch_size)
             for _ in range(self.batch_size):
-                builder.add(next(samples), rng)
+                builder.add(next(samples), rng, checked=True)  # _samples checked it
             batch, notes = builder.finish()
             for sample_notes in notes:
                 for note in sample_notes:

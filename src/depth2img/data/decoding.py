@@ -434,19 +434,22 @@ def raw_to_depth(raw: np.ndarray, meta: SampleMeta) -> np.ndarray:
     return depth
 
 
-def raws_to_depth(raw: np.ndarray, metas: list[SampleMeta]) -> np.ndarray:
-    """Windows of several lazily decoded PNG depths, stacked (Hw, G, Ww) uint16 -> float32.
+def raws_to_depth(raw: np.ndarray, metas: list[SampleMeta], axis: int = 1) -> np.ndarray:
+    """Windows of several lazily decoded PNG depths, stacked along ``axis`` of a 3-D uint16
+    array ((Hw, G, Ww) by default, or (Hw, Ww, G) with ``axis=2``) -> float32, same layout.
 
     The arithmetic of :func:`raw_to_depth` per sample (scale, offset, ``depth_invalid`` -> NaN)
     in a few passes for the whole stack. Only for samples whose values are all finite and, for
     ``depth_kind == "depth"``, positive (``DecodedSample.depth_is_lazy``): the other checks of
     :func:`raw_to_depth` cannot fire there.
     """
-    scales = np.array([meta.depth_scale for meta in metas], dtype=np.float32)
-    depth = np.multiply(raw, scales[None, :, None], dtype=np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = len(metas)
+    scales = np.array([meta.depth_scale for meta in metas], dtype=np.float32).reshape(shape)
+    depth = np.multiply(raw, scales, dtype=np.float32)
     offsets = [meta.depth_offset for meta in metas]
     if any(offsets):
-        depth += np.array(offsets, dtype=np.float32)[None, :, None]
+        depth += np.array(offsets, dtype=np.float32).reshape(shape)
     invalid = {meta.depth_invalid for meta in metas}
     if len(invalid) == 1:
         (value,) = invalid
@@ -455,7 +458,8 @@ def raws_to_depth(raw: np.ndarray, metas: list[SampleMeta]) -> np.ndarray:
     else:
         for g, meta in enumerate(metas):
             if meta.depth_invalid is not None:
-                np.copyto(depth[:, g], np.float32(np.nan), where=raw[:, g] == meta.depth_invalid)
+                part = (slice(None),) * axis + (g,)
+                np.copyto(depth[part], np.float32(np.nan), where=raw[part] == meta.depth_invalid)
     return depth
 
 

@@ -317,6 +317,18 @@ def _box_resample_strips(read_rows, box: tuple, out_hw, window_hw, flip: bool) -
     return out
 
 
+@functools.lru_cache(maxsize=128)
+def _box_matrix_2d(box: tuple, out_hw: tuple, window_hw: tuple, flip: bool) -> sparse.csr_array:
+    """Both passes of the box filter as one (h * w, Hw * Ww) matrix (row-major pixels): one
+    sparse product for a whole group of small windows, no intermediate, no transposes."""
+    (x0, y0, x1, y1), (out_h, out_w), (win_h, win_w) = box, out_hw, window_hw
+    rows = _box_matrix(y0, y1, out_h, win_h)
+    cols = _box_matrix(x0, x1, out_w, win_w, flip)
+    matrix = sparse.csr_array(sparse.kron(rows, cols, format="csr"), dtype=np.float32)
+    matrix.data.flags.writeable = False  # shared through the cache
+    return matrix
+
+
 def _nearest_index(in0: float, in1: float, out_size: int, in_size: int) -> np.ndarray:
     """Pillow's NEAREST with a box: output j reads ``int(in0 + (j + 0.5) * scale)``."""
     scale = (in1 - in0) / out_size
@@ -655,6 +667,12 @@ class PairedTransform:
                     read = self._row_reader(samples[index[0]], *members[0][1:])
                     depth = _box_resample_strips(read, box, self.size, (win_h, win_w), flip)
                     depth = depth[None]
+                elif len(members) > 1 and self.depth_resize == "area":
+                    # Small windows: one product with both passes for the whole group.
+                    columns = self._depth_columns(samples, members, win_h, win_w)
+                    matrix = _box_matrix_2d(box, self.size, (win_h, win_w), flip)
+                    out = matrix @ columns.reshape(win_h * win_w, len(members))  # [h * w, G]
+                    depth = out.T.reshape(len(members), *self.size)
                 else:
                     stack = self._depth_windows(samples, members, win_h, win_w)  # [Hw, G, Ww]
                     depth = _resample_depth_stack(stack, box, self.size, self.depth_resize, flip)
@@ -686,6 +704,21 @@ class PairedTransform:
             return lambda a, b: raws_to_depth(raw[a:b, None], metas)[:, 0]
         region = sample.depth_region(rows, cols)
         return lambda a, b: region[a:b]
+
+    @staticmethod
+    def _depth_columns(samples, members, win_h: int, win_w: int) -> np.ndarray:
+        """(Hw, Ww, G) float32 depth windows of a group (NaN = invalid): pixels row-major,
+        samples last (the layout of one multi-vector sparse product)."""
+        lazy = [j for j, (i, _, _) in enumerate(members) if samples[i].depth_is_lazy]
+        if len(lazy) == len(members):
+            raw = np.empty((win_h, win_w, len(members)), np.uint16)
+            for j, (i, rows, cols) in enumerate(members):
+                raw[:, :, j] = samples[i].depth_raw[rows, cols]
+            return raws_to_depth(raw, [samples[i].meta for i, _, _ in members], axis=2)
+        stack = np.empty((win_h, win_w, len(members)), np.float32)
+        for j, (i, rows, cols) in enumerate(members):
+            stack[:, :, j] = samples[i].depth_region(rows, cols)
+        return stack
 
     @staticmethod
     def _depth_windows(samples, members, win_h: int, win_w: int) -> np.ndarray:
@@ -736,13 +769,14 @@ class BatchBuilder:
         self._done = 0  # samples whose pixels are in the arrays
         self._pending_pixels = 0.0
 
-    def add(self, sample: DecodedSample, rng: np.random.Generator) -> None:
+    def add(self, sample: DecodedSample, rng: np.random.Generator, checked: bool = False) -> None:
         """Add the next sample (raises :class:`SampleError` when it is unusable, see
-        :meth:`PairedTransform.check`; the builder is unchanged then)."""
+        :meth:`PairedTransform.check`, unless ``checked``; the builder is unchanged then)."""
         transform = self.transform
         if len(self.samples) >= self.size:
             raise ValueError(f"the batch already has {self.size} samples")
-        transform.check(sample)
+        if not checked:
+            transform.check(sample)
         lat = sample.latents if transform.use_latents is not False else None
         flip = transform.random_flip and bool(rng.random() < 0.5)
         # Cached latents fix the geometry: deterministic center crop only. Full-size grid;
