@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from depth2img.data.decoding import _to_rgb  # the reader's conversion rules, shared on purpose
@@ -361,6 +362,10 @@ _CONTEXT: tuple | None = None  # (images_dir, options, captions) inside a worker
 def _set_context(context: tuple) -> None:
     global _CONTEXT
     _CONTEXT = context
+    # A forked child inherits the parent's OpenMP state but not its threads: a multi-threaded
+    # torch op in the child can wait forever on a futex (a CI hang). One thread, like
+    # DataLoader workers do.
+    torch.set_num_threads(1)
 
 
 def _prepare(pair: Pair, context: tuple | None = None):

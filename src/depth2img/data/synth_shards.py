@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from depth2img.data.shard_format import SampleMeta
 from depth2img.data.writer import ShardWriter, encode_sample, sanitize_key
@@ -126,7 +127,7 @@ def write_synthetic_shards(
         if workers > 1:
             # fork: the children only run numpy; results come back in order, so the shards are
             # byte-identical to a single-process run.
-            pool = multiprocessing.get_context("fork").Pool(workers)
+            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)
             results = pool.imap(_render_chunk, chunks)
         else:
             results = map(_render_chunk, chunks)
@@ -145,6 +146,11 @@ def write_synthetic_shards(
         pool.close()
         pool.join()
     return {split: writer.close() for split, writer in writers.items()}
+
+
+def _one_thread() -> None:
+    """Forked children: one torch thread (an inherited OpenMP pool has no threads behind it)."""
+    torch.set_num_threads(1)
 
 
 def _render_chunk(task: tuple) -> list[tuple[int, dict]]:
