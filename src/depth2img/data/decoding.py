@@ -23,6 +23,11 @@ Reduced-scale JPEG decoding: given the training size (``decode_sample(draft_for=
 JPEG at least 2x larger than needed is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
 (only when the factor divides both sides, so the small image covers exactly the depth grid).
 Depth is always decoded at full size; the paired transform resamples both on one grid.
+
+16-bit PNG depth stays uint16 after decoding: the skip checks (no valid pixel, constant depth)
+run on the integer values (the float32 mapping is monotonic, so they give the same answers), and
+the float map is built only where needed (``DecodedSample.depth_region`` for a crop window,
+``DecodedSample.depth`` for all of it, bit-identical either way).
 """
 
 from __future__ import annotations

@@ -13,20 +13,24 @@ cannot drift apart by rounding:
 - center crops (validation, cached latents) keep the classic "resize the whole image to the
   rounded grid ``resized_hw``, crop at a whole offset" grid, bit-identical to earlier versions and
   to existing latent caches;
-- depth, ``"area"`` (default): box average of just the crop box (Pillow ``resize(box=...)`` in
-  mode ``F`` on the crop window; the 16-bit values are converted to float only there). Box sums
-  propagate NaN, so an output pixel is valid only when its whole footprint is valid: no depth
-  value is ever blended with missing data, holes grow by at most one output pixel. Compared
-  with nearest it does not alias thin structures or sensor noise into random dots when
-  shrinking a lot; blending across a depth edge is limited to a one-pixel seam at training
-  size, far below the latent grid (8x coarser) the UNet sees.
+- depth, ``"area"`` (default): Pillow's BOX filter over the crop box (each output pixel is the
+  mean of the source pixels whose centres lie in its footprint), computed as sparse products on
+  the crop window only: two per big window, in 64-row strips; one per group of small windows.
+  A 16-bit PNG stays uint16 until then and only the window becomes float. NaN spreads through
+  the sums, so an output pixel is valid only when its whole footprint is valid: no depth value
+  is ever blended with missing data, holes grow by at most one output pixel. Compared with
+  nearest it does not alias thin structures or sensor noise into random dots when shrinking a
+  lot; blending across a depth edge is limited to a one-pixel seam at training size, far below
+  the latent grid (8x coarser) the UNet sees.
 - depth, ``"nearest"``: every value is a measured one (for label-like depth); slightly cheaper.
 - flip: a horizontal mirror of all fields, latents included.
 
-Samples and batches carry the image as **uint8** (B, 3, h, w): converting to float on the host
-would cost more than the crop itself and make the host->device copy 4x larger.
-:func:`finalize_batch` (called by the LightningModule after the transfer) turns it into float32
-in [-1, 1] on the device.
+Work is batched (:class:`BatchBuilder`): crops of same-size sources are resampled by one call
+per field for small windows, big windows one at a time right after decoding (still in the CPU
+caches). Samples and batches carry the image as **uint8** (B, 3, h, w), channels-last in
+memory: converting to float on the host would cost more than the crop itself and make the
+host->device copy 4x larger. :func:`finalize_batch` (``ShardDataModule.on_after_batch_transfer``)
+turns it into contiguous float32 in [-1, 1] on the device.
 
 With cached latents the geometry must match the cache: deterministic resize + center crop
 (:func:`resize_and_center_crop`, what the latent cache encodes), no random crop.
