@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from depth2img.data.decoding import _to_rgb  # the reader's conversion rules, shared on purpose
 from depth2img.data.shard_format import SampleMeta
+from depth2img.data.worker_pool import safe_pool
 from depth2img.data.writer import ShardWriter, encode_sample, sanitize_key
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -335,9 +335,7 @@ def iter_folder_samples(
     chunk = max(1, options.batch_size, 8 * workers if workers > 1 else 0)
     pool = None
     if workers > 1:
-        pool = multiprocessing.get_context("fork").Pool(
-            workers, initializer=_set_context, initargs=(context,)
-        )
+        pool = safe_pool(workers, [__name__], initializer=_set_context, initargs=(context,))
     try:
         for start in range(0, len(pairs), chunk):
             part = pairs[start : start + chunk]
@@ -362,9 +360,7 @@ _CONTEXT: tuple | None = None  # (images_dir, options, captions) inside a worker
 def _set_context(context: tuple) -> None:
     global _CONTEXT
     _CONTEXT = context
-    # A forked child inherits the parent's OpenMP state but not its threads: a multi-threaded
-    # torch op in the child can wait forever on a futex (a CI hang). One thread, like
-    # DataLoader workers do.
+    # One torch thread per worker (the workers already fill the cores), like DataLoader workers.
     torch.set_num_threads(1)
 
 

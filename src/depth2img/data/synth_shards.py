@@ -8,7 +8,6 @@ a training scene.
 from __future__ import annotations
 
 import math
-import multiprocessing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from depth2img.data.shard_format import SampleMeta
+from depth2img.data.worker_pool import safe_pool
 from depth2img.data.writer import ShardWriter, encode_sample, sanitize_key
 
 # Scenes rendered per task: all conditions of a scene share one ray cast, so tasks are
@@ -125,9 +125,9 @@ def write_synthetic_shards(
     pool = None
     try:
         if workers > 1:
-            # fork: the children only run numpy; results come back in order, so the shards are
-            # byte-identical to a single-process run.
-            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)
+            # Results come back in order, so the shards are byte-identical to a single-process
+            # run. No fork: see worker_pool.
+            pool = safe_pool(workers, [__name__], initializer=_one_thread)
             results = pool.imap(_render_chunk, chunks)
         else:
             results = map(_render_chunk, chunks)
@@ -149,7 +149,7 @@ def write_synthetic_shards(
 
 
 def _one_thread() -> None:
-    """Forked children: one torch thread (an inherited OpenMP pool has no threads behind it)."""
+    """Pool workers: one torch thread each (the workers already fill the cores)."""
     torch.set_num_threads(1)
 
 
