@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import tarfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -61,6 +60,7 @@ from depth2img.data.shard_format import (
     decode_npy,
     image_to_array,
 )
+from depth2img.data.tar_stream import iter_tar_files
 
 __all__ = [
     "DecodedSample",
@@ -251,10 +251,10 @@ def iter_shard_samples(
     read_all = False
     try:
         stream = gopen(url)
-        tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - closed with the stream
-        for info in tar:
-            prefix, suffix = base_plus_ext(info.name)
-            if not info.isreg() or prefix is None or os.path.basename(info.name).startswith("__"):
+        for member in iter_tar_files(stream):
+            name = member.name
+            prefix, suffix = base_plus_ext(name)
+            if prefix is None or os.path.basename(name).startswith("__"):
                 continue
             suffix = suffix.lower()
             if current is not None and prefix != current["__key__"]:
@@ -263,12 +263,11 @@ def iter_shard_samples(
             if suffix not in ALLOWED_KEYS:
                 counter.add("unknown_keys")  # never read, never decoded
                 continue
-            data = tar.extractfile(info).read()
-            tar.members = []  # streaming: do not keep every header in memory
+            data = member.read()
             if current is None:
                 current = {"__key__": prefix, "__url__": url}
             if suffix in current:
-                raise ValueError(f"duplicate member {info.name!r} in {url}")
+                raise ValueError(f"duplicate member {name!r} in {url}")
             current[suffix] = data
         read_all = True
     except Exception:  # noqa: BLE001 - any tar/IO failure: count, skip the rest of the shard
