@@ -120,3 +120,23 @@ def test_gradient_checkpointing_and_math_attention_give_same_loss_and_grads():
         results.append((loss.detach(), module.unet.conv_in.weight.grad.clone()))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_training_latents_match_cached_latents_unless_sampling():
+    """Default ``vae_latents="mean"``: a step on images trains on exactly the latents a
+    latent-cache shard holds (the posterior mean); ``"sample"`` draws from the posterior."""
+    torch.manual_seed(0)
+    module = Depth2ImgModule(model_source="tiny", ema_decay=None)
+    batch = _batch(["a", "b"])
+    with torch.no_grad():
+        cached = {**batch, "latents": module.vae.encode(batch["image"]).latent_dist.mean}
+
+    def step_loss(b, vae_latents):
+        module.hparams.vae_latents = vae_latents
+        torch.manual_seed(1)  # same noise and timesteps for every call
+        with torch.no_grad():
+            return module.training_loss(b)
+
+    reference = step_loss(cached, "mean")
+    torch.testing.assert_close(step_loss(batch, "mean"), reference, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(step_loss(batch, "sample"), reference, rtol=1e-3)

@@ -42,6 +42,7 @@ from depth2img.models.losses import (
 from depth2img.models.optim import build_optimizer, build_scheduler
 
 TRAIN_MODES = ("full", "lora")
+VAE_LATENTS = ("mean", "sample")
 
 
 def to_plain(value: Any) -> Any:
@@ -102,6 +103,11 @@ class Depth2ImgModule(pl.LightningModule):
         snr_gamma: min-SNR-γ; None = plain MSE.
         noise_offset: per-channel offset noise scale (0 = off).
         input_perturbation: extra noise on the model input only (Ning et al. 2023; 0 = off).
+        vae_latents: ``"mean"`` (default) trains on the VAE posterior mean, the same latents
+            cached-latent shards hold, so both paths train alike; ``"sample"`` draws from the
+            posterior as the diffusers training scripts do. For SD's VAE the two barely differ;
+            for the tiny VAE the posterior std is ~20 % of the latent std, and sampling taught the
+            UNet to generate that noise (fine-tuning then made FD worse, see docs/benchmarks.md).
         gradient_checkpointing: trade compute for memory in the UNet.
         enable_sdpa: keep diffusers' default scaled-dot-product attention; False = plain math.
         depth_spec: ``DepthSpec.to_dict()``; None = SD2 default.
@@ -133,6 +139,7 @@ class Depth2ImgModule(pl.LightningModule):
         snr_gamma: float | None = 5.0,
         noise_offset: float = 0.0,
         input_perturbation: float = 0.0,
+        vae_latents: str = "mean",
         gradient_checkpointing: bool = False,
         enable_sdpa: bool = True,
         depth_spec: dict | None = None,
@@ -147,6 +154,8 @@ class Depth2ImgModule(pl.LightningModule):
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
         if prediction_type is not None:
             check_prediction_type(prediction_type)
+        if vae_latents not in VAE_LATENTS:
+            raise ValueError(f"vae_latents must be one of {VAE_LATENTS}, got {vae_latents!r}")
         hparams = {k: to_plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
         self.save_hyperparameters(hparams)
         # Strict: on_load_checkpoint fills in the frozen weights (never checkpointed), so a
@@ -313,8 +322,13 @@ class Depth2ImgModule(pl.LightningModule):
         )
         return weighted_mse(prediction, target, weights)
 
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        """The training objective of a batch: random noise and timesteps, latents per
+        ``vae_latents``."""
+        return self.diffusion_loss(batch, sample_latents=self.hparams.vae_latents == "sample")
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.diffusion_loss(batch)
+        loss = self.training_loss(batch)
         bsz = len(batch["caption"])
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
         schedulers = self.lr_schedulers()
