@@ -41,6 +41,7 @@ class EvalConfigError(Exception):
 
 def settings_from_config(cfg: DictConfig, out_dir: str):
     """Composed Hydra config → :class:`EvalSettings`."""
+    from depth2img.evaluation.distributed import rank_device
     from depth2img.evaluation.runner import EvalSettings
 
     if not cfg.get("shards"):
@@ -64,7 +65,7 @@ def settings_from_config(cfg: DictConfig, out_dir: str):
         judge_kind=str(judge.get("kind", "inverse")),
         judge_batch_size=int(judge.get("batch_size", 8)),
         cache_dir=cfg.get("cache_dir"),
-        device=str(cfg.get("device", "cpu")),
+        device=rank_device(str(cfg.get("device", "cpu"))),
         progress=bool(cfg.get("progress", True)),
         **preset,
     )
@@ -91,6 +92,10 @@ def run(cfg: DictConfig) -> dict:
 
     out_dir = _shared_out_dir(str(Path(HydraConfig.get().runtime.output_dir).resolve()))
     settings = settings_from_config(cfg, out_dir)
+    if settings.device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(settings.device)  # default-device ops follow this rank's GPU
     result = evaluate(settings)
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0:
         _print_summary(result, out_dir)

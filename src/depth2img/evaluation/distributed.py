@@ -29,6 +29,16 @@ def env_rank_world() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def rank_device(device: str) -> str:
+    """The device this process evaluates on: a bare ``"cuda"`` becomes ``"cuda:<local rank>"``
+    under torchrun/srun, so N ranks on one node use N GPUs instead of all piling onto GPU 0.
+    An explicit index (``"cuda:3"``) and ``"cpu"`` are kept as given."""
+    if device != "cuda":
+        return device
+    _, world, local_rank = env_rank_world()
+    return f"cuda:{local_rank}" if world > 1 else device
+
+
 def init_distributed(backend: str = "gloo") -> tuple[int, int]:
     """Initialize the default process group when launched with several processes.
 
