@@ -107,3 +107,12 @@ def test_truncated_header_and_bad_checksum_raise():
         next(members)
     with pytest.raises(TarFormatError, match="not a tar file"):
         _read_all(b"this is not a tar file at all" * 40)
+
+
+def test_negative_size_is_an_error_not_a_read_to_the_end():
+    header = bytearray(_tar_bytes(tarfile.USTAR_FORMAT, {"a.jpg": b"x"})[:512])
+    header[124:136] = b"\xff" * 12  # base-256 -1
+    header[148:156] = b" " * 8
+    header[148:155] = f"{sum(header):06o}\0".encode()
+    with pytest.raises(TarFormatError, match="negative size"):
+        _read_all(bytes(header) + b"x" * 512 * 4)

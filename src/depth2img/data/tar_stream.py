@@ -174,6 +174,8 @@ def iter_tar_files(stream) -> Iterator[TarMember]:
             raise TarFormatError("tar header checksum mismatch (corrupt or not a tar file)")
         kind = header[156:157]
         size = _number(header[124:136])
+        if size < 0:
+            raise TarFormatError("negative size in a tar header (corrupt tar)")
         if kind in (b"x", b"X", b"g", b"L"):
             data = _read_exact(stream, _padded(size), "an extended header")[:size]
             if kind == b"L":
@@ -182,7 +184,8 @@ def iter_tar_files(stream) -> Iterator[TarMember]:
                 pax = _pax_records(data)
             continue
         name = long_name if long_name is not None else _text(header[0:100])
-        if long_name is None and header[257:262] == b"ustar" and header[345:346] != b"\0":
+        # POSIX ustar only ("ustar\0"): GNU headers ("ustar  ") keep times at 345, not a prefix.
+        if long_name is None and header[257:263] == b"ustar\0" and header[345:346] != b"\0":
             name = _text(header[345:500]) + "/" + name
         name = pax.get("path", name)
         if "size" in pax:
@@ -191,6 +194,8 @@ def iter_tar_files(stream) -> Iterator[TarMember]:
             except ValueError:
                 raise TarFormatError("malformed PAX size record") from None
         long_name, pax = None, {}
+        if size < 0:
+            raise TarFormatError(f"negative size for member {name!r} (corrupt tar)")
         if kind in _REGULAR:
             member = TarMember(stream, name, size)
             yield member
