@@ -21,6 +21,7 @@ from diffusers import DDPMScheduler
 
 from depth2img.data.datamodule import ShardDataModule
 from depth2img.inference.loading import load_generator_components
+from depth2img.models.losses import training_target
 from depth2img.models.tiny_base.training import encode_latents, encode_text
 
 BANDS = ((0, 200), (200, 600), (600, 1000))
@@ -73,8 +74,7 @@ def band_errors(source: str, batch: dict, draws: int, seed: int) -> dict[str, fl
             noise = torch.randn(latents.shape, generator=generator)
             t = torch.randint(lo, hi, (len(latents),), generator=generator)
             noisy = scheduler.add_noise(latents, noise, t)
-            v_pred = scheduler.config.prediction_type == "v_prediction"
-            target = scheduler.get_velocity(latents, noise, t) if v_pred else noise
+            target = training_target(scheduler, latents, noise, t)
             pred = components.unet(torch.cat([noisy, depth], 1), t, encoder_hidden_states=text)
             total += float((pred.sample - target).pow(2).mean())
         errors[f"{lo}-{hi}"] = round(total / draws, 5)

@@ -65,9 +65,13 @@ def test_pax_size_and_global_headers():
 
 
 @pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
-def test_compressed_archives(compress):
+def test_compressed_archives(compress, tmp_path):
     data = _tar_bytes(tarfile.PAX_FORMAT, FILES)
     assert _read_all(compress(data)) == FILES
+    path = tmp_path / "shard.tar.x"  # a local file: already a buffered reader with peek()
+    path.write_bytes(compress(data))
+    with open(path, "rb") as stream:
+        assert {m.name: m.read() for m in iter_tar_files(stream)} == FILES
 
 
 def test_unread_members_are_skipped():

@@ -54,7 +54,8 @@ class _Prefixed(io.RawIOBase):
 
 def open_decompressed(stream) -> io.BufferedIOBase:
     """``stream`` (binary, read-only, maybe not seekable) -> a stream of the tar bytes."""
-    stream = io.BufferedReader(_Prefixed(stream.read(6), stream), buffer_size=1 << 16)
+    if not hasattr(stream, "peek"):  # local files already are buffered readers
+        stream = io.BufferedReader(_Prefixed(stream.read(6), stream), buffer_size=1 << 16)
     magic = stream.peek(6)[:6]
     if magic[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=stream, mode="rb")
