@@ -1,47 +1,135 @@
-"""Summaries over images: mean, median and a percentile-bootstrap 95 % CI of the mean."""
+"""Summaries with bootstrap 95 % CIs that respect the design: resample scenes, pair comparisons.
+
+Images that share a scene (one geometry under several conditions, several seeds) are not
+independent; a bootstrap over images then gives intervals that are too narrow (65 % coverage for
+a nominal 95 % on data clustered like the demo's). Every interval here resamples **clusters**
+(scene ids); without cluster ids each value is its own cluster (the plain bootstrap).
+
+A comparison of A and B on the same inputs and seeds is **paired**: the per-image difference is
+averaged per scene and the scenes are resampled, so scene-to-scene spread cancels.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def bootstrap_ci(
-    values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (1-D, finite).
+def _cluster_sums(values: np.ndarray, clusters: Sequence | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster (sum, count) of ``values`` (1-D, finite); each value its own cluster if None."""
+    if clusters is None:
+        return values, np.ones_like(values)
+    keys = np.asarray([str(c) for c in clusters])
+    if keys.size != values.size:
+        raise ValueError(f"{values.size} values but {keys.size} cluster ids")
+    _, inverse = np.unique(keys, return_inverse=True)
+    sums = np.bincount(inverse, weights=values)
+    counts = np.bincount(inverse).astype(np.float64)
+    return sums, counts
 
-    Deterministic for a given ``seed`` so reports are reproducible. One value gives a zero-width
-    interval; no value raises.
+
+def cluster_bootstrap_ci(
+    values,
+    clusters: Sequence | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` resampling whole clusters.
+
+    Args:
+        values: 1-D finite values (one per image).
+        clusters: one cluster id (scene id) per value; None = every value its own cluster.
+        n_resamples, confidence, seed: bootstrap settings (deterministic for a seed).
+
+    Returns:
+        ``(low, high)``. Each resample draws as many clusters as there are, with replacement,
+        and takes the mean over all their images (a ratio estimator: clusters of unequal size
+        weigh by their size, like the point estimate). One cluster gives a zero-width interval.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
+        raise ValueError("a bootstrap CI needs at least one value")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    sums, counts = _cluster_sums(values, clusters)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(n_resamples, values.size))
-    means = values[idx].mean(axis=1)
+    idx = rng.integers(0, sums.size, size=(n_resamples, sums.size))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 
-def summarize(values, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """``{mean, median, ci_low, ci_high, n}`` over the finite entries of ``values``.
+def bootstrap_ci(
+    values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean, every value its own cluster (independent values)."""
+    return cluster_bootstrap_ci(values, None, n_resamples, confidence, seed)
 
-    Non-finite entries (images excluded from a metric, e.g. a flat conditioning depth) are
-    dropped and not counted in ``n``. With no finite value every statistic is None (JSON null),
-    never NaN.
-    """
+
+def _finite(values, clusters):
     arr = np.asarray(values, dtype=np.float64).ravel()
-    arr = arr[np.isfinite(arr)]
+    keep = np.isfinite(arr)
+    kept_clusters = None if clusters is None else [c for c, k in zip(clusters, keep) if k]
+    return arr[keep], kept_clusters
+
+
+def summarize(
+    values, clusters: Sequence | None = None, n_resamples: int = 2000, seed: int = 0
+) -> dict:
+    """``{mean, median, ci_low, ci_high, n, n_scenes}`` over the finite entries of ``values``.
+
+    ``clusters`` gives each value's scene id; the CI then resamples scenes and ``n_scenes``
+    counts them (without it every value is its own scene). Non-finite entries (images excluded
+    from a metric, e.g. a flat conditioning depth) are dropped and not counted. With no finite
+    value every statistic is None (JSON null), never NaN.
+    """
+    arr, kept = _finite(values, clusters)
     if arr.size == 0:
-        return {"mean": None, "median": None, "ci_low": None, "ci_high": None, "n": 0}
-    low, high = bootstrap_ci(arr, n_resamples=n_resamples, seed=seed)
+        return {
+            "mean": None,
+            "median": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n": 0,
+            "n_scenes": 0,
+        }
+    low, high = cluster_bootstrap_ci(arr, kept, n_resamples=n_resamples, seed=seed)
+    n_scenes = arr.size if kept is None else len(set(map(str, kept)))
     return {
         "mean": float(arr.mean()),
         "median": float(np.median(arr)),
         "ci_low": low,
         "ci_high": high,
         "n": int(arr.size),
+        "n_scenes": int(n_scenes),
     }
+
+
+def paired_difference(
+    a, b, clusters: Sequence | None = None, n_resamples: int = 2000, seed: int = 0
+) -> dict:
+    """Paired comparison ``mean(a - b)`` with a scene-clustered bootstrap CI.
+
+    Args:
+        a, b: per-image values of two methods on the **same** inputs and seeds (same order).
+        clusters: scene id per image (None = images independent).
+
+    Returns:
+        ``summarize`` of the differences plus ``excludes_zero`` (the CI lies on one side of 0)
+        and the means of ``a`` and ``b`` over the images both have finite.
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in length: {a.size} vs {b.size}")
+    both = np.isfinite(a) & np.isfinite(b)
+    kept = None if clusters is None else [c for c, k in zip(clusters, both) if k]
+    stats = summarize(a[both] - b[both], kept, n_resamples=n_resamples, seed=seed)
+    low, high = stats["ci_low"], stats["ci_high"]
+    stats["excludes_zero"] = bool(low is not None and (low > 0 or high < 0))
+    stats["mean_a"] = float(a[both].mean()) if both.any() else None
+    stats["mean_b"] = float(b[both].mean()) if both.any() else None
+    return stats
