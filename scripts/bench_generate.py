@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_model(source: str, device, dtype):
     from depth2img.data.depth_spec import DepthSpec
     from depth2img.inference.loading import load_generator_components
-    from depth2img.models.components import build_tiny_components
+    from depth2img.models.tiny import build_tiny_components
 
     if source == "tiny":
         components = build_tiny_components(seed=0)

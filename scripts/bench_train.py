@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from depth2img.data.transforms import finalize_batch
-from depth2img.models.lightning_module import Depth2ImgModule
+from depth2img.training.lightning_module import Depth2ImgModule
 
 
 def now() -> tuple[float, float]:

@@ -30,8 +30,8 @@ from transformers import DPTConfig, DPTForDepthEstimation
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.synthetic import DOMAINS
-from depth2img.models.components import sd_scheduler_config
-from depth2img.models.conversion import expand_unet_input_channels
+from depth2img.models.conditioning.concat import expand_unet_input_channels
+from depth2img.models.tiny import sd_scheduler_config
 from depth2img.models.tiny_base import configs, dataset, export, metrics, report, samples, training
 from depth2img.models.tiny_base.stage_cache import StageCache, fingerprint
 

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from depth2img.models.architectures import SD2_DEPTH_UNET
-from depth2img.models.components import (
+from depth2img.models.tiny import (
     TINY_CAPTION_WORDS,
     tiny_text_encoder_config,
     tiny_unet_config,

@@ -75,7 +75,7 @@ plt.show()""",
 
 from depth2img.data.datamodule import ShardDataModule
 from depth2img.data.synth_shards import write_synthetic_shards
-from depth2img.models.lightning_module import Depth2ImgModule
+from depth2img.training.lightning_module import Depth2ImgModule
 
 shards = WORK / "shards" / "aerial"
 write_synthetic_shards(shards, "aerial", 48 if FAST else 400, size=64, seed=1,

@@ -64,7 +64,8 @@ def tiny_judge(tiny_judge_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Random tiny depth2img components + the tiny judge, saved as a diffusers-layout folder."""
-    from depth2img.models.components import build_tiny_components, save_components
+    from depth2img.models.loading import save_components
+    from depth2img.models.tiny import build_tiny_components
 
     folder = tmp_path_factory.mktemp("tiny_model") / "model"
     save_components(build_tiny_components(seed=0), folder)
@@ -87,7 +88,8 @@ def street_eval_shards(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
     """A random tiny 4-channel text-to-image model (the img2img baseline's layout)."""
-    from depth2img.models.components import build_tiny_components, save_components
+    from depth2img.models.loading import save_components
+    from depth2img.models.tiny import build_tiny_components
 
     folder = tmp_path_factory.mktemp("tiny_base") / "model"
     save_components(build_tiny_components(seed=1, in_channels=4), folder)

@@ -67,7 +67,7 @@ def load_depth_estimator_folder(path: str | Path):
 def _resolve(source: str) -> tuple[str, str, str]:
     """Return ``(model_path, processor_path, name)`` for a source string."""
     if source in SHIPPED_ALIASES:
-        from depth2img.models.components import SHIPPED_MODELS, models_dir
+        from depth2img.paths import SHIPPED_MODELS, models_dir
 
         folder = models_dir() / SHIPPED_MODELS["shipped"]
         if not (folder / DEPTH_ESTIMATOR_SUBFOLDER).is_dir():

@@ -13,7 +13,8 @@ from depth2img.cli.export import main as export_main
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.inference.loading import load_generator_components
 from depth2img.inference.sampling import generate
-from depth2img.models.components import build_tiny_components, save_components
+from depth2img.models.loading import save_components
+from depth2img.models.tiny import build_tiny_components
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def trained_ckpt(tiny_model_dir, tmp_path_factory):
     """A real 2-step Lightning run on the tiny model (with its depth estimator), EMA on."""
     import lightning.pytorch as pl
 
-    from depth2img.models.lightning_module import Depth2ImgModule
+    from depth2img.training.lightning_module import Depth2ImgModule
 
     torch.set_num_threads(1)
     module = Depth2ImgModule(
@@ -134,7 +135,7 @@ def test_export_records_convention_and_uses_ema(exported, trained_ckpt, tmp_path
 
 
 def test_lora_checkpoint_exports_merged(tiny_model_dir, tmp_path):
-    from depth2img.models.lightning_module import Depth2ImgModule
+    from depth2img.training.lightning_module import Depth2ImgModule
 
     module = Depth2ImgModule(
         model_source=str(tiny_model_dir), train_mode="lora", lora_rank=4, ema_decay=None

@@ -162,7 +162,7 @@ def test_generator_api_batches_and_reports(tiny_model_dir, inputs):
 
 
 def _shipped_available() -> bool:
-    from depth2img.models.components import resolve_model_source
+    from depth2img.paths import resolve_model_source
 
     try:
         resolve_model_source("shipped")

@@ -23,7 +23,7 @@ class TinyGenerator(pl.LightningModule):
 
     def __init__(self, model_dir):
         super().__init__()
-        from depth2img.models.components import load_components
+        from depth2img.models.loading import load_components
 
         self._components = load_components(str(model_dir))
         self.unet = self._components.unet

@@ -188,7 +188,7 @@ def test_from_folder_nothing_written_exits_1(tmp_path):
 def test_cache_latents_matches_direct_vae_encoding(synth_dir, tmp_path):
     from diffusers import AutoencoderKL
 
-    from depth2img.models.components import tiny_vae_config
+    from depth2img.models.tiny import tiny_vae_config
 
     torch.manual_seed(0)
     vae = AutoencoderKL(**tiny_vae_config()).eval()

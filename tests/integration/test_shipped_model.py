@@ -20,11 +20,12 @@ from diffusers import (
 from PIL import Image
 from transformers import DPTForDepthEstimation
 
+from depth2img.artifacts.checksums import ChecksumError, verify_manifest
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.synthetic import render_sample
-from depth2img.models.checksums import ChecksumError, verify_manifest
-from depth2img.models.components import load_components, models_dir, resolve_model_source
+from depth2img.models.loading import load_components
 from depth2img.models.tiny_base.metrics import aligned_depth_errors
+from depth2img.paths import models_dir, resolve_model_source
 
 DEPTH_DIR = models_dir() / "tiny-depth2img"
 BASE_DIR = models_dir() / "tiny-sd-base"

@@ -128,7 +128,7 @@ def test_resume_continues_step_lr_and_optimizer(runs):
 
 
 def test_checkpoint_is_trainable_only_and_loads(runs):
-    from depth2img.models.lightning_module import Depth2ImgModule
+    from depth2img.training.lightning_module import Depth2ImgModule
 
     path = runs["out"] / "train/straight/checkpoints/last.ckpt"
     ckpt = torch.load(path, weights_only=True)

@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from depth2img.models.components import REPO_ROOT
+from depth2img.paths import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs"
 PRIMARIES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))

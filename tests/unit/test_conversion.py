@@ -6,8 +6,8 @@ import copy
 
 import torch
 
-from depth2img.models.components import build_tiny_components
-from depth2img.models.conversion import expand_unet_input_channels
+from depth2img.models.conditioning.concat import expand_unet_input_channels
+from depth2img.models.tiny import build_tiny_components
 
 
 def test_expanded_unet_equals_parent_for_any_depth():

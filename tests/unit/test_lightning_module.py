@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from depth2img.models.lightning_module import Depth2ImgModule
 from depth2img.models.lora import merge_lora
+from depth2img.training.lightning_module import Depth2ImgModule
 
 
 def _batch(keys: list[str], size: int = 32) -> dict:

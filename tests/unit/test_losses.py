@@ -8,7 +8,6 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from depth2img.models.components import sd_scheduler_config
 from depth2img.models.ema import EMA
 from depth2img.models.losses import (
     compute_snr,
@@ -18,6 +17,7 @@ from depth2img.models.losses import (
     weighted_mse,
 )
 from depth2img.models.optim import WarmupSchedule, build_optimizer, build_scheduler
+from depth2img.models.tiny import sd_scheduler_config
 
 
 def _scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:

@@ -6,12 +6,9 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from depth2img.models.checksums import ChecksumError, verify_manifest, write_manifest
-from depth2img.models.components import (
-    build_tiny_components,
-    load_components,
-    save_components,
-)
+from depth2img.artifacts.checksums import ChecksumError, verify_manifest, write_manifest
+from depth2img.models.loading import load_components, save_components
+from depth2img.models.tiny import build_tiny_components
 from depth2img.models.tokenizer import build_clip_tokenizer, words_from_texts
 
 

@@ -9,7 +9,7 @@ from diffusers import StableDiffusionDepth2ImgPipeline
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.inference.sampling import generate
 from depth2img.inference.schedulers import SCHEDULER_NAMES, make_scheduler
-from depth2img.models.components import build_tiny_components
+from depth2img.models.tiny import build_tiny_components
 
 STEPS = 3
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from depth2img.cli.demo_report import write_demo_report
-from depth2img.models.components import REPO_ROOT
+from depth2img.paths import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "outputs" / "demo"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from depth2img.models.components import REPO_ROOT
+from depth2img.paths import REPO_ROOT
 
 log = logging.getLogger("depth2img.eval")
 CONFIG_DIR = Path(os.environ.get("DEPTH2IMG_CONFIG_DIR", REPO_ROOT / "configs")).resolve()

@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from depth2img.models.components import REPO_ROOT
+from depth2img.paths import REPO_ROOT
 from depth2img.training.run_dir import (
     ensure_wandb_run_id,
     find_resume_checkpoint,

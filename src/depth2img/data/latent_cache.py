@@ -37,7 +37,7 @@ def load_vae(source: str, dtype: str = "float32"):
 
     from diffusers import AutoencoderKL
 
-    from depth2img.models.components import resolve_model_source
+    from depth2img.paths import resolve_model_source
 
     path = resolve_model_source(source)
     local_only = os.environ.get("HF_HUB_OFFLINE", "1") != "0"

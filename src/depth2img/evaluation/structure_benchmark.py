@@ -203,7 +203,7 @@ def _run_method(components, spec, tasks, settings, strength, label, bar) -> list
 def load_methods(settings: BenchmarkSettings) -> dict:
     """``{"img2img": (components, spec), "depth2img": (components, spec)}`` (eval mode)."""
     from depth2img.inference.loading import load_generator_components
-    from depth2img.models.components import load_components
+    from depth2img.models.loading import load_components
 
     depth_components, spec, _ = load_generator_components(
         settings.depth_model, device=settings.device, load_depth_estimator=False

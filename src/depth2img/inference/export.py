@@ -1,4 +1,7 @@
-"""Checkpoint -> diffusers folder that vanilla ``StableDiffusionDepth2ImgPipeline`` loads.
+"""Checkpoint -> diffusers folder that the model's vanilla pipeline loads.
+
+The pipeline class is the family's for the model's conditioner (SD + concat:
+``StableDiffusionDepth2ImgPipeline``; SD + none: ``StableDiffusionImg2ImgPipeline``).
 
 The folder holds ``vae/ text_encoder/ tokenizer/ scheduler/`` from the checkpoint's base model,
 ``unet/`` with the trained (by default EMA) weights, LoRA merged, ``depth_estimator/`` +
@@ -68,14 +71,14 @@ def export_pipeline(
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
-    from diffusers import StableDiffusionDepth2ImgPipeline
+    from depth2img.models.families import get_family
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists: pick a new --out or pass --overwrite")
     dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     components, spec, info = load_generator_components(
-        source, use_ema=use_ema, dtype=dtype, base_model=base_model
+        source, use_ema=use_ema, dtype=dtype, base_model=base_model, allow_no_depth=True
     )
     if depth_estimator is not None:
         from depth2img.depth_estimation import DepthEstimator
@@ -83,14 +86,8 @@ def export_pipeline(
         estimator = DepthEstimator.from_pretrained(depth_estimator)
         components.extras["depth_estimator"] = estimator.model
         components.extras["feature_extractor"] = estimator.processor
-    pipe = StableDiffusionDepth2ImgPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=make_scheduler(scheduler, components.scheduler.config),
-        depth_estimator=components.extras.get("depth_estimator"),
-        feature_extractor=components.extras.get("feature_extractor"),
+    pipe = get_family(components.family).build_pipeline(
+        components, make_scheduler(scheduler, components.scheduler.config)
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -102,6 +99,8 @@ def export_pipeline(
         meta = {
             "format_version": EXPORT_FORMAT_VERSION,
             "depth_spec": spec.to_dict(),
+            "family": components.family,
+            "conditioning": components.conditioning,
             # What the UNet's depth channel means: near-is-high (inverse) relative depth,
             # normalized per image to [-1, 1] with depth_spec (diffusers uses eps = 0).
             "depth_kind": "inverse",

@@ -3,9 +3,11 @@
 Sources:
 
 - a training checkpoint (``*.ckpt`` written by ``depth2img-train`` / ``Depth2ImgModule``):
-  loaded with ``torch.load(weights_only=True)``; the frozen parts (VAE, text encoder,
-  tokenizer, scheduler) are rebuilt from ``hyper_parameters["model_source"]`` (override with
-  ``base_model=`` when the checkpoint moved to another machine), the UNet gets the trained
+  read memory-mapped with ``torch.load(weights_only=True, mmap=True)`` (the optimizer state is
+  never materialized), without Lightning; its metadata record (``artifacts.checkpoint_meta``)
+  says how to rebuild the model: the frozen parts are rebuilt from its ``model_source``
+  (override with ``base_model=`` when the checkpoint moved to another machine) with its family
+  and conditioner, the trained module (the conditioner's, e.g. the UNet) gets the trained
   weights, by default the EMA weights (``ckpt["ema"]["shadow"]``); LoRA adapters are merged;
 - an exported folder (``depth2img-export``), any diffusers SD2-depth folder, or a hub id;
 - ``shipped``: the tiny model under ``data/models/tiny-depth2img``.
@@ -22,8 +24,12 @@ from pathlib import Path
 
 import torch
 
+from depth2img.artifacts.checkpoint_meta import CheckpointMeta
 from depth2img.data.depth_spec import DepthSpec
-from depth2img.models.components import Components, load_components, resolve_model_source
+from depth2img.models.components import Components
+from depth2img.models.conditioning import get_conditioner
+from depth2img.models.loading import AUTO, build_components, load_components
+from depth2img.paths import resolve_model_source
 
 DEPTH2IMG_JSON = "depth2img.json"
 UNET_PREFIX = "unet."
@@ -41,48 +47,54 @@ def _not_ours(path: Path, why: str) -> CheckpointError:
     )
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load and validate a training checkpoint (weights only, never unpickles code).
+def _load_weights_only(path: Path) -> dict:
+    """``torch.load(weights_only=True, mmap=True)``: tensors stay on disk until used."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # UnpicklingError for code objects, RuntimeError for bad zips
+        raise _not_ours(path, f"cannot be read weights-only: {err}") from err
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointMeta]:
+    """Load (memory-mapped) and validate a training checkpoint; never unpickles code.
 
     Returns:
-        The checkpoint dict, with ``hyper_parameters`` and ``state_dict`` checked.
+        ``(checkpoint dict, its metadata record)``.
 
     Raises:
         FileNotFoundError: missing file. CheckpointError: not a depth2img checkpoint.
     """
-    from depth2img.models.checkpointing import load_checkpoint_file
-
     path = Path(path)
-    try:
-        ckpt = load_checkpoint_file(path)
-    except RuntimeError as err:
-        raise _not_ours(path, f"cannot be read weights-only: {err}") from err
+    ckpt = _load_weights_only(path)
     if not isinstance(ckpt, dict):
         raise _not_ours(path, f"it holds a {type(ckpt).__name__}, not a checkpoint dict")
-    hparams = ckpt.get("hyper_parameters")
-    if not isinstance(hparams, dict) or "model_source" not in hparams:
-        raise _not_ours(path, "no hyper_parameters['model_source']")
+    try:
+        meta = CheckpointMeta.from_checkpoint(ckpt)
+    except KeyError as err:
+        raise _not_ours(path, str(err).strip("'\"")) from err
     state = ckpt.get("state_dict")
-    if not isinstance(state, dict) or not any(k.startswith(UNET_PREFIX) for k in state):
-        raise _not_ours(path, "its state_dict has no UNet weights ('unet.*')")
-    return ckpt
+    if not isinstance(state, dict) or not any(k.startswith(tuple(meta.prefixes)) for k in state):
+        raise _not_ours(
+            path, f"its state_dict has no trained weights ({', '.join(meta.prefixes)}*)"
+        )
+    return ckpt, meta
 
 
-def checkpoint_unet_state(ckpt: dict, use_ema: bool = True) -> tuple[dict, bool]:
-    """The UNet weights of a checkpoint (keys without ``unet.``), EMA applied when asked.
+def trained_state(ckpt: dict, prefix: str, use_ema: bool = True) -> tuple[dict, bool]:
+    """The weights under ``prefix`` (keys without it), EMA applied when asked.
 
     Returns:
         ``(state, ema_used)``.
     """
-    state = {
-        k[len(UNET_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(UNET_PREFIX)
-    }
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     ema = ckpt.get("ema")
     ema_used = False
     if use_ema and isinstance(ema, dict) and isinstance(ema.get("shadow"), dict):
         for name, value in ema["shadow"].items():
-            if name.startswith(UNET_PREFIX):
-                state[name[len(UNET_PREFIX) :]] = value
+            if name.startswith(prefix):
+                state[name[len(prefix) :]] = value
                 ema_used = True
     elif use_ema and ema is None:
         warnings.warn(
@@ -93,17 +105,22 @@ def checkpoint_unet_state(ckpt: dict, use_ema: bool = True) -> tuple[dict, bool]
     return state, ema_used
 
 
-def _base_components(hparams: dict, base_model: str | None, load_depth_estimator: bool):
-    from depth2img.models.lightning_module import build_components
+def checkpoint_unet_state(ckpt: dict, use_ema: bool = True) -> tuple[dict, bool]:
+    """The UNet weights of a checkpoint (keys without ``unet.``), EMA applied when asked."""
+    return trained_state(ckpt, UNET_PREFIX, use_ema)
 
-    source = base_model or hparams["model_source"]
+
+def _base_components(meta: CheckpointMeta, base_model: str | None, load_depth_estimator: bool):
+    source = base_model or meta.model_source
     try:
         components = build_components(
             source,
-            convert_to_depth=bool(hparams.get("convert_to_depth", False)),
-            checksums=None if base_model else hparams.get("checksums"),
-            prediction_type=hparams.get("prediction_type"),
-            seed=int(hparams.get("seed", 0)),
+            conditioning=meta.conditioning,
+            convert_to_depth=meta.convert_to_depth,
+            family=meta.family,
+            checksums=None if base_model else meta.checksums,
+            prediction_type=meta.prediction_type_override,
+            seed=meta.seed,
         )
     except (OSError, FileNotFoundError) as err:
         raise FileNotFoundError(
@@ -120,48 +137,58 @@ def _base_components(hparams: dict, base_model: str | None, load_depth_estimator
     return components, source
 
 
-def _load_unet_weights(unet, state: dict, path: Path, full: bool) -> None:
-    expected = unet.conv_in.weight.shape
+def _load_trained_weights(module, state: dict, path: Path, full: bool) -> None:
+    conv_in = getattr(module, "conv_in", None)
     given = state.get("conv_in.weight")
-    if given is not None and tuple(given.shape) != tuple(expected):
+    if (
+        conv_in is not None
+        and given is not None
+        and tuple(given.shape) != tuple(conv_in.weight.shape)
+    ):
         raise CheckpointError(
             f"{path}: conv_in weight {tuple(given.shape)} does not fit the base model's "
-            f"{tuple(expected)}; pass the base model the checkpoint was trained from (--base-model)"
+            f"{tuple(conv_in.weight.shape)}; pass the base model the checkpoint was trained from "
+            "(--base-model)"
         )
-    result = unet.load_state_dict(state, strict=False)
+    result = module.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(
-            f"{path}: {len(result.unexpected_keys)} weights do not exist in the base UNet (e.g. "
+            f"{path}: {len(result.unexpected_keys)} weights do not exist in the base model (e.g. "
             f"{result.unexpected_keys[:3]}); pass the base model it was trained from (--base-model)"
         )
     if full and result.missing_keys:
-        # A full fine-tune stores every UNet weight; a gap means a truncated or foreign file.
+        # A full fine-tune stores every trained weight; a gap means a truncated or foreign file.
         raise CheckpointError(
-            f"{path}: {len(result.missing_keys)} UNet weights are missing (e.g. "
+            f"{path}: {len(result.missing_keys)} trained weights are missing (e.g. "
             f"{result.missing_keys[:3]}) although train_mode is 'full'"
         )
 
 
 def _load_checkpoint(path: Path, use_ema: bool, base_model, load_depth_estimator):
-    ckpt = read_checkpoint(path)
-    hparams = ckpt["hyper_parameters"]
-    components, base = _base_components(hparams, base_model, load_depth_estimator)
-    unet = components.unet
-    if hparams.get("train_mode", "full") == "lora":
+    ckpt, meta = read_checkpoint(path)
+    components, base = _base_components(meta, base_model, load_depth_estimator)
+    conditioner = get_conditioner(meta.conditioning)
+    module = getattr(components, conditioner.trained_module)
+    lora = meta.train_mode == "lora"
+    if lora:
         from depth2img.models.lora import add_lora, merge_lora
 
         add_lora(
-            unet,
-            rank=int(hparams.get("lora_rank", 8)),
-            alpha=hparams.get("lora_alpha"),
+            module,
+            rank=int((meta.lora or {}).get("rank", 8)),
+            alpha=(meta.lora or {}).get("alpha"),
             dropout=0.0,
+            train_conv_in=conditioner.lora_trains_conv_in,
         )
-    state, ema_used = checkpoint_unet_state(ckpt, use_ema)
-    _load_unet_weights(unet, state, path, full=hparams.get("train_mode", "full") != "lora")
-    if hparams.get("train_mode", "full") == "lora":
-        merge_lora(unet)
-    meta = ckpt.get("depth2img") or {}
-    spec = DepthSpec.from_dict(meta.get("depth_spec", hparams.get("depth_spec")))
+    ema_used = False
+    for prefix in meta.prefixes:
+        state, used = trained_state(ckpt, prefix, use_ema)
+        ema_used |= used
+        target = getattr(components, prefix.rstrip("."))
+        _load_trained_weights(target, state, path, full=not lora)
+    if lora:
+        merge_lora(module)
+    spec = DepthSpec.from_dict(meta.depth_spec)
     info = {
         "source": str(path.resolve()),
         "source_kind": "checkpoint",
@@ -169,9 +196,12 @@ def _load_checkpoint(path: Path, use_ema: bool, base_model, load_depth_estimator
         "global_step": int(ckpt.get("global_step", -1)),
         "epoch": int(ckpt.get("epoch", -1)),
         "ema": ema_used,
-        "train_mode": hparams.get("train_mode", "full"),
+        "train_mode": meta.train_mode,
+        "family": meta.family,
+        "conditioning": meta.conditioning,
         "depth_kind": "inverse",
     }
+    del ckpt  # drop the memory map (optimizer state was never read)
     return components, spec, info
 
 
@@ -191,6 +221,7 @@ def load_generator_components(
     dtype: torch.dtype = torch.float32,
     base_model: str | None = None,
     load_depth_estimator: bool = True,
+    allow_no_depth: bool = False,
 ) -> tuple[Components, DepthSpec, dict]:
     """Load components + depth spec for generation (eval mode, on ``device`` in ``dtype``).
 
@@ -201,6 +232,7 @@ def load_generator_components(
         base_model: for checkpoints, load the frozen parts from here instead of the
             checkpoint's recorded ``model_source``.
         load_depth_estimator: also load the folder's ``depth_estimator`` (for depth from image).
+        allow_no_depth: accept a model without depth conditioning (img2img baselines, export).
 
     Returns:
         ``(components, depth_spec, info)``; info records the source, base model, step, EMA use.
@@ -225,9 +257,14 @@ def load_generator_components(
                 f"{path} is not a diffusers model folder (no model_index.json or unet/): pass the "
                 "folder written by depth2img-export, a .ckpt file, or 'shipped'"
             )
-        components = load_components(text, load_depth_estimator=load_depth_estimator)
         folder = Path(resolve_model_source(text))
         meta = read_depth2img_json(folder) if folder.is_dir() else {}
+        components = load_components(
+            text,
+            conditioning=meta.get("conditioning") or AUTO,
+            family=meta.get("family"),
+            load_depth_estimator=load_depth_estimator,
+        )
         spec = DepthSpec.from_dict(meta.get("depth_spec"))
         info = {
             "source": text,
@@ -237,19 +274,26 @@ def load_generator_components(
             "epoch": int(meta.get("epoch", -1)),
             "ema": bool(meta.get("ema", False)),
             "train_mode": meta.get("train_mode", "full"),
+            "family": components.family,
+            "conditioning": components.conditioning,
             "depth_kind": meta.get("depth_kind", "inverse"),
         }
-    latent_channels = components.latent_channels
-    if components.unet.config.in_channels != latent_channels + 1:
+    if not get_conditioner(components.conditioning).needs_depth and not allow_no_depth:
+        unet = components.unet
         raise ValueError(
-            f"{text}: the UNet has {components.unet.config.in_channels} input channels; depth2img "
-            f"generation needs {latent_channels + 1} (latents + depth). A 4-channel model is a "
-            "text-to-image/img2img model: fine-tune it with model.convert_to_depth=true first"
+            f"{text}: the UNet has {unet.config.in_channels} input channels and takes no depth; "
+            f"depth2img generation needs a depth model ({components.latent_channels + 1} channels "
+            "for concat). A 4-channel model is a text-to-image/img2img model: fine-tune it with "
+            "recipe=convert (model.convert_to_depth=true) first"
         )
-    for module in (components.vae, components.text_encoder, components.unet):
+    for module in components.networks.values():
         # Cast only when needed: diffusers warns on every .to(dtype) of a loaded model.
         module.to(device) if module.dtype == dtype else module.to(device=device, dtype=dtype)
         module.eval().requires_grad_(False)
     if "depth_estimator" in components.extras:
-        components.extras["depth_estimator"].to(device).eval()
+        # fp16/bf16 estimators are slow on CPU (6:35 vs 0:51 measured): low precision on GPU only.
+        on_gpu = torch.device(device).type == "cuda"
+        components.extras["depth_estimator"].to(
+            device=device, dtype=dtype if on_gpu else torch.float32
+        ).eval()
     return components, spec, info

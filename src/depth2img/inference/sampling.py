@@ -6,11 +6,13 @@ all call ``generate`` so a checkpoint is judged with exactly the code that serve
 What it does, step by step (the same as diffusers' ``StableDiffusionDepth2ImgPipeline``, plus
 the fixes listed below):
 
-1. encode prompts (CLIP last hidden state, padded to the tokenizer's max length);
-2. depth (model convention, any size) -> bicubic resize to the latent size -> per-sample min-max
-   to [-1, 1] with the ``DepthSpec`` eps;
+1. encode prompts with the model's family (SD: CLIP last hidden state, padded to the tokenizer's
+   max length);
+2. the conditioner builds the condition from depth (concat: model-convention depth, any size ->
+   bicubic resize to the latent size -> per-sample min-max to [-1, 1] with the ``DepthSpec`` eps);
 3. initial latents: pure noise, or the VAE-encoded init image noised to the first timestep;
-4. denoising loop with classifier-free guidance on text only (both branches see the same depth);
+4. denoising loop through ``Denoiser.predict`` with classifier-free guidance on text only (both
+   branches see the same depth);
 5. VAE decode -> images in [0, 1].
 
 Fixes over the vanilla pipeline:
@@ -20,7 +22,7 @@ Fixes over the vanilla pipeline:
 - ``strength=1.0`` starts from pure noise (``pure_noise_at_full_strength``), so no colors of the
   init image leak through; the vanilla behaviour (noised image latents) is one flag away;
 - per-sample generators: a seed gives the same pixels whatever else is in the batch;
-- 4-channel UNets (img2img baseline, no depth input) run through the same code.
+- models without depth (conditioning ``none``: the img2img baseline) run through the same code.
 
 Output size: ``(H, W)`` comes from the init image if given, else from ``height``/``width``,
 else from the depth map, and is rounded *down* to a multiple of the VAE scale factor (at least
@@ -41,6 +43,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.inference.schedulers import make_scheduler
+from depth2img.models.denoiser import Denoiser
+from depth2img.models.families import ImageGeometry, PromptEmbeds
 
 OUTPUT_TYPES = ("tensor", "np", "pil", "latent")
 
@@ -50,23 +54,12 @@ ASPECT_TOLERANCE = 0.02
 
 
 def encode_prompts(components, prompts: Sequence[str], device=None) -> torch.Tensor:
-    """Prompts -> text embeddings (B, L, D), the text encoder's last hidden state.
+    """Prompts -> text embeddings (B, L, D) with the model family's rule.
 
-    Tokenized to the tokenizer's ``model_max_length`` with truncation, like diffusers, so an
-    embedding here equals the pipeline's ``prompt_embeds``.
+    For SD 1/2: tokenized to the tokenizer's ``model_max_length`` with truncation, like
+    diffusers, so an embedding here equals the pipeline's ``prompt_embeds``.
     """
-    device = device or components.text_encoder.device
-    tokens = components.tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=components.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    mask = None
-    if getattr(components.text_encoder.config, "use_attention_mask", False):
-        mask = tokens.attention_mask.to(device)
-    return components.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+    return Denoiser(components).encode_prompts(list(prompts), device).hidden
 
 
 def make_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
@@ -125,10 +118,11 @@ def _prepare_init_images(init_images: torch.Tensor, size_hw, device, dtype) -> t
     return images.clamp(-1.0, 1.0).to(dtype)
 
 
-def _text_embeddings(components, prompts, negative_prompt, do_cfg, device, dtype):
-    """(B, L, D) prompt embeddings, or (2B, L, D) [negative; prompt] with guidance."""
+def _text_embeddings(denoiser, prompts, negative_prompt, do_cfg, device, dtype) -> PromptEmbeds:
+    """``PromptEmbeds`` with batch B, or 2B ``[negative; prompt]`` with guidance."""
     batch = len(prompts)
-    embeds = encode_prompts(components, prompts, components.text_encoder.device).to(device, dtype)
+    encoder_device = denoiser.components.text_encoder.device
+    embeds = denoiser.encode_prompts(prompts, encoder_device).to(device, dtype)
     if not do_cfg:
         return embeds
     if negative_prompt is None:
@@ -139,8 +133,8 @@ def _text_embeddings(components, prompts, negative_prompt, do_cfg, device, dtype
         negative = list(negative_prompt)
         if len(negative) != batch:
             raise ValueError(f"got {len(negative)} negative prompts for {batch} prompts")
-    uncond = encode_prompts(components, negative, components.text_encoder.device)
-    return torch.cat([uncond.to(device, dtype), embeds])  # [2B, L, D] (uncond first)
+    uncond = denoiser.encode_negative(negative, encoder_device).to(device, dtype)
+    return uncond.cat(embeds)  # [2B, ...] (uncond first)
 
 
 def _initial_latents(
@@ -160,10 +154,10 @@ def _initial_latents(
 
 
 def _denoise(
-    unet, scheduler, timesteps, latents, embeds, depth_cond, guidance_scale, gen, progress
+    denoiser, scheduler, timesteps, latents, embeds, condition, added, guidance_scale, gen, progress
 ):
-    """The sampling loop; guidance on text only (``depth_cond`` is already doubled for CFG)."""
-    do_cfg = embeds.shape[0] == 2 * latents.shape[0]
+    """The sampling loop; guidance on text only (``condition`` is already doubled for CFG)."""
+    do_cfg = len(embeds) == 2 * latents.shape[0]
     step_kwargs = _scheduler_step_kwargs(scheduler, gen)
     if progress:
         from tqdm.auto import tqdm
@@ -172,9 +166,7 @@ def _denoise(
     for t in timesteps:
         model_in = torch.cat([latents, latents]) if do_cfg else latents
         model_in = scheduler.scale_model_input(model_in, t)
-        if depth_cond is not None:
-            model_in = torch.cat([model_in, depth_cond], dim=1)  # [B', C + 1, h, w]
-        pred = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        pred = denoiser.predict(model_in, t, embeds, condition, added)
         if do_cfg:
             pred_uncond, pred_text = pred.chunk(2)
             pred = pred_uncond + guidance_scale * (pred_text - pred_uncond)
@@ -219,10 +211,12 @@ def generate(
     """Generate images conditioned on depth (and optionally an init image).
 
     Args:
-        components: ``depth2img.models.components.Components``.
+        components: ``depth2img.models.components.Components`` (its family and conditioner
+            decide prompt encoding and how depth reaches the UNet).
         depth: (B, 1, H, W) or (B, H, W) near-is-high depth (model convention, e.g. from
             ``DepthSpec.normalize``; any range, any size with the output's aspect ratio). May be
-            None only for a 4-channel UNet (then give ``init_images`` or ``height``/``width``).
+            None only for a model without depth (conditioning ``none``; then give
+            ``init_images`` or ``height``/``width``).
         prompts: one prompt per sample (a single string is used for every sample).
         negative_prompt: text of the unconditional branch (default "").
         num_inference_steps: solver steps.
@@ -254,16 +248,11 @@ def generate(
     """
     if output not in OUTPUT_TYPES:
         raise ValueError(f"unknown output {output!r}: choose one of {', '.join(OUTPUT_TYPES)}")
-    unet = unet if unet is not None else components.unet
-    device, dtype = unet.device, unet.dtype
+    denoiser = Denoiser(components, unet=unet)
+    device, dtype = denoiser.unet.device, denoiser.unet.dtype
     depth_spec = depth_spec or DepthSpec()
     latent_channels = components.latent_channels
-    needs_depth = unet.config.in_channels == latent_channels + 1
-    if unet.config.in_channels not in (latent_channels, latent_channels + 1):
-        raise ValueError(
-            f"UNet has {unet.config.in_channels} input channels; expected {latent_channels} "
-            f"(text-to-image) or {latent_channels + 1} (latents + depth)"
-        )
+    needs_depth = denoiser.needs_depth
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
 
@@ -275,7 +264,9 @@ def generate(
                 f"depth must be (B, 1, H, W) or (B, H, W), got shape {tuple(depth.shape)}"
             )
     elif needs_depth:
-        raise ValueError("this UNet is depth-conditioned (latents + 1 channel): pass a depth map")
+        raise ValueError(
+            f"this model is depth-conditioned ({denoiser.conditioner.name}): pass a depth map"
+        )
     if isinstance(prompts, str):
         batch = next(
             (t.shape[0] for t in (depth, init_images) if t is not None),
@@ -316,17 +307,18 @@ def generate(
 
     # --- text ---------------------------------------------------------------------------------
     do_cfg = guidance_scale > 1.0
-    embeds = _text_embeddings(components, prompts, negative_prompt, do_cfg, device, dtype)
+    embeds = _text_embeddings(denoiser, prompts, negative_prompt, do_cfg, device, dtype)
+    added = denoiser.added_cond(embeds, ImageGeometry.uncropped(batch, size_hw))
 
     # --- depth condition ----------------------------------------------------------------------
-    depth_cond = None
+    condition = None
     if needs_depth:
         valid = depth_valid.to(device) if depth_valid is not None else None
-        depth_cond = depth_spec.to_latent_condition(depth.to(device), latent_hw, valid)
-        depth_cond = depth_cond.to(dtype)  # [B, 1, h, w] in [-1, 1]
+        condition = denoiser.condition(depth.to(device), latent_hw, valid, depth_spec)
+        condition = condition.to(dtype)  # concat: [B, 1, h, w] in [-1, 1]
         if do_cfg:
             # Guidance acts on text only: the unconditional branch sees the same depth.
-            depth_cond = torch.cat([depth_cond, depth_cond])
+            condition = denoiser.conditioner.double_for_guidance(condition)
 
     # --- initial latents ----------------------------------------------------------------------
     scheduler = make_scheduler(scheduler_name, components.scheduler.config)
@@ -345,7 +337,16 @@ def generate(
         dtype,
     )
     latents = _denoise(
-        unet, scheduler, timesteps, latents, embeds, depth_cond, guidance_scale, gen, progress
+        denoiser,
+        scheduler,
+        timesteps,
+        latents,
+        embeds,
+        condition,
+        added,
+        guidance_scale,
+        gen,
+        progress,
     )
 
     if output == "latent":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DConditionModel
 
-from depth2img.models.components import tiny_unet_config
+from depth2img.models.tiny import tiny_unet_config
 
 SD2_DEPTH_UNET = dict(
     sample_size=64,

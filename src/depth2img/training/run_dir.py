@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from depth2img.models.components import REPO_ROOT
+from depth2img.paths import REPO_ROOT
 
 CHECKPOINT_DIRNAME = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"

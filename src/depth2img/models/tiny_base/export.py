@@ -3,7 +3,7 @@
 - ``tiny-depth2img``: ``StableDiffusionDepth2ImgPipeline`` (5-channel UNet + tiny DPT judge);
 - ``tiny-sd-base``: ``StableDiffusionImg2ImgPipeline`` with the 4-channel parent UNet.
 
-Each folder gets a ``checksums.json`` (``depth2img.models.checksums.write_manifest``).
+Each folder gets a ``checksums.json`` (``depth2img.artifacts.checksums.write_manifest``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation
 
-from depth2img.models.checksums import verify_manifest, write_manifest
-from depth2img.models.components import SHIPPED_MODELS, sd_scheduler_config
+from depth2img.artifacts.checksums import verify_manifest, write_manifest
+from depth2img.models.tiny import sd_scheduler_config
 from depth2img.models.tiny_base import configs
+from depth2img.paths import SHIPPED_MODELS
 
 DEPTH_FOLDER = SHIPPED_MODELS["shipped"]
 BASE_FOLDER = SHIPPED_MODELS["shipped-base"]

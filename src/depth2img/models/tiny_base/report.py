@@ -93,7 +93,7 @@ Two small diffusers folders, trained by this project on its own synthetic scenes
 | `tiny-sd-base/` | its 4-channel text-to-image parent (same VAE/text encoder) | `StableDiffusionImg2ImgPipeline.from_pretrained`; `load_components("shipped-base", convert_to_depth=True)` widens it to 4 + 1 channels (zero-init) |
 
 Each folder has a `checksums.json` (SHA-256 of every weight file, verify with
-`depth2img.models.checksums.verify_manifest`). Images are {cfg["image_size"]}x{cfg["image_size"]} px;
+`depth2img.artifacts.checksums.verify_manifest`). Images are {cfg["image_size"]}x{cfg["image_size"]} px;
 latents are {info["latent_shape"]} (VAE factor {info["vae_scale_factor"]}).
 Sizes: {", ".join(f"`{k}` {v} MB" for k, v in info["checks"]["size_mb"].items())}.
 
@@ -133,7 +133,7 @@ deterministic given the seed and the software versions. Same recipe as SD2-depth
    (aerial kept at <= {cfg["unet_aerial_fraction"]:.0%}, so fine-tuning on aerial has something to
    show), latents of each image and its mirror image.
 7. **Depth UNet**: the base UNet widened to 5 input channels with
-   `depth2img.models.conversion.expand_unet_input_channels` (new channel zero-initialized, bias
+   `depth2img.models.conditioning.concat.expand_unet_input_channels` (new channel zero-initialized, bias
    kept), then {cfg["depth_steps"]} more steps with the depth channel
    (`DepthSpec.to_latent_condition`), same mix, learning rate {cfg["depth_lr"]:g},
    **{cfg.get("depth_caption_dropout", cfg["caption_dropout"]):.0%} caption dropout** (with 10 % a

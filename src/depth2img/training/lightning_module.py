@@ -26,11 +26,15 @@ import lightning.pytorch as pl
 import torch
 from diffusers import DDPMScheduler
 
+from depth2img.artifacts.checkpoint_meta import META_KEY, CheckpointMeta
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.transforms import image_to_float
-from depth2img.models.components import Components, build_tiny_components, load_components
+from depth2img.models.components import Components
+from depth2img.models.conditioning import TRAIN_MODES, get_conditioner
+from depth2img.models.denoiser import Denoiser
 from depth2img.models.ema import EMA
-from depth2img.models.lora import add_lora
+from depth2img.models.families import ImageGeometry
+from depth2img.models.loading import build_components
 from depth2img.models.losses import (
     check_prediction_type,
     compute_snr,
@@ -41,7 +45,6 @@ from depth2img.models.losses import (
 )
 from depth2img.models.optim import build_optimizer, build_scheduler
 
-TRAIN_MODES = ("full", "lora")
 VAE_LATENTS = ("mean", "sample")
 
 
@@ -59,25 +62,6 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def build_components(
-    model_source: str,
-    *,
-    convert_to_depth: bool = False,
-    checksums: str | None = None,
-    prediction_type: str | None = None,
-    seed: int = 0,
-) -> Components:
-    """``"tiny"`` -> random tiny components (seeded); anything else -> ``load_components``."""
-    if model_source == "tiny":
-        return build_tiny_components(seed=seed, prediction_type=prediction_type or "epsilon")
-    return load_components(
-        model_source,
-        convert_to_depth=convert_to_depth,
-        checksums=checksums,
-        prediction_type=prediction_type,
-    )
-
-
 def sample_generator(seed: int, key: str) -> torch.Generator:
     """CPU generator seeded from the run seed and a sample key (stable across processes)."""
     digest = zlib.crc32(str(key).encode("utf-8"))
@@ -90,7 +74,11 @@ class Depth2ImgModule(pl.LightningModule):
     Args:
         model_source: ``"shipped"``, ``"tiny"`` (random tiny model, tests), a diffusers folder or
             a hub id (see ``components.load_components``).
-        convert_to_depth: widen a 4-channel text-to-image UNet to latents + depth.
+        convert_to_depth: let the conditioner adapt a text-to-image UNet (concat: widen
+            ``conv_in`` to latents + depth, zero-init, bias kept).
+        conditioning: conditioner name (``concat`` = SD2-depth, ``none`` = text-to-image /
+            img2img; see ``depth2img.models.conditioning``).
+        family: base family name; None = read from the folder's ``model_index.json``.
         checksums: optional checksum manifest verified before loading.
         prediction_type: override the scheduler's ("epsilon" | "v_prediction"); None keeps it.
         train_mode: "full" (all UNet weights) or "lora" (adapters on attention + ``conv_in``).
@@ -120,6 +108,8 @@ class Depth2ImgModule(pl.LightningModule):
         self,
         model_source: str = "shipped",
         convert_to_depth: bool = False,
+        conditioning: str = "concat",
+        family: str | None = None,
         checksums: str | None = None,
         prediction_type: str | None = None,
         train_mode: str = "full",
@@ -164,33 +154,42 @@ class Depth2ImgModule(pl.LightningModule):
 
         components = build_components(
             model_source,
+            conditioning=conditioning,
             convert_to_depth=convert_to_depth,
+            family=family,
             checksums=checksums,
             prediction_type=prediction_type,
             seed=seed,
         )
+        # Modules are attributes (not a Components field) so Lightning registers them and the
+        # checkpoint keys stay "unet.*" / "controlnet.*".
         self.vae = components.vae
         self.text_encoder = components.text_encoder
+        self.text_encoder_2 = components.text_encoder_2
         self.unet = components.unet
+        self.controlnet = components.controlnet
         self.tokenizer = components.tokenizer
+        self.tokenizer_2 = components.tokenizer_2
         self.noise_scheduler: DDPMScheduler = components.scheduler
         self.extras = components.extras
+        self.family_name = components.family
+        self.conditioner = get_conditioner(components.conditioning)
         self.depth_spec = DepthSpec.from_dict(to_plain(depth_spec))
         check_prediction_type(self.noise_scheduler.config.prediction_type)
 
-        for frozen in (self.vae, self.text_encoder):
-            frozen.requires_grad_(False)
+        lora = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout}
+        self.conditioner.set_trainable(components, train_mode, lora)
+        for frozen in self._frozen_modules():
             frozen.eval()
-        if train_mode == "lora":
-            add_lora(self.unet, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
-        else:
-            self.unet.requires_grad_(True)
         if gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+            for module in self._trained_modules():
+                module.enable_gradient_checkpointing()
         if not enable_sdpa:
             from diffusers.models.attention_processor import AttnProcessor
 
-            self.unet.set_attn_processor(AttnProcessor())
+            for module in (self.unet, self.controlnet):
+                if module is not None:
+                    module.set_attn_processor(AttnProcessor())
 
         self.ema = (
             EMA(self._trainable_named_parameters(), decay=ema_decay)
@@ -216,7 +215,27 @@ class Depth2ImgModule(pl.LightningModule):
             self.unet,
             self.noise_scheduler,
             self.extras,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+            controlnet=self.controlnet,
+            family=self.family_name,
+            conditioning=self.conditioner.name,
         )
+
+    @property
+    def denoiser(self) -> Denoiser:
+        """The one place the UNet is called (built per use: it only holds references)."""
+        return Denoiser(self.components)
+
+    def _trained_modules(self) -> list[torch.nn.Module]:
+        """Modules with trainable weights (the conditioner's trained module)."""
+        return [getattr(self, self.conditioner.trained_module)]
+
+    def _frozen_modules(self) -> list[torch.nn.Module]:
+        """Frozen networks that must stay in eval mode (VAE, text encoders; a frozen UNet)."""
+        names = ("vae", "text_encoder", "text_encoder_2", "unet", "controlnet")
+        trained = self.conditioner.trained_module
+        return [getattr(self, n) for n in names if n != trained and getattr(self, n) is not None]
 
     @property
     def scaling_factor(self) -> float:
@@ -234,10 +253,10 @@ class Depth2ImgModule(pl.LightningModule):
         return self._trainable_cache
 
     def train(self, mode: bool = True):
-        """Keep the frozen VAE / text encoder in eval mode whatever Lightning asks."""
+        """Keep the frozen networks in eval mode whatever Lightning asks."""
         super().train(mode)
-        self.vae.eval()
-        self.text_encoder.eval()
+        for module in self._frozen_modules():
+            module.eval()
         return self
 
     @contextmanager
@@ -255,16 +274,9 @@ class Depth2ImgModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- encoders
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """Captions -> (B, L, D) text-encoder hidden states (frozen, no grad)."""
-        tokens = self.tokenizer(
-            list(captions),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+    def encode_text(self, captions: list[str]):
+        """Captions -> ``PromptEmbeds`` (frozen text encoders, no grad; the family's rule)."""
+        return self.denoiser.encode_prompts(list(captions), self.device)
 
     @torch.no_grad()
     def encode_latents(self, batch: dict, sample: bool = True) -> torch.Tensor:
@@ -284,10 +296,25 @@ class Depth2ImgModule(pl.LightningModule):
             latents = posterior.sample() if sample else posterior.mean
         return latents * self.scaling_factor
 
-    def depth_condition(self, batch: dict, latent_hw: tuple[int, int]) -> torch.Tensor:
-        """Batch depth (B,1,H,W) model convention -> UNet depth channel (B,1,h,w) in [-1, 1]."""
+    def depth_condition(self, batch: dict, latent_hw: tuple[int, int]) -> torch.Tensor | None:
+        """Batch depth (B,1,H,W) model convention -> the conditioner's condition (concat:
+        (B,1,h,w) in [-1, 1]); None for a conditioner without depth."""
+        if not self.conditioner.needs_depth:
+            return None
         valid = batch.get("valid_mask")
-        return self.depth_spec.to_latent_condition(batch["depth"], latent_hw, valid)
+        return self.denoiser.condition(batch["depth"], latent_hw, valid, self.depth_spec)
+
+    @staticmethod
+    def image_geometry(batch: dict, image_hw: tuple[int, int]) -> ImageGeometry:
+        """Per-sample original size / crop origin from the batch (uncropped when absent)."""
+        bsz = len(batch["caption"])
+        if batch.get("original_size") is None or batch.get("crop_top_left") is None:
+            return ImageGeometry.uncropped(bsz, image_hw)
+        return ImageGeometry(
+            torch.as_tensor(batch["original_size"]).long(),
+            torch.as_tensor(batch["crop_top_left"]).long(),
+            tuple(image_hw),
+        )
 
     # ----------------------------------------------------------------- objective
     def diffusion_loss(
@@ -301,7 +328,10 @@ class Depth2ImgModule(pl.LightningModule):
         """The weighted denoising loss of a batch (scalar); noise/timesteps drawn when None."""
         latents = self.encode_latents(batch, sample=sample_latents)  # [B, 4, h, w]
         bsz = latents.shape[0]
-        depth = self.depth_condition(batch, tuple(latents.shape[-2:])).to(latents)  # [B, 1, h, w]
+        denoiser = self.denoiser
+        condition = self.depth_condition(batch, tuple(latents.shape[-2:]))
+        if condition is not None:
+            condition = condition.to(latents)
         if noise is None:
             noise = sample_noise(latents, self.hparams.noise_offset)
         if timesteps is None:
@@ -312,8 +342,10 @@ class Depth2ImgModule(pl.LightningModule):
         if self.hparams.input_perturbation and self.training:
             model_noise = noise + self.hparams.input_perturbation * torch.randn_like(noise)
         noisy = self.noise_scheduler.add_noise(latents, model_noise, timesteps)
-        text = self.encode_text(batch["caption"])  # [B, L, D]
-        prediction = self.unet(torch.cat([noisy, depth], dim=1), timesteps, text).sample
+        embeds = self.encode_text(batch["caption"])  # hidden [B, L, D]
+        image_hw = tuple(s * self.vae_scale_factor for s in latents.shape[-2:])
+        added = denoiser.added_cond(embeds, self.image_geometry(batch, image_hw))
+        prediction = denoiser.predict(noisy, timesteps, embeds, condition, added)
         target = training_target(self.noise_scheduler, latents, noise, timesteps)
         weights = min_snr_weights(
             compute_snr(self.noise_scheduler, timesteps),
@@ -363,11 +395,15 @@ class Depth2ImgModule(pl.LightningModule):
         if batch.get("latents") is not None:
             return batch["latents"].shape
         image = batch["image"]
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        factor = self.vae_scale_factor
         return torch.Size(
             (image.shape[0], self.vae.config.latent_channels)
             + (image.shape[-2] // factor, image.shape[-1] // factor)
         )
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.components.vae_scale_factor
 
     # ----------------------------------------------------------------- EMA plumbing
     def on_fit_start(self) -> None:
@@ -426,12 +462,28 @@ class Depth2ImgModule(pl.LightningModule):
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
         checkpoint["hyper_parameters"] = dict(to_plain(dict(self.hparams)))
-        checkpoint["depth2img"] = {
-            "depth_spec": self.depth_spec.to_dict(),
-            "prediction_type": self.noise_scheduler.config.prediction_type,
-            "scaling_factor": self.scaling_factor,
-            "train_mode": self.hparams.train_mode,
-        }
+        checkpoint[META_KEY] = self.checkpoint_meta().to_dict()
+
+    def checkpoint_meta(self) -> CheckpointMeta:
+        """The record inference reads to rebuild this model (``artifacts.checkpoint_meta``)."""
+        hp = self.hparams
+        return CheckpointMeta(
+            model_source=hp.model_source,
+            family=self.family_name,
+            conditioning=self.conditioner.name,
+            convert_to_depth=bool(hp.convert_to_depth),
+            train_mode=hp.train_mode,
+            lora={"rank": int(hp.lora_rank), "alpha": hp.lora_alpha}
+            if hp.train_mode == "lora"
+            else None,
+            prefixes=list(self.conditioner.checkpoint_prefixes()),
+            depth_spec=self.depth_spec.to_dict(),
+            prediction_type=self.noise_scheduler.config.prediction_type,
+            prediction_type_override=hp.prediction_type,
+            scaling_factor=self.scaling_factor,
+            seed=int(hp.seed),
+            checksums=hp.checksums,
+        )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fill frozen weights (not in the file) from the freshly built model; restore EMA."""

@@ -1,0 +1,2 @@
+"""Files the project writes and reads back: atomic writes, weights-only loading, checksums,
+checkpoint metadata."""
