@@ -135,7 +135,7 @@ def build_components(
         from depth2img.models.tiny import build_tiny_components
 
         name = "concat" if conditioning == AUTO else conditioning
-        in_channels = 4 if name == "none" else 5
+        in_channels = 4 + get_conditioner(name).extra_input_channels
         components = build_tiny_components(
             seed=seed, in_channels=in_channels, prediction_type=prediction_type or "epsilon"
         )

@@ -26,11 +26,14 @@ class Conditioner:
         needs_depth: generation and training require a depth map.
         trained_module: attribute of ``Components`` whose weights train and are checkpointed
             (``"unet"``; a ControlNet conditioner trains ``"controlnet"``).
+        extra_input_channels: UNet input channels beyond the latents.
     """
 
     name: str = ""
     needs_depth: bool = True
     trained_module: str = "unet"
+    #: UNet input channels beyond the latents (concat: 1); sizes a freshly built tiny model
+    extra_input_channels: int = 0
 
     def attach(self, components: Components, *, convert: bool = False) -> None:
         """Check (and with ``convert``, adapt) the networks for this conditioner, in place.

@@ -58,6 +58,7 @@ class ConcatDepth(Conditioner):
     name = "concat"
     needs_depth = True
     lora_trains_conv_in = True
+    extra_input_channels = 1
 
     def attach(self, components: Components, *, convert: bool = False) -> None:
         unet, latent = components.unet, components.latent_channels
