@@ -65,3 +65,32 @@ def test_experiment_lr_table_overrides_reach_the_model():
     cfg = _compose(["experiment=aerial_finetune"])
     assert cfg["model"]["learning_rate"] == pytest.approx(5e-4)
     assert cfg["model"]["lr_warmup_steps"] == 50
+
+
+def _readme_train_commands() -> list[list[str]]:
+    """Every `depth2img-train ...` command in README.md code blocks (continuations joined)."""
+    import re
+    import shlex
+
+    text = (REPO_ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith("depth2img-train"):
+                commands.append([a for a in shlex.split(line)[1:] if "=" in a])
+    return commands
+
+
+def test_readme_train_commands_compose():
+    commands = _readme_train_commands()
+    assert len(commands) >= 4
+    for overrides in commands:
+        cfg = _compose(overrides)
+        assert cfg["model"]["_target_"].endswith("Depth2ImgModule"), overrides
+        if "recipe=convert" in overrides:
+            assert cfg["model"]["convert_to_depth"] is True
+            assert cfg["data"]["train_shards"] != "???"
+        if "recipe=lora" in overrides:
+            assert cfg["model"]["train_mode"] == "lora"
