@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from depth2img.data.transforms import finalize_batch
+from depth2img.models.components import vae_scale_factor
 from depth2img.training.lightning_module import Depth2ImgModule
 
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     pl.seed_everything(0, verbose=False)
 
     probe = new_module(args)
-    factor = 2 ** (len(probe.vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(probe.vae.config)
     latent = (probe.vae.config.latent_channels, args.size // factor, args.size // factor)
     del probe
     n = args.warmup + args.steps

@@ -16,6 +16,16 @@ from typing import Any
 import torch
 
 
+def vae_scale_factor(vae_config) -> int:
+    """Pixels per latent cell of a VAE config: ``2 ** (len(block_out_channels) - 1)``."""
+    blocks = (
+        vae_config["block_out_channels"]
+        if isinstance(vae_config, dict)
+        else (vae_config.block_out_channels)
+    )
+    return 2 ** (len(blocks) - 1)
+
+
 @dataclass
 class Components:
     """The parts of a model (``torch.nn.Module`` except tokenizers and the scheduler).
@@ -45,7 +55,7 @@ class Components:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae.config)
 
     @property
     def scaling_factor(self) -> float:
