@@ -23,9 +23,21 @@ class EMA:
         warmup: if True use ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early
             averages are not dominated by the random/pretrained start (diffusers' EMAModel does
             the same).
+        dtype: shadow dtype (float32 default; bfloat16 halves EMA memory at some precision cost:
+            with decay 0.9999 an update moves a weight by 1e-4 of the difference, below bf16's
+            resolution for most weights, so bf16 EMA mostly freezes — prefer ``device="cpu"``).
+        device: keep the shadow here (e.g. ``"cpu"`` to free accelerator memory; each update
+            then copies the trainable weights to the CPU). None = with the weights.
     """
 
-    def __init__(self, named_parameters, decay: float = 0.999, warmup: bool = True):
+    def __init__(
+        self,
+        named_parameters,
+        decay: float = 0.999,
+        warmup: bool = True,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
@@ -34,9 +46,12 @@ class EMA:
         self.names: list[str] = []
         self.shadow: list[torch.Tensor] = []
         self.backup: dict[str, torch.Tensor] | None = None
+        self.dtype = dtype
+        self.pinned_device = None if device is None else torch.device(device)
         for name, param in named_parameters:
             self.names.append(name)
-            self.shadow.append(param.detach().float().clone())
+            target = self.pinned_device or param.device
+            self.shadow.append(param.detach().to(device=target, dtype=dtype).clone())
 
     def current_decay(self) -> float:
         """Decay used by the next ``update``."""
@@ -46,15 +61,16 @@ class EMA:
         return min(self.decay, (1.0 + n) / (10.0 + n))
 
     def to(self, device: torch.device | str) -> EMA:
-        """Move the shadow weights (kept in float32) to ``device``."""
-        self.shadow = [s.to(device) for s in self.shadow]
+        """Move the shadow weights to ``device`` (no-op when pinned to a device at creation)."""
+        if self.pinned_device is None:
+            self.shadow = [s.to(device) for s in self.shadow]
         return self
 
     @torch.no_grad()
     def update(self, parameters: list[torch.Tensor]) -> None:
         """One EMA step towards ``parameters`` (same order as at construction)."""
         decay = self.current_decay()
-        params = [p.detach().to(s.dtype) for p, s in zip(parameters, self.shadow)]
+        params = [p.detach().to(s.device, s.dtype) for p, s in zip(parameters, self.shadow)]
         # lerp_(x, w) = s + w * (x - s) = decay * s + (1 - decay) * x with w = 1 - decay.
         torch._foreach_lerp_(self.shadow, params, 1.0 - decay)
         self.num_updates += 1
@@ -63,7 +79,7 @@ class EMA:
     def copy_to(self, parameters: list[torch.Tensor]) -> None:
         """Write the shadow weights into ``parameters`` (cast to their dtype)."""
         for param, shadow in zip(parameters, self.shadow):
-            param.copy_(shadow.to(param.dtype))
+            param.copy_(shadow.to(param.device, param.dtype))
 
     @contextmanager
     def swapped(self, parameters: list[torch.Tensor]) -> Iterator[None]:
@@ -98,7 +114,7 @@ class EMA:
                 "checkpoint was trained with a different model/train_mode"
             )
         device = self.shadow[0].device if self.shadow else "cpu"
-        self.shadow = [shadow[n].float().to(device) for n in self.names]
+        self.shadow = [shadow[n].to(device=device, dtype=self.dtype) for n in self.names]
         self.decay = float(state["decay"])
         self.warmup = bool(state.get("warmup", True))
         self.num_updates = int(state["num_updates"])

@@ -46,6 +46,16 @@ from depth2img.models.losses import (
 from depth2img.models.optim import build_optimizer, build_scheduler
 
 VAE_LATENTS = ("mean", "sample")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``float32`` | ``bfloat16`` | ``float16`` (also ``fp32``/``bf16``/``fp16``) -> dtype."""
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    key = aliases.get(str(name), str(name))
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[key]
 
 
 def to_plain(value: Any) -> Any:
@@ -96,8 +106,18 @@ class Depth2ImgModule(pl.LightningModule):
             posterior as the diffusers training scripts do. For SD's VAE the two barely differ;
             for the tiny VAE the posterior std is ~20 % of the latent std, and sampling taught the
             UNet to generate that noise (fine-tuning then made FD worse, see docs/benchmarks.md).
-        gradient_checkpointing: trade compute for memory in the UNet.
+        gradient_checkpointing: trade compute for memory in the trained network.
         enable_sdpa: keep diffusers' default scaled-dot-product attention; False = plain math.
+        channels_last: NHWC memory format for the UNet (faster convolutions on tensor cores).
+        compile_unet: ``torch.compile`` the denoising networks in place (state-dict keys are
+            unchanged, so checkpoints stay loadable); ``compile_options`` go to ``compile``
+            (e.g. ``{"mode": "max-autotune"}``, or ``{"backend": "eager"}`` for a CPU smoke run).
+        frozen_dtype: cast the frozen networks (VAE, text encoders, a frozen UNet) to this dtype
+            (``bfloat16``/``float16``) to save memory; None keeps float32. Trainable weights
+            always stay float32 (master weights; autocast does the low-precision math).
+        ema_dtype: EMA shadow dtype (``float32`` | ``bfloat16``).
+        ema_device: keep the EMA on this device (``cpu`` frees accelerator memory); None = with
+            the weights.
         depth_spec: ``DepthSpec.to_dict()``; None = SD2 default.
         val_num_inference_steps, val_guidance_scale, val_seeds, image_log_every_n_steps: used
             by the image-grid / generation callbacks (read from ``pl_module.hparams``).
@@ -132,6 +152,12 @@ class Depth2ImgModule(pl.LightningModule):
         vae_latents: str = "mean",
         gradient_checkpointing: bool = False,
         enable_sdpa: bool = True,
+        channels_last: bool = False,
+        compile_unet: bool = False,
+        compile_options: dict | None = None,
+        frozen_dtype: str | None = None,
+        ema_dtype: str = "float32",
+        ema_device: str | None = None,
         depth_spec: dict | None = None,
         val_num_inference_steps: int = 20,
         val_guidance_scale: float = 5.0,
@@ -191,8 +217,26 @@ class Depth2ImgModule(pl.LightningModule):
                 if module is not None:
                     module.set_attn_processor(AttnProcessor())
 
+        if frozen_dtype is not None:
+            dtype = parse_dtype(frozen_dtype)
+            for frozen in self._frozen_modules():
+                frozen.to(dtype=dtype)
+        if channels_last:
+            for module in (self.unet, self.controlnet):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        if compile_unet:
+            for module in (self.unet, self.controlnet):
+                if module is not None:
+                    module.compile(**(compile_options or {}))
+
         self.ema = (
-            EMA(self._trainable_named_parameters(), decay=ema_decay)
+            EMA(
+                self._trainable_named_parameters(),
+                decay=ema_decay,
+                dtype=parse_dtype(ema_dtype),
+                device=ema_device,
+            )
             if ema_decay is not None
             else None
         )
@@ -291,9 +335,9 @@ class Depth2ImgModule(pl.LightningModule):
         if batch.get("latents") is not None:
             latents = batch["latents"].to(self.device, torch.float32)
         else:
-            image = image_to_float(batch["image"].to(self.device))
+            image = image_to_float(batch["image"].to(self.device)).to(self.vae.dtype)
             posterior = self.vae.encode(image).latent_dist
-            latents = posterior.sample() if sample else posterior.mean
+            latents = (posterior.sample() if sample else posterior.mean).float()
         return latents * self.scaling_factor
 
     def depth_condition(self, batch: dict, latent_hw: tuple[int, int]) -> torch.Tensor | None:
@@ -342,7 +386,7 @@ class Depth2ImgModule(pl.LightningModule):
         if self.hparams.input_perturbation and self.training:
             model_noise = noise + self.hparams.input_perturbation * torch.randn_like(noise)
         noisy = self.noise_scheduler.add_noise(latents, model_noise, timesteps)
-        embeds = self.encode_text(batch["caption"])  # hidden [B, L, D]
+        embeds = self.encode_text(batch["caption"]).to(dtype=noisy.dtype)  # hidden [B, L, D]
         image_hw = tuple(s * self.vae_scale_factor for s in latents.shape[-2:])
         added = denoiser.added_cond(embeds, self.image_geometry(batch, image_hw))
         prediction = denoiser.predict(noisy, timesteps, embeds, condition, added)
