@@ -94,3 +94,15 @@ def test_readme_train_commands_compose():
             assert cfg["data"]["train_shards"] != "???"
         if "recipe=lora" in overrides:
             assert cfg["model"]["train_mode"] == "lora"
+
+
+def test_fsdp_trainer_builds_its_strategy():
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=sd2_depth_512", "trainer=fsdp"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    assert cfg.trainer.precision == "bf16-mixed"
