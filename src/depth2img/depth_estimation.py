@@ -20,7 +20,6 @@ metric models (far = large) need ``depth_kind="depth"``, which converts with ``1
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,15 +29,11 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
 from depth2img.data.depth_spec import check_depth_kind, to_near_high
+from depth2img.paths import SHIPPED_MODELS, local_files_only, models_dir
 
 DEPTH_ESTIMATOR_SUBFOLDER = "depth_estimator"
 FEATURE_EXTRACTOR_SUBFOLDER = "feature_extractor"
 SHIPPED_ALIASES = ("shipped",)
-
-
-def _local_files_only() -> bool:
-    # Offline by default: a machine without network fails fast instead of hanging on the hub.
-    return os.environ.get("HF_HUB_OFFLINE", "1") != "0"
 
 
 def load_depth_estimator_folder(path: str | Path):
@@ -67,8 +62,6 @@ def load_depth_estimator_folder(path: str | Path):
 def _resolve(source: str) -> tuple[str, str, str]:
     """Return ``(model_path, processor_path, name)`` for a source string."""
     if source in SHIPPED_ALIASES:
-        from depth2img.paths import SHIPPED_MODELS, models_dir
-
         folder = models_dir() / SHIPPED_MODELS["shipped"]
         if not (folder / DEPTH_ESTIMATOR_SUBFOLDER).is_dir():
             raise FileNotFoundError(
@@ -142,7 +135,7 @@ class DepthEstimator:
             FileNotFoundError / OSError: the source cannot be found or loaded (says what to do).
         """
         model_path, processor_path, name = _resolve(str(source))
-        local_only = _local_files_only()
+        local_only = local_files_only()
         try:
             model = AutoModelForDepthEstimation.from_pretrained(
                 model_path, local_files_only=local_only

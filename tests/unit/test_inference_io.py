@@ -8,6 +8,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from depth2img.artifacts.atomic import write_jsonl_atomic
 from depth2img.inference.io import (
     InputError,
     check_depth_fits_image,
@@ -18,7 +19,6 @@ from depth2img.inference.io import (
     read_depth,
     read_png_params,
     save_png_with_params,
-    write_jsonl_atomic,
 )
 
 

@@ -13,20 +13,19 @@ from PIL import Image
 
 from depth2img.data.bad_samples import SampleError
 from depth2img.data.decoding import DecodedSample
-from depth2img.data.depth_spec import DepthSpec
+from depth2img.data.depth_spec import DepthSpec, minmax_normalize, to_near_high
 from depth2img.data.shard_format import SampleMeta
 from depth2img.data.transforms import (
     PairedTransform,
-    _meta_json,
     apply_depth,
     apply_image,
     collate,
     finalize_batch,
     image_to_float,
-    normalize_depth,
     plan_crop,
     resize_and_center_crop,
 )
+from depth2img.data.transforms.batch import _meta_json
 
 
 def _ramp_sample(h: int = 90, w: int = 140, kind: str = "inverse", **kw) -> DecodedSample:
@@ -199,11 +198,17 @@ def test_fast_normalize_equals_depth_spec(kind, case):
     # clean=True (what decode_sample guarantees): NaN is the only invalid marker.
     clean_ok = case != "nonpositive" and not np.isinf(depth).any()
     for eps in (1e-3, 0.0) if case not in ("flat", "empty") else (1e-3,):
-        ref, ref_valid = DepthSpec(eps=eps).normalize(torch.from_numpy(depth)[None, None], kind)
+        # The torch formula (to_near_high + minmax_normalize) is the reference ...
+        near_high, finite = to_near_high(torch.from_numpy(depth)[None, None], kind)
+        ref, ref_valid = minmax_normalize(near_high, finite, eps), finite
+        tensor, tensor_valid = DepthSpec(eps=eps).normalize(torch.from_numpy(depth)[None], kind)
+        np.testing.assert_array_equal(tensor[0].numpy(), ref[0, 0].numpy())  # tensors in
+        np.testing.assert_array_equal(tensor_valid[0].numpy(), ref_valid[0, 0].numpy())
         for clean in (False, True) if clean_ok else (False,):
-            fast, fast_valid = normalize_depth(depth, kind, eps, clean=clean)
+            # ... and the numpy path (what the reader runs) gives exactly its values.
+            fast, fast_valid = DepthSpec(eps=eps).normalize(depth, kind, clean=clean)
             np.testing.assert_array_equal(fast_valid, ref_valid[0, 0].numpy())
-            np.testing.assert_allclose(fast, ref[0, 0].numpy(), rtol=0, atol=2e-6)
+            np.testing.assert_array_equal(fast, ref[0, 0].numpy())
             assert np.isfinite(fast).all() and fast.dtype == np.float32
 
 
@@ -309,7 +314,7 @@ def test_area_depth_is_the_box_mean_and_nan_exactly_where_a_tap_is_missing(seed)
 
 
 def test_strip_box_filter_equals_the_whole_window_filter():
-    from depth2img.data.transforms import (
+    from depth2img.data.transforms.depth_resample import (
         _box_resample_strips,
         _resample_depth_stack,
     )

@@ -12,6 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from depth2img.artifacts.atomic import write_json_atomic
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
@@ -37,8 +39,7 @@ def write_manifest(folder: str | Path, out: str | Path | None = None) -> Path:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.suffix in WEIGHT_SUFFIXES
     }
-    out.write_text(json.dumps({"files": files}, indent=2) + "\n")
-    return out
+    return write_json_atomic(out, {"files": files})
 
 
 def verify_manifest(folder: str | Path, manifest: str | Path) -> list[str]:

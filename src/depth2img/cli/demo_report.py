@@ -10,7 +10,7 @@ import html
 import os
 from pathlib import Path
 
-from depth2img.data.shard_format import write_json_atomic
+from depth2img.artifacts.atomic import write_json_atomic
 
 # (metric key in eval's "depth" summaries, label, which direction is better)
 DEPTH_ROWS = (

@@ -192,32 +192,23 @@ def _folder_items(args):
 
 
 def _shard_items(args):
-    from depth2img.data.decoding import (
-        SampleError,
-        decode_sample,
-        expand_shard_urls,
-        iter_shard_samples,
-    )
+    """The usable shard samples, in order: the same selection as validation and eval
+    (:mod:`depth2img.data.fixed_set`), streamed (shards can be large)."""
+    from depth2img.data.fixed_set import iter_fixed_samples
 
-    count = 0
-    for url in expand_shard_urls(args.shards):
-        for raw in iter_shard_samples(url):
-            if args.max_samples is not None and count >= args.max_samples:
-                return
-            try:
-                sample = decode_sample(raw, keep_constant_depth=True)
-            except SampleError as err:
-                print(f"skipping shard sample {raw.get('__key__')}: {err}", file=sys.stderr)
-                continue
-            count += 1
-            yield {
-                "name": sample.key.replace("/", "_"),
-                "prompt": args.prompt or sample.caption,
-                "image": sample.image if args.use_shard_images else None,
-                "depth": sample.depth,
-                "depth_kind": sample.meta.depth_kind,
-                "inputs": {"shard": url, "key": sample.key},
-            }
+    def report(key: str, reason: str, detail: str) -> None:
+        message = f"{reason}: {detail}" if detail else reason
+        print(f"skipping shard sample {key}: {message}", file=sys.stderr)
+
+    for raw, sample in iter_fixed_samples(args.shards, args.max_samples, on_skip=report):
+        yield {
+            "name": sample.key.replace("/", "_"),
+            "prompt": args.prompt or sample.caption,
+            "image": sample.image if args.use_shard_images else None,
+            "depth": sample.depth,
+            "depth_kind": sample.meta.depth_kind,
+            "inputs": {"shard": raw["__url__"], "key": sample.key},
+        }
 
 
 def _single_items(args):
@@ -255,6 +246,7 @@ def run(args, parser) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from depth2img.artifacts.atomic import write_jsonl_atomic
     from depth2img.inference.export import parse_dtype
     from depth2img.inference.generator import Depth2ImgGenerator
     from depth2img.inference.io import (
@@ -262,7 +254,6 @@ def run(args, parser) -> int:
         load_image,
         make_grid,
         save_png_with_params,
-        write_jsonl_atomic,
     )
 
     mode = _check_args(args, parser)

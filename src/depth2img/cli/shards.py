@@ -465,8 +465,35 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK if summary["samples_usable"] > 0 else EXIT_FAILED
 
 
+def load_vae(source: str, dtype: str = "float32"):
+    """The ``AutoencoderKL`` of a diffusers model (``shipped``, a folder or a hub id).
+
+    Only the ``vae/`` subfolder is loaded, not the UNet or the text encoder. ``dtype`` is the
+    compute dtype ("float32", "float16", "bfloat16").
+
+    Raises:
+        OSError: the folder has no loadable ``vae/`` (says what was expected).
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    from depth2img.paths import local_files_only, resolve_model_source
+
+    path = resolve_model_source(source)
+    try:
+        vae = AutoencoderKL.from_pretrained(
+            path, subfolder="vae", local_files_only=local_files_only()
+        )
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"could not load a VAE from {source!r} ({path}/vae): {err}. Pass a diffusers model "
+            "folder with a vae/ subfolder, 'shipped', or a hub id (offline: a local folder)."
+        ) from err
+    return vae.to(getattr(torch, dtype)).eval()
+
+
 def run_cache_latents(args: argparse.Namespace) -> int:
-    from depth2img.data.latent_cache import cache_latents, check_output_dir, check_size, load_vae
+    from depth2img.data.latent_cache import cache_latents, check_output_dir, check_size
     from depth2img.data.shard_check import expand_urls, manifest_total
 
     try:

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
 
 from depth2img.data.bad_samples import BadSampleCounter, SampleError
 from depth2img.data.decoding import (
@@ -49,6 +48,7 @@ from depth2img.data.decoding import (
     iter_shard_samples,
 )
 from depth2img.data.depth_spec import DepthSpec
+from depth2img.data.fixed_set import read_fixed_set
 from depth2img.data.shard_format import read_manifest
 from depth2img.data.transforms import PairedTransform, collate, finalize_batch
 
@@ -273,23 +273,16 @@ class ValSet(Dataset):
     ):
         self.transform = transform
         self.keep_constant_depth = keep_constant_depth
-        self.entries: list[dict] = []
-        bar = tqdm(
-            total=max_samples,
+        fixed = read_fixed_set(
+            urls,
+            max_samples,
+            transform=transform,
+            keep_constant_depth=keep_constant_depth,
+            counter=counter,
+            progress=progress,
             desc="indexing validation shards",
-            unit="sample",
-            disable=not progress,
         )
-        for url in urls:
-            for raw in iter_shard_samples(url, counter):
-                if self._usable(raw, counter):
-                    self.entries.append(raw)
-                    bar.update(1)
-                if max_samples is not None and len(self.entries) >= max_samples:
-                    break
-            if max_samples is not None and len(self.entries) >= max_samples:
-                break
-        bar.close()
+        self.entries: list[dict] = fixed.entries
         if not self.entries:
             raise ValueError(
                 f"no usable validation sample in {len(urls)} shard(s) ({urls[:3]}…); bad "
@@ -303,19 +296,6 @@ class ValSet(Dataset):
             for k in range(per_rank)
         ]
         self.total = total
-
-    def _usable(self, raw: dict, counter: BadSampleCounter) -> bool:
-        decoded = decode_or_count(raw, counter, self.keep_constant_depth, self.transform.size)
-        if decoded is None:
-            return False
-        try:
-            sample = self.transform(decoded, np.random.default_rng(0))
-        except SampleError as exn:
-            counter.add(exn.reason)
-            return False
-        for note in sample["notes"]:
-            counter.add(note)
-        return True
 
     def __len__(self) -> int:
         return len(self.indices)

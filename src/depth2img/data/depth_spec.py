@@ -99,6 +99,85 @@ def minmax_normalize(
     return torch.where(valid, normalized, torch.full_like(normalized, -1.0))
 
 
+def normalize_array(
+    depth: np.ndarray,
+    kind: str,
+    eps: float = SD2_DEPTH_EPS,
+    *,
+    valid: np.ndarray | None = None,
+    clean: bool = False,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The implementation of :meth:`DepthSpec.normalize`, on numpy arrays (see there).
+
+    A few in-place float32 passes, about 10x faster on one core than the same math written with
+    torch (``torch.where`` copies per step). Each element sees exactly the float32 operations
+    of ``minmax_normalize``: ``v - min``, divided by ``(max - min + eps) / 2`` (the same
+    rounding as ``2 * (v - min) / (max - min + eps)``: scaling by 2 is exact), minus 1.
+
+    Args:
+        depth: (B, ...) per-sample maps (min/max over all axes but the first), or (h, w) one
+            map; any float dtype (computed in float32).
+        kind, eps, valid, clean, out: as in :meth:`DepthSpec.normalize`.
+
+    Returns:
+        ``(normalized, valid)``: float32 and bool, C-ordered, the shape of ``depth``.
+    """
+    check_depth_kind(kind)
+    depth = np.asarray(depth)
+    if depth.ndim == 2:  # one map
+        outs = None if out is None else (out[0][None], out[1][None])
+        normalized, ok = normalize_array(
+            depth[None],
+            kind,
+            eps,
+            valid=None if valid is None else valid[None],
+            clean=clean,
+            out=outs,
+        )
+        return normalized[0], ok[0]
+    target = None if out is None else out[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        private = True  # ``near`` is our own array (may be changed in place)
+        if clean and valid is None:  # NaN is the only invalid marker
+            if kind == "depth":  # disparity; NaN stays NaN
+                near = np.reciprocal(depth, out=target, dtype=np.float32, order="C")
+            else:
+                near, private = depth, False
+        else:
+            if kind == "depth":
+                near = np.reciprocal(depth, dtype=np.float32)  # disparity; NaN stays NaN
+                bad = ~(depth > 0)  # a distance must be positive (NaN compares False)
+                bad |= np.isinf(depth)
+            else:
+                near = np.array(depth, dtype=np.float32, order="C")
+                bad = ~np.isfinite(near)
+            if valid is not None:
+                bad |= ~np.asarray(valid, dtype=bool)
+            np.copyto(near, np.float32(np.nan), where=bad)
+        invalid = np.isnan(near)
+        axes = tuple(range(1, near.ndim))
+        vmin = np.fmin.reduce(near, axis=axes, keepdims=True)
+        vmax = np.fmax.reduce(near, axis=axes, keepdims=True)
+        empty = np.isnan(vmin)
+        if empty.any():  # no valid pixel: an empty but finite range, like minmax_normalize
+            vmin, vmax = np.where(empty, 0, vmin), np.where(empty, 0, vmax)
+        vmin, vmax = vmin.astype(np.float32), vmax.astype(np.float32)
+        half_range = (vmax - vmin + np.float32(eps)) * np.float32(0.5)
+        if private:
+            near -= vmin
+        else:  # one out-of-place pass into a new C-ordered array (the input may be a view)
+            near = np.subtract(near, vmin, out=target, dtype=np.float32, order="C")
+        near /= half_range
+        near -= np.float32(1.0)
+    np.copyto(near, np.float32(-1.0), where=invalid)
+    ok = np.logical_not(invalid, out=None if out is None else out[1])
+    if target is not None and near is not target:
+        target[...] = near
+        near = target
+    return near, ok
+
+
 @dataclass(frozen=True)
 class DepthSpec:
     """How depth becomes the UNet's depth channel.
@@ -121,22 +200,46 @@ class DepthSpec:
         return cls(**(data or {}))
 
     def normalize(
-        self, depth: torch.Tensor, kind: str, valid: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        depth: torch.Tensor | np.ndarray,
+        kind: str,
+        valid: torch.Tensor | np.ndarray | None = None,
+        *,
+        clean: bool = False,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[np.ndarray, np.ndarray]:
         """Stored depth -> model convention at the input resolution.
 
+        Near-is-high conversion of ``kind`` (:func:`to_near_high`), then per sample
+        ``2 * (v - min) / (max - min + eps) - 1`` over the valid pixels; invalid pixels = -1.
+        One implementation (:func:`normalize_array`, numpy) serves arrays and tensors: a
+        tensor is computed on the CPU and returned on its device, bit-identical to
+        ``minmax_normalize(*to_near_high(depth, kind), eps)``.
+
         Args:
-            depth: (B, 1, H, W) or (B, H, W) float tensor in the stored convention of ``kind``.
+            depth: (B, 1, H, W), (B, H, W) or (H, W) (one map) float tensor or array in the
+                stored convention of ``kind``; not modified.
             kind: depth kind of the stored values.
             valid: optional extra bool mask of the same shape (e.g. from a decoder).
+            clean: (arrays only) promise that invalid pixels are NaN and nothing else is (no
+                inf, and for ``kind == "depth"`` no value ``<= 0``), as for decoded shard
+                samples (``DecodedSample.clean``): skips those checks, same result.
+            out: (arrays only) C-ordered (float32, bool) arrays of the result's shape to write
+                into.
 
         Returns:
-            ``(normalized, valid)``: normalized in [-1, 1] (near = 1, invalid = -1), never NaN;
-            valid as bool, same shape.
+            ``(normalized, valid)`` of the input's type: normalized float32 in [-1, 1]
+            (near = 1, invalid = -1), never NaN when ``eps > 0``; valid as bool, same shape.
         """
-        near_high, finite = to_near_high(depth, kind)
-        valid = finite if valid is None else (finite & valid.bool())
-        return minmax_normalize(near_high, valid, self.eps), valid
+        if isinstance(depth, torch.Tensor):
+            mask = None if valid is None else valid.detach().to("cpu", torch.bool).numpy()
+            array = depth.detach().to("cpu", torch.float32).numpy()
+            normalized, ok = normalize_array(array, kind, self.eps, valid=mask)
+            return (
+                torch.from_numpy(normalized).to(depth.device),
+                torch.from_numpy(ok).to(depth.device),
+            )
+        return normalize_array(depth, kind, self.eps, valid=valid, clean=clean, out=out)
 
     def to_latent_condition(
         self, depth: torch.Tensor, latent_size: tuple[int, int], valid: torch.Tensor | None = None

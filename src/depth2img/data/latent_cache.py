@@ -24,33 +24,6 @@ from depth2img.data.transforms import resize_and_center_crop
 from depth2img.data.writer import ShardWriter
 
 
-def load_vae(source: str, dtype: str = "float32"):
-    """The ``AutoencoderKL`` of a diffusers model (``shipped``, a folder or a hub id).
-
-    Only the ``vae/`` subfolder is loaded, not the UNet or the text encoder. ``dtype`` is the
-    compute dtype ("float32", "float16", "bfloat16").
-
-    Raises:
-        OSError: the folder has no loadable ``vae/`` (says what was expected).
-    """
-    import os
-
-    from diffusers import AutoencoderKL
-
-    from depth2img.paths import resolve_model_source
-
-    path = resolve_model_source(source)
-    local_only = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
-    try:
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=local_only)
-    except (OSError, ValueError) as err:
-        raise OSError(
-            f"could not load a VAE from {source!r} ({path}/vae): {err}. Pass a diffusers model "
-            "folder with a vae/ subfolder, 'shipped', or a hub id (offline: a local folder)."
-        ) from err
-    return vae.to(getattr(torch, dtype)).eval()
-
-
 def check_size(vae, size: int) -> int:
     """Return the VAE's scale factor; raise ValueError if ``size`` is not a multiple of it."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1)

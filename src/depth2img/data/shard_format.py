@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from depth2img.artifacts.atomic import write_json_atomic
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 DEPTH_PNG_KEY = "depth.png"
@@ -173,27 +173,6 @@ def encode_npy(array: np.ndarray) -> bytes:
 def decode_npy(data: bytes) -> np.ndarray:
     """.npy bytes -> array; object arrays (pickles) are refused by ``allow_pickle=False``."""
     return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def write_json_atomic(path: str | Path, data: dict) -> Path:
-    """Write JSON to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A crash leaves either the old file or the new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_manifest(folder: str | Path, shards: dict[str, int], extra: dict | None = None) -> Path:

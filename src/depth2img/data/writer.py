@@ -17,9 +17,9 @@ Two layers:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from webdataset import TarWriter
 
+from depth2img.artifacts.atomic import AtomicFile, cleanup_stale_temps
 from depth2img.data.depth_spec import check_depth_kind
 from depth2img.data.shard_format import (
     ALLOWED_KEYS,
@@ -251,7 +252,7 @@ class ShardWriter:
         self.depth_kinds: Counter = Counter()
         self._keys: set[str] = set()
         self._tar: TarWriter | None = None
-        self._tmp_path: Path | None = None
+        self._file: AtomicFile | None = None  # the open shard, under a temp name
         self._count_in_shard = 0
         self.manifest_path: Path | None = None
         self._prepare_folder(overwrite)
@@ -272,8 +273,7 @@ class ShardWriter:
         # Manifest first: if we crash while deleting, no manifest points at missing shards.
         for path in sorted(existing, key=lambda p: p.name != MANIFEST_NAME):
             path.unlink()
-        for stale in self.out_dir.glob(f".{self.name}-*.tar.tmp"):  # left by a killed writer
-            stale.unlink()
+        cleanup_stale_temps(self.out_dir)  # partial shards of killed writers
 
     @property
     def num_samples(self) -> int:
@@ -285,18 +285,17 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         name = self._shard_name(len(self.shard_counts))
-        self._tmp_path = self.out_dir / f".{name}.tmp"
-        self._tar = TarWriter(str(self._tmp_path), encoder=False, mtime=TAR_MTIME)
+        self._file = AtomicFile(self.out_dir / name)
+        self._tar = TarWriter(self._file.handle, encoder=False, mtime=TAR_MTIME)
         self._count_in_shard = 0
 
     def _close_current(self) -> None:
         if self._tar is None:
             return
-        self._tar.close()
-        name = self._shard_name(len(self.shard_counts))
-        os.replace(self._tmp_path, self.out_dir / name)  # complete shards only get real names
-        self.shard_counts[name] = self._count_in_shard
-        self._tar, self._tmp_path, self._count_in_shard = None, None, 0
+        self._tar.close()  # ends the tar stream; the file stays open (not the tar's own)
+        self._file.commit()  # complete shards only get real names
+        self.shard_counts[self._file.path.name] = self._count_in_shard
+        self._tar, self._file, self._count_in_shard = None, None, 0
 
     def write(self, sample: Mapping) -> None:
         """Append one sample dict (``__key__`` + bytes per shard-format key).
@@ -338,9 +337,10 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the open (incomplete) shard; write no manifest."""
         if self._tar is not None:
-            self._tar.close()
-            self._tmp_path.unlink(missing_ok=True)
-            self._tar, self._tmp_path, self._count_in_shard = None, None, 0
+            with contextlib.suppress(Exception):  # the tar stream may be broken: drop it
+                self._tar.close()
+            self._file.discard()
+            self._tar, self._file, self._count_in_shard = None, None, 0
 
     def __enter__(self) -> ShardWriter:
         return self

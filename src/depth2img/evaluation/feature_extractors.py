@@ -14,13 +14,14 @@ features (N, d), with ``num_features`` (d), ``name`` and ``metric_key``:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel
+
+from depth2img.paths import local_files_only
 
 EXTRACTORS = ("tiny", "dinov2", "inception")
 
@@ -69,7 +70,7 @@ class HFBackboneFeatures(nn.Module):
 
     def __init__(self, source: str, name: str = "dinov2", device: str = "cpu") -> None:
         super().__init__()
-        local_only = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
+        local_only = local_files_only()
         try:
             self.model = AutoModel.from_pretrained(source, local_files_only=local_only).eval()
             self.processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)

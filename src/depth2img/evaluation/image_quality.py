@@ -23,6 +23,8 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from depth2img.artifacts.weights import atomic_torch_save
+
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1] (or uint8) → uint8 0..255 with rounding."""
@@ -175,7 +177,4 @@ def load_cached_features(path: Path, expected_n: int | None = None) -> torch.Ten
 
 def save_cached_features(path: Path, features: torch.Tensor) -> None:
     """Write features atomically (a half-written cache must never be read back)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(features.cpu().float(), tmp)
-    tmp.replace(path)
+    atomic_torch_save(features.cpu().float(), path)

@@ -31,10 +31,11 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm.auto import tqdm
 
+from depth2img.artifacts.atomic import write_json_atomic
 from depth2img.data.bad_samples import BadSampleCounter
-from depth2img.data.decoding import decode_or_count, expand_shard_urls, iter_shard_samples
+from depth2img.data.decoding import decode_or_count
 from depth2img.data.depth_spec import DepthSpec
-from depth2img.data.shard_format import write_json_atomic
+from depth2img.data.fixed_set import read_fixed_set
 from depth2img.data.transforms import PairedTransform, collate
 from depth2img.evaluation.depth_metrics import (
     DEPTH_METRICS,
@@ -117,34 +118,25 @@ class EvalSet:
 def load_eval_set(
     shards, num_samples: int, size: int, depth_spec: DepthSpec, progress: bool = False
 ) -> EvalSet:
-    """The first ``num_samples`` usable samples of ``shards`` in order (bad ones skipped).
+    """The first ``num_samples`` usable samples of ``shards`` in order (bad ones skipped by the
+    rules of :mod:`depth2img.data.fixed_set`, the same as validation during training).
 
     Raises:
         ValueError: fewer than 2 usable samples (chance and FD need at least 2).
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 (chance level needs pairs), got {num_samples}")
-    urls = expand_shard_urls(shards)
     transform = PairedTransform(size, train=False, depth_spec=depth_spec)
-    counter = BadSampleCounter()
-    entries: list[dict] = []
+    fixed = read_fixed_set(
+        shards, num_samples, transform=transform, progress=progress, desc="reading eval shards"
+    )
+    entries, counter = fixed.entries, fixed.counter
     digest = hashlib.sha256(f"size={size}|spec={depth_spec.to_dict()}".encode())
-    bar = tqdm(total=num_samples, desc="reading eval shards", unit="sample", disable=not progress)
-    for url in urls:
-        for raw in iter_shard_samples(url, counter):
-            if decode_or_count(raw, counter) is None:
-                continue
-            entries.append(raw)
-            # Content hash (not paths or mtimes): the real-feature cache follows the data.
-            digest.update(str(raw["__key__"]).encode())
-            for k in sorted(k for k in raw if not k.startswith("__")):
-                digest.update(hashlib.sha1(raw[k]).digest())
-            bar.update(1)
-            if len(entries) >= num_samples:
-                break
-        if len(entries) >= num_samples:
-            break
-    bar.close()
+    for raw in entries:
+        # Content hash (not paths or mtimes): the real-feature cache follows the data.
+        digest.update(str(raw["__key__"]).encode())
+        for k in sorted(k for k in raw if not k.startswith("__")):
+            digest.update(hashlib.sha1(raw[k]).digest())
     if len(entries) < 2:
         raise ValueError(
             f"only {len(entries)} usable sample(s) in {shards!r} (bad samples: {counter.counts()});"

@@ -17,14 +17,12 @@ half-written model where a complete one is expected.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from depth2img.artifacts.atomic import atomic_directory
 from depth2img.inference.loading import DEPTH2IMG_JSON, load_generator_components
 from depth2img.inference.schedulers import make_scheduler
 
@@ -89,12 +87,7 @@ def export_pipeline(
     pipe = get_family(components.family).build_pipeline(
         components, make_scheduler(scheduler, components.scheduler.config)
     )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with atomic_directory(out_dir) as tmp:  # a crash keeps the previous export intact
         pipe.save_pretrained(tmp, safe_serialization=True)
         meta = {
             "format_version": EXPORT_FORMAT_VERSION,
@@ -117,15 +110,4 @@ def export_pipeline(
             "has_depth_estimator": "depth_estimator" in components.extras,
         }
         (tmp / DEPTH2IMG_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-        if old.exists() and not out_dir.exists():
-            os.replace(old, out_dir)  # put the previous export back
-        raise
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
     return out_dir

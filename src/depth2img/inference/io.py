@@ -23,9 +23,7 @@ or pad it yourself: guessing would shift the structure).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from depth2img.artifacts.atomic import atomic_write
 from depth2img.data.depth_spec import DepthSpec, check_depth_kind
 from depth2img.inference.sampling import check_same_aspect
 
@@ -278,10 +277,6 @@ def find_inputs(folder: str | Path) -> list[dict]:
 PNG_PARAMS_KEY = "depth2img"
 
 
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-
-
 def save_png_with_params(image: Image.Image, path: str | Path, params: dict) -> Path:
     """Save ``image`` as PNG with ``params`` as JSON in a tEXt chunk (key ``depth2img``).
 
@@ -291,14 +286,8 @@ def save_png_with_params(image: Image.Image, path: str | Path, params: dict) -> 
     path = Path(path)
     info = PngInfo()
     info.add_text(PNG_PARAMS_KEY, json.dumps(params, sort_keys=True))
-    tmp = _tmp_sibling(path)
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_write(path, "wb") as handle:
+        image.save(handle, format="PNG", pnginfo=info)
     return path
 
 
@@ -307,22 +296,6 @@ def read_png_params(path: str | Path) -> dict:
     with Image.open(path) as image:
         text = getattr(image, "text", {}) or {}
         return json.loads(text[PNG_PARAMS_KEY]) if PNG_PARAMS_KEY in text else {}
-
-
-def write_jsonl_atomic(path: str | Path, records: list[dict]) -> Path:
-    """Write one JSON object per line (temp file + rename)."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
 
 
 def depth_preview(depth: torch.Tensor) -> Image.Image:

@@ -11,7 +11,6 @@ lands in the same folder and finds ``checkpoints/last.ckpt``. Rules (``make_run_
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from depth2img.artifacts.atomic import write_text_atomic
 from depth2img.paths import REPO_ROOT
 
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -97,14 +97,7 @@ def ensure_wandb_run_id(run_dir: str | Path, env: Mapping[str, str] | None = Non
             return existing
     job_id = environ.get("SLURM_JOB_ID")
     run_id = sanitize_name(f"slurm-{job_id}") if job_id else uuid.uuid4().hex[:12]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{WANDB_ID_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(run_id + "\n")
-    with contextlib.suppress(OSError):
-        if not path.exists():
-            os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        tmp.unlink()
+    write_text_atomic(path, run_id + "\n", overwrite=False)  # a racing rank may have won
     return path.read_text().strip()
 
 

@@ -8,8 +8,8 @@ loads its weights instead of training; any change to an input, a field or the co
 key, so a cached build gives exactly the weights of a from-scratch build (every stage seeds its
 own generators, see ``training``).
 
-Entries are ``<cache>/<stage>-<key[:16]>.pt`` state dicts, written atomically (temporary file +
-``os.replace``) so an interrupted build never leaves a truncated entry behind.
+Entries are ``<cache>/<stage>-<key[:16]>.pt`` state dicts, written atomically
+(``depth2img.artifacts.weights.atomic_torch_save``) so an interrupted build never leaves a truncated entry behind.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from depth2img.artifacts.weights import atomic_torch_save
 
 
 def _update(digest: hashlib._Hash, item: object) -> None:
@@ -87,8 +88,5 @@ class StageCache:
             return module.eval().requires_grad_(False), True
         module = train()
         if self.root is not None:
-            path = self._path(stage, key)
-            tmp = path.with_suffix(".tmp")
-            torch.save(module.state_dict(), tmp)
-            os.replace(tmp, path)
+            atomic_torch_save(module.state_dict(), self._path(stage, key))
         return module, False
