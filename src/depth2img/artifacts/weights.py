@@ -28,13 +28,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` with a clear error for missing/unsafe files."""
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """``torch.load(path, weights_only=True)`` with a clear error for missing/unsafe files.
+
+    ``mmap=True``: tensors stay on disk until used (e.g. an optimizer state that is never read).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # UnpicklingError for code objects, RuntimeError for bad zips
         raise RuntimeError(
             f"could not load {path} as a weights-only checkpoint ({err}). depth2img checkpoints "
