@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from depth2img.artifacts.checkpoint_meta import CheckpointMeta
+from depth2img.artifacts.weights import load_checkpoint_file
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.models.components import Components
 from depth2img.models.conditioning import get_conditioner
@@ -48,13 +49,12 @@ def _not_ours(path: Path, why: str) -> CheckpointError:
 
 
 def _load_weights_only(path: Path) -> dict:
-    """``torch.load(weights_only=True, mmap=True)``: tensors stay on disk until used."""
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    """Weights-only and memory-mapped: tensors stay on disk until used (the optimizer state is
+    never read)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # UnpicklingError for code objects, RuntimeError for bad zips
-        raise _not_ours(path, f"cannot be read weights-only: {err}") from err
+        return load_checkpoint_file(path, mmap=True)
+    except RuntimeError as err:
+        raise _not_ours(path, f"cannot be read weights-only: {err.__cause__ or err}") from err
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointMeta]:
