@@ -93,6 +93,11 @@ def _resolve(source: str) -> tuple[str, str, str]:
     return source, source, source
 
 
+def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) → (N, H, W) bicubic (how the judge's output reaches the image's size)."""
+    return F.interpolate(depth[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
+
+
 class DepthEstimator:
     """Batched relative-depth prediction with a transformers depth model.
 
@@ -171,25 +176,28 @@ class DepthEstimator:
         return out
 
     @torch.no_grad()
-    def _predict_same_size(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """(N, H, W) float32 near-is-high depth for images that all have one size."""
+    def _predict_same_size(
+        self, images: Sequence[np.ndarray], native: bool = False
+    ) -> torch.Tensor:
+        """(N, H, W) float32 near-is-high depth for images that all have one size
+        ((N, h, w) at the model's output resolution when ``native``)."""
         height, width = images[0].shape[:2]
         inputs = self.processor(images=list(images), return_tensors="pt")
         pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
         predicted = self.model(pixel_values=pixel_values).predicted_depth.float()  # [N, h, w]
-        resized = F.interpolate(
-            predicted[:, None], size=(height, width), mode="bicubic", align_corners=False
-        )[:, 0]
+        resized = predicted if native else resize_depth(predicted, (height, width))
         if self.depth_kind != "inverse":
             resized, _ = to_near_high(resized.clamp_min(1e-6), self.depth_kind)
         return resized.cpu()
 
-    def __call__(self, images) -> list[np.ndarray] | torch.Tensor:
+    def __call__(self, images, native: bool = False) -> list[np.ndarray] | torch.Tensor:
         """Predict near-is-high relative depth for each image, at that image's size.
 
         Args:
             images: list of (H, W, 3) uint8 RGB arrays (sizes may differ), or a float tensor
                 (B, 3, H, W) in [0, 1].
+            native: return the model's raw output resolution instead (no resizing; what the
+                ControlNet++ metric divides by its max). ``resize_depth`` gives the default.
 
         Returns:
             For a list: a list of (H, W) float32 numpy arrays. For a tensor: a (B, H, W)
@@ -206,7 +214,7 @@ class DepthEstimator:
         for indices in by_size.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                depth = self._predict_same_size([arrays[i] for i in chunk])
+                depth = self._predict_same_size([arrays[i] for i in chunk], native)
                 for i, d in zip(chunk, depth):
                     results[i] = d
         if is_tensor:

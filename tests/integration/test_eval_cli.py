@@ -56,20 +56,76 @@ def test_cli_writes_images_metrics_and_report(one_process_run):
     metrics = json.loads((run_dir / "metrics.json").read_text())  # strict JSON: no NaN
     assert metrics["N"] == 6 and metrics["seeds"] == list(range(6))
     assert metrics["extractor"] == "fd_tiny" and "eval/fid" not in metrics["metrics"]
-    for group in ("generated", "floor", "chance"):
+    # 3 scenes x 2 conditions: the CIs resample the 3 scenes, not the 6 images.
+    assert metrics["n_scenes"] == 3
+    for group in ("generated", "floor", "chance", "prior_lower_rows_near", "prior_domain_mean"):
         for name in DEPTH_METRICS:
-            assert metrics["depth"][group][name]["n"] == 6
+            assert metrics["depth"][group][name]["n"] == 6, (group, name)
+            assert metrics["depth"][group][name]["n_scenes"] == 3
+    assert len({r["scene"] for r in metrics["per_image"]}) == 3
+    assert "generated - chance" in metrics["paired"]
+    cnpp = metrics["depth"]["generated"]["depth_rmse_cnpp"]
+    assert cnpp["mean"] is not None or "degenerate" in cnpp["unavailable"]
     for key in ("eval/depth_absrel", "eval/floor_depth_absrel", "eval/chance_depth_absrel"):
         assert isinstance(metrics["metrics"][key], float)
     assert metrics["image_quality"]["n_real"] == metrics["image_quality"]["n_fake"] == 6
     assert metrics["image_quality"]["kid_subset_size"] == 6
     assert {"steps", "scheduler", "judge", "versions"} <= set(metrics)
     assert metrics["judge_warning"] is None  # synthetic depth: the judge did not make it
-    assert "uninformative" in metrics["judge_quality_warning"]  # a random judge sees nothing
+    # A random judge sees nothing: the gate fails and the report gives no depth verdict.
+    assert metrics["judge_quality"]["separates"] is False
+    assert "cannot separate floor from chance" in metrics["judge_quality_warning"]
+    assert "dpt_large" in metrics["judge_quality_warning"]  # advice fits a non-DPT-Large judge
     report = (run_dir / "report.md").read_text()
     assert "floor (real images)" in report and "chance" in report
+    assert "6 images from 3 scenes" in report and "Paired differences" not in report
+    assert "spread over subsets, not an error bar" in report
+    assert "every subset holds all images" in report  # N = 6 <= kid_subset_size
     assert (run_dir / "report.html").is_file() and (run_dir / "grid.png").is_file()
     assert len(list(cache.glob("real_features_*.pt"))) == 1
+
+
+def test_compare_pairs_two_models_on_the_same_inputs(
+    tiny_model_dir, street_eval_shards, one_process_run, tmp_path
+):
+    """--compare A B: both generated with the same seeds; A vs itself differs by exactly 0."""
+    _, cache, _ = one_process_run
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "depth2img.cli.evaluate", "--compare"]
+    cmd += [str(tiny_model_dir), str(tiny_model_dir)]
+    args = _args(tiny_model_dir, street_eval_shards, out, cache)
+    cmd += [a for a in args if not a.startswith("model_source=")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["N"] == 6 and comparison["n_scenes"] == 3
+    absrel = comparison["depth"]["depth_absrel"]
+    assert absrel["mean"] == 0.0 and absrel["ci_low"] == absrel["ci_high"] == 0.0
+    assert absrel["n_scenes"] == 3
+    assert comparison["verdicts"] == []  # the random judge cannot separate floor from chance
+    for tag in ("model_a", "model_b"):
+        assert (out / tag / "metrics.json").is_file()
+    assert "A - B [95 % CI]" in (out / "comparison.md").read_text()
+
+
+def test_compare_needs_two_models(monkeypatch, capsys):
+    from depth2img.cli.evaluate import main
+
+    monkeypatch.setattr(sys, "argv", ["depth2img-eval", "--compare", "shipped"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "--compare needs two models" in capsys.readouterr().err
+
+
+def test_cnpp_without_dpt_large_is_one_clear_line(tmp_path):
+    """eval=cnpp sets the judge to DPT-Large; offline without it: one line, exit 2."""
+    cmd = [sys.executable, "-m", "depth2img.cli.evaluate", "eval=cnpp", f"shards={tmp_path}"]
+    cmd += [f"out_dir={tmp_path / 'out'}", "depth_estimator.source=/nonexistent/dpt-large"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "eval=cnpp judges with DPT-Large" in lines[0], proc.stderr
 
 
 def test_missing_shards_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -133,3 +133,30 @@ def paired_difference(
     stats["mean_a"] = float(a[both].mean()) if both.any() else None
     stats["mean_b"] = float(b[both].mean()) if both.any() else None
     return stats
+
+
+def scene_clusters(metas: Sequence[dict | None], keys: Sequence[str]) -> list[str]:
+    """One cluster id per image: its metadata's ``scene_id``, else its sample key.
+
+    Images without a scene id are treated as independent (each key its own cluster), which is
+    the honest fallback: nothing says which images share a geometry.
+    """
+    if len(metas) != len(keys):
+        raise ValueError(f"{len(metas)} metadata records but {len(keys)} keys")
+    return [
+        str((meta or {}).get("scene_id") or "") or f"key:{key}" for meta, key in zip(metas, keys)
+    ]
+
+
+def format_stat(stat: dict | None, digits: int = 4) -> str:
+    """``mean [low, high]`` of a :func:`summarize` / :func:`paired_difference` dict ("n/a")."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+
+
+def format_n(stat: dict | None) -> str:
+    """``N images / S scenes`` of a summary (what its interval resampled)."""
+    if not stat:
+        return "n/a"
+    return f"{stat.get('n', 0)} images / {stat.get('n_scenes', 0)} scenes"

@@ -17,7 +17,10 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from depth2img.depth_estimation import DepthEstimator
+import numpy as np
+import torch
+
+from depth2img.depth_estimation import DepthEstimator, resize_depth
 
 JUDGE_ALIASES = {"shipped": "shipped", "tiny": "shipped"}
 # Metadata fields that may name the model that produced a sample's depth.
@@ -90,3 +93,42 @@ def warn_if_same_model(judge_name: str, metas: Iterable[dict]) -> str | None:
     if message:
         warnings.warn(message, UserWarning, stacklevel=2)
     return message
+
+
+def judge_native_and_resized(
+    judge: DepthEstimator, images: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One judge pass: ``(native, resized)`` near-is-high maps per (H, W, 3) uint8 image.
+
+    ``native`` is the model's own output resolution (what the ControlNet++ metric divides by its
+    max); ``resized`` is at each image's size, exactly what ``judge(images)`` returns.
+    """
+    if judge.depth_kind != "inverse":  # the conversion comes after resizing in judge(images)
+        return judge(images, native=True), judge(images)
+    native = judge(images, native=True)
+    resized = [
+        resize_depth(torch.from_numpy(n)[None], image.shape[:2])[0].numpy().astype(np.float32)
+        for n, image in zip(native, images)
+    ]
+    return native, resized
+
+
+def judge_unavailable_reason(source: str) -> str | None:
+    """Why ``source`` cannot be loaded on this machine without a download (None when it can).
+
+    Checks what exists without loading weights: a local folder, or a hub id in the local cache.
+    """
+    source = JUDGE_ALIASES.get(source, source)
+    if source == "shipped":
+        return None
+    path = Path(source).expanduser()
+    if path.exists():
+        return None if path.is_dir() else f"{source} is not a folder"
+    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+        return f"{source} does not exist"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json")
+    if isinstance(cached, str):
+        return None
+    return f"{source} is not in the local Hugging Face cache and this machine is offline"

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
+from depth2img.evaluation.depth_metrics import image_depth_metrics
+
 PRIOR_NAMES = ("domain_mean", "lower_rows_near", "periphery_near")
 
 
@@ -83,3 +85,56 @@ def prior_maps(
     if domain_mean is not None:
         maps["domain_mean"] = _resize(domain_mean, int(height), int(width))
     return maps
+
+
+PRIOR_LABELS = {
+    "domain_mean": "domain mean depth",
+    "lower_rows_near": "lower rows near",
+    "periphery_near": "periphery near",
+}
+
+
+class HeldOutDomainMean:
+    """Per-domain mean depth maps that leave out the scene being scored.
+
+    Without a training set at hand (``depth2img-eval``), the eval set's own conditioning depths
+    give the domain's mean layout; leaving the scored scene out (all its conditions) keeps the
+    baseline from seeing the answer. Maps are accumulated at ``size x size`` (a layout, not a
+    detail) and resized when scored.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = int(size)
+        self._domain: dict[str, tuple[np.ndarray, int]] = {}
+        self._scene: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
+
+    def add(
+        self, depth: np.ndarray, valid: np.ndarray | None, scene: str, domain: str = ""
+    ) -> None:
+        """Add one near-is-high (H, W) depth map of ``scene`` in ``domain``."""
+        small = _resize(normalize01(depth, valid), self.size, self.size).astype(np.float64)
+        for table, key in ((self._domain, str(domain)), (self._scene, (str(domain), str(scene)))):
+            total, count = table.get(key, (np.zeros_like(small), 0))
+            table[key] = (total + small, count + 1)
+
+    def for_scene(self, scene: str, domain: str = "") -> np.ndarray | None:
+        """(size, size) [0, 1] mean over the domain's *other* scenes; None when there are none."""
+        total, count = self._domain.get(str(domain), (None, 0))
+        own_total, own_count = self._scene.get((str(domain), str(scene)), (0.0, 0))
+        if total is None or count - own_count < 1:
+            return None
+        return normalize01((total - own_total) / (count - own_count))
+
+
+def score_priors(
+    cond: np.ndarray, valid: np.ndarray | None, domain_mean: np.ndarray | None = None
+) -> dict[str, dict]:
+    """Every prior map scored against one conditioning depth exactly like a judge's prediction.
+
+    Returns ``{prior name: image_depth_metrics(...)}`` (``domain_mean`` only when given).
+    """
+    height, width = np.asarray(cond).shape
+    return {
+        name: image_depth_metrics(prior, cond, valid)
+        for name, prior in prior_maps(height, width, domain_mean).items()
+    }

@@ -37,6 +37,7 @@ from depth2img.data.decoding import decode_or_count
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.fixed_set import read_fixed_set
 from depth2img.data.transforms import PairedTransform, collate
+from depth2img.evaluation.bootstrap import paired_difference, scene_clusters
 from depth2img.evaluation.depth_metrics import (
     DEPTH_METRICS,
     chance_pairs,
@@ -56,7 +57,14 @@ from depth2img.evaluation.image_quality import (
     real_stats_cache_path,
     save_cached_features,
 )
-from depth2img.evaluation.judges import load_judge, warn_if_same_model
+from depth2img.evaluation.judge_quality import is_dpt_large, judge_quality
+from depth2img.evaluation.judges import (
+    judge_native_and_resized,
+    judge_unavailable_reason,
+    load_judge,
+    warn_if_same_model,
+)
+from depth2img.evaluation.priors import PRIOR_NAMES, HeldOutDomainMean, score_priors
 
 
 @dataclass
@@ -89,6 +97,8 @@ class EvalSettings:
     bootstrap_resamples: int = 2000
     stage: str = "eval"
     progress: bool = True
+    images_per_prompt: int = 1  # ControlNet++ generates 4 per prompt and averages
+    protocol: str = ""  # "cnpp": the judge must be DPT-Large and available locally
 
 
 @dataclass
@@ -169,8 +179,45 @@ def _uint8(images01: torch.Tensor) -> np.ndarray:
     return (images01.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+GROUPS = ("generated", "floor", "chance")
+PRIOR_GROUPS = tuple(f"prior_{name}" for name in PRIOR_NAMES)
+
+
+def held_out_domain_means(eval_set: EvalSet, clusters: list[str]) -> HeldOutDomainMean:
+    """Domain mean depth maps from the eval set's own conditioning depths, leaving out the
+    scored scene (no training set is at hand; labelled as such in reports)."""
+    means = HeldOutDomainMean()
+    for index in range(len(eval_set)):
+        sample = eval_set.sample(index)
+        domain = str(sample["meta"].get("domain", ""))
+        means.add(
+            sample["depth"][0].numpy(), sample["valid_mask"][0].numpy(), clusters[index], domain
+        )
+    return means
+
+
+def _mean_metrics(per_image: list[dict]) -> dict:
+    """Average several images of one prompt (ControlNet++ averages its 4 per prompt)."""
+    if len(per_image) == 1:
+        return per_image[0]
+    out = {name: float(np.mean([m[name] for m in per_image])) for name in DEPTH_METRICS}
+    out["valid_pixels"] = per_image[0]["valid_pixels"]
+    out["cnpp_degenerate_judge"] = any(m["cnpp_degenerate_judge"] for m in per_image)
+    return out
+
+
 def _local_results(
-    settings, components, spec, eval_set, judge, extractor, indices, out_dir, need_real_feats
+    settings,
+    components,
+    spec,
+    eval_set,
+    judge,
+    extractor,
+    indices,
+    out_dir,
+    need_real_feats,
+    clusters,
+    domain_means,
 ):
     """Generate, save, judge and extract features for this rank's ``indices``."""
     from depth2img.inference.sampling import generate
@@ -179,34 +226,42 @@ def _local_results(
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     chance_of = chance_pairs(len(eval_set), eval_set.scene_ids())
+    per_prompt = max(1, int(settings.images_per_prompt))
     indices = list(indices)
     # One bar (rank 0's) is enough: every rank gets an equal share of whole batches.
     show = settings.progress and (not dist.is_initialized() or dist.get_rank() == 0)
-    bar = tqdm(total=len(indices), desc="generating", unit="img", disable=not show)
+    bar = tqdm(total=len(indices) * per_prompt, desc="generating", unit="img", disable=not show)
     for start in range(0, len(indices), settings.batch_size):
         chunk = indices[start : start + settings.batch_size]
         batch = eval_set.batch(chunk)
         device = settings.device
-        images01 = generate(
-            components,
-            batch["depth"].to(device),
-            batch["caption"],
-            negative_prompt=settings.negative_prompt,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            seeds=[settings.seed + i for i in chunk],
-            scheduler_name=settings.scheduler,
-            depth_spec=spec,
-            depth_valid=batch["valid_mask"].to(device),
-        )
-        generated = _uint8(images01)  # [B, H, W, 3]
         real = batch["image"]  # the reader's uint8 (B, 3, H, W)
         if real.dtype != torch.uint8:  # float [-1, 1] from elsewhere
             real = ((real + 1) * 127.5).round().clamp(0, 255).byte()
         real = real.permute(0, 2, 3, 1).contiguous().numpy()  # [B, H, W, 3]
-        gen_depth = judge(list(generated))
-        real_depth = judge(list(real))
-        fake_feats = extractor(torch.from_numpy(generated).permute(0, 3, 1, 2).contiguous())
+        real_native, real_depth = judge_native_and_resized(judge, list(real))
+        groups = []  # one entry per image of the prompt: (uint8 images, native, resized)
+        for g in range(per_prompt):
+            images01 = generate(
+                components,
+                batch["depth"].to(device),
+                batch["caption"],
+                negative_prompt=settings.negative_prompt,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                # Image g of sample i: seed + g * N + i (g = 0 is the usual seed + i).
+                seeds=[settings.seed + g * len(eval_set) + i for i in chunk],
+                scheduler_name=settings.scheduler,
+                depth_spec=spec,
+                depth_valid=batch["valid_mask"].to(device),
+            )
+            generated = _uint8(images01)  # [B, H, W, 3]
+            groups.append((generated, *judge_native_and_resized(judge, list(generated))))
+            bar.update(len(chunk))
+        fake_feats = [
+            extractor(torch.from_numpy(gen).permute(0, 3, 1, 2).contiguous())
+            for gen, _, _ in groups
+        ]
         real_feats = (
             extractor(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous())
             if need_real_feats
@@ -216,37 +271,55 @@ def _local_results(
             cond = batch["depth"][j, 0].numpy()
             valid = batch["valid_mask"][j, 0].numpy()
             other = eval_set.sample(chance_of[index])
-            png = images_dir / f"{index:05d}.png"
-            Image.fromarray(generated[j]).save(png)
+            pngs = []
+            for g, (generated, _, _) in enumerate(groups):
+                png = images_dir / (f"{index:05d}.png" if g == 0 else f"{index:05d}_{g}.png")
+                Image.fromarray(generated[j]).save(png)
+                pngs.append(str(png.relative_to(out_dir)))
+            domain = str(batch["meta"][j].get("domain", ""))
             record = {
                 "index": index,
                 "key": batch["key"][j],
+                "scene": clusters[index],
                 "caption": batch["caption"][j],
                 "meta": batch["meta"][j],
-                "png": str(png.relative_to(out_dir)),
-                "generated": image_depth_metrics(gen_depth[j], cond, valid),
-                "floor": image_depth_metrics(real_depth[j], cond, valid),
-                "chance": image_depth_metrics(
-                    real_depth[j], other["depth"][0].numpy(), other["valid_mask"][0].numpy()
+                "png": pngs[0],
+                "pngs": pngs,
+                "generated": _mean_metrics(
+                    [
+                        image_depth_metrics(res[j], cond, valid, pred_native=nat[j])
+                        for _, nat, res in groups
+                    ]
                 ),
-                "fake_feats": fake_feats[j].cpu(),
+                "floor": image_depth_metrics(
+                    real_depth[j], cond, valid, pred_native=real_native[j]
+                ),
+                "chance": image_depth_metrics(
+                    real_depth[j],
+                    other["depth"][0].numpy(),
+                    other["valid_mask"][0].numpy(),
+                    pred_native=real_native[j],
+                ),
+                "fake_feats": torch.stack([f[j] for f in fake_feats]).cpu(),  # [k, d]
                 "real_feats": None if real_feats is None else real_feats[j].cpu(),
             }
+            priors = score_priors(cond, valid, domain_means.for_scene(clusters[index], domain))
+            for name, metrics in priors.items():
+                record[f"prior_{name}"] = metrics
             if index < settings.num_grid:
                 record["grid"] = {
                     "image": real[j],
                     "depth": cond,
                     "valid": valid,
-                    "generated": generated[j],
-                    "judged": gen_depth[j],
+                    "generated": groups[0][0][j],
+                    "judged": groups[0][2][j],
                 }
             records.append(record)
-        bar.update(len(chunk))
     bar.close()
     return records
 
 
-def _metas(eval_set: EvalSet, limit: int = 64) -> list[dict]:
+def _metas(eval_set: EvalSet, limit: int | None = 64) -> list[dict]:
     return [json.loads(raw.get("json", b"{}")) for raw in eval_set.entries[:limit]]
 
 
@@ -259,6 +332,7 @@ def evaluate(settings: EvalSettings) -> dict:
     from depth2img.evaluation.report import write_report
     from depth2img.inference.loading import load_generator_components
 
+    check_protocol(settings)  # before anything slow: a missing judge is one clear line
     rank, world = init_distributed()
     torch.manual_seed(settings.seed)
     out_dir = Path(settings.out_dir)
@@ -274,12 +348,7 @@ def evaluate(settings: EvalSettings) -> dict:
     eval_set = load_eval_set(
         settings.shards, settings.num_samples, settings.size, spec, settings.progress and rank == 0
     )
-    judge = load_judge(
-        settings.judge,
-        device=settings.device,
-        batch_size=settings.judge_batch_size,
-        depth_kind=settings.judge_kind,
-    )
+    judge = _load_judge(settings)
     extractor = build_feature_extractor(
         settings.extractor,
         source=settings.extractor_source,
@@ -299,8 +368,22 @@ def evaluate(settings: EvalSettings) -> dict:
         for start in range(0, len(eval_set), settings.batch_size)
     ]
     indices = [i for b in contiguous_share(len(batches), rank, world) for i in batches[b]]
+    clusters = scene_clusters(
+        _metas(eval_set, limit=None), [str(r["__key__"]) for r in eval_set.entries]
+    )
+    domain_means = held_out_domain_means(eval_set, clusters)
     local = _local_results(
-        settings, components, spec, eval_set, judge, extractor, indices, out_dir, cached is None
+        settings,
+        components,
+        spec,
+        eval_set,
+        judge,
+        extractor,
+        indices,
+        out_dir,
+        cached is None,
+        clusters,
+        domain_means,
     )
     records = sorted((r for part in gather_objects(local) for r in part), key=lambda r: r["index"])
     if cached is None:
@@ -317,17 +400,21 @@ def evaluate(settings: EvalSettings) -> dict:
         sync_on_compute=False,
     )
     quality.update_features(real_feats, real=True)
-    quality.update_features(torch.stack([r["fake_feats"] for r in records]), real=False)
+    quality.update_features(torch.cat([r["fake_feats"] for r in records]), real=False)
     image_quality = quality.compute()
-    summaries = {
-        group: summarize_depth_metrics(
-            [r[group] for r in records], n_resamples=settings.bootstrap_resamples
-        )
-        for group in ("generated", "floor", "chance")
-    }
-    judge_quality_warning = uninformative_judge_warning(summaries)
+    cluster_ids = [r["scene"] for r in records]
+    summaries = depth_summaries(records, settings.bootstrap_resamples)
+    gate = judge_quality(
+        [r["floor"] for r in records],
+        [r["chance"] for r in records],
+        cluster_ids,
+        judge.name,
+        n_resamples=settings.bootstrap_resamples,
+    )
+    judge_quality_warning = gate["warning"]
     if judge_quality_warning and rank == 0:
         warnings.warn(judge_quality_warning, UserWarning, stacklevel=2)
+    protocol_warning = cnpp_protocol_warning(settings, judge.name)
     stage = settings.stage
     flat = {f"{stage}/{name}": summaries["generated"][name]["mean"] for name in DEPTH_METRICS}
     flat.update({f"{stage}/floor_{n}": summaries["floor"][n]["mean"] for n in DEPTH_METRICS})
@@ -337,11 +424,15 @@ def evaluate(settings: EvalSettings) -> dict:
             flat[f"{stage}/{key}"] = value
     result = {
         "N": len(records),
+        "n_scenes": len(set(cluster_ids)),
+        "images_per_prompt": max(1, int(settings.images_per_prompt)),
         "model": settings.model,
         "model_info": info,
         "judge": judge.name,
         "judge_warning": warning,
         "judge_quality_warning": judge_quality_warning,
+        "judge_quality": gate,
+        "protocol_warning": protocol_warning,
         "extractor": extractor.metric_key,
         "extractor_source": getattr(extractor, "source", None),
         "seeds": [settings.seed + r["index"] for r in records],
@@ -357,20 +448,26 @@ def evaluate(settings: EvalSettings) -> dict:
         "real_features_cached": cached is not None,
         "metrics": flat,
         "depth": summaries,
-        "depth_by_domain": by_domain(records, settings.bootstrap_resamples),
+        "paired": paired_against_baselines(records, settings.bootstrap_resamples),
+        "depth_by_domain": by_domain(records, settings.bootstrap_resamples, judge.name),
         "image_quality": image_quality,
+        "image_quality_notes": kid_notes(image_quality, settings.kid_subset_size),
         "settings": asdict(settings),
         "versions": package_versions(),
         "per_image": [
             {
                 "index": r["index"],
                 "key": r["key"],
+                "scene": r["scene"],
                 "caption": r["caption"],
                 "png": r["png"],
                 "seed": settings.seed + r["index"],
                 **{f"generated/{k}": v for k, v in r["generated"].items()},
                 **{f"floor/{k}": v for k, v in r["floor"].items()},
                 **{f"chance/{k}": v for k, v in r["chance"].items()},
+                **{
+                    f"{group}/{k}": v for group in PRIOR_GROUPS for k, v in r.get(group, {}).items()
+                },
             }
             for r in records
         ],
@@ -383,13 +480,50 @@ def evaluate(settings: EvalSettings) -> dict:
     return result
 
 
-MIN_FLOOR_SPEARMAN = 0.3
+def _group_metrics(records: list[dict], group: str) -> list[dict]:
+    """Per-image metrics of ``group``; NaN where a record lacks it (e.g. no domain mean)."""
+    missing = dict.fromkeys(DEPTH_METRICS, float("nan"))
+    return [r.get(group, missing) for r in records]
 
 
-def by_domain(records: list[dict], n_resamples: int = 2000) -> dict:
-    """``{domain: {group: summaries}}`` when the set mixes domains (street, aerial …), else {}.
+def depth_summaries(records: list[dict], n_resamples: int = 2000) -> dict:
+    """``{group: summarize_depth_metrics}`` for generated, floor, chance and every prior;
+    intervals resample scenes (``record["scene"]``)."""
+    clusters = [r["scene"] for r in records]
+    return {
+        group: summarize_depth_metrics(
+            _group_metrics(records, group), n_resamples=n_resamples, clusters=clusters
+        )
+        for group in (*GROUPS, *PRIOR_GROUPS)
+    }
 
-    A model can keep structure in one domain and not in another; the pooled mean hides it.
+
+def paired_against_baselines(records: list[dict], n_resamples: int = 2000) -> dict:
+    """``{"generated - <baseline>": {metric: paired_difference}}`` for chance, floor and every
+    prior: the same images, the same depth maps, scene-clustered CIs."""
+    clusters = [r["scene"] for r in records]
+    out = {}
+    for baseline in ("chance", "floor", *PRIOR_GROUPS):
+        rows = _group_metrics(records, baseline)
+        out[f"generated - {baseline}"] = {
+            name: paired_difference(
+                [r["generated"][name] for r in records],
+                [m[name] for m in rows],
+                clusters,
+                n_resamples=n_resamples,
+            )
+            for name in DEPTH_METRICS
+            if name != "depth_rmse_cnpp"  # not a structure measure (see depth_metrics)
+        }
+    return out
+
+
+def by_domain(records: list[dict], n_resamples: int = 2000, judge_name: str = "") -> dict:
+    """``{domain: {N, n_scenes, judge_quality, group: summaries}}`` when the set mixes domains
+    (street, aerial …), else {}.
+
+    A model can keep structure in one domain and not in another; the pooled mean hides it, and
+    a judge can read one domain and not another (its gate is checked per domain too).
     """
     domains = sorted({str(r["meta"].get("domain", "")) for r in records})
     if len(domains) < 2:
@@ -399,29 +533,71 @@ def by_domain(records: list[dict], n_resamples: int = 2000) -> dict:
         subset = [r for r in records if str(r["meta"].get("domain", "")) == domain]
         out[domain or "unknown"] = {
             "N": len(subset),
-            **{
-                group: summarize_depth_metrics([r[group] for r in subset], n_resamples=n_resamples)
-                for group in ("generated", "floor", "chance")
-            },
+            "n_scenes": len({r["scene"] for r in subset}),
+            "judge_quality": judge_quality(
+                [r["floor"] for r in subset],
+                [r["chance"] for r in subset],
+                [r["scene"] for r in subset],
+                judge_name,
+                n_resamples=n_resamples,
+            ),
+            **depth_summaries(subset, n_resamples),
         }
     return out
 
 
-def uninformative_judge_warning(summaries: dict) -> str | None:
-    """A warning when the judge barely sees the structure of the *real* images.
-
-    If the floor's Spearman correlation is low, the judge cannot tell right from wrong depth on
-    this data and no depth metric here means anything.
-    """
-    floor = summaries["floor"]["depth_spearman"]["mean"]
-    if floor is None or floor < MIN_FLOOR_SPEARMAN:
-        shown = "n/a" if floor is None else f"{floor:.3f}"
-        return (
-            f"the judge is uninformative on this data: its Spearman correlation with the "
-            f"conditioning depth on the REAL images (floor) is {shown} < {MIN_FLOOR_SPEARMAN}. "
-            "Depth metrics cannot be read; use a stronger judge (depth_estimator=dpt_large ...)."
+def kid_notes(image_quality: dict, requested_subset_size: int) -> list[str]:
+    """Plain-language notes on KID's numbers (the std is no error bar)."""
+    key = next((k for k in image_quality if k.startswith("kid") and k.endswith("_std")), None)
+    if key is None:
+        return []
+    notes = [
+        f"{key} is the spread of KID over random subsets of {image_quality.get('kid_subset_size')}"
+        " images, not an error bar of the mean."
+    ]
+    n = min(image_quality.get("n_real", 0), image_quality.get("n_fake", 0))
+    if n <= requested_subset_size:
+        notes.append(
+            f"N = {n} <= the KID subset size ({requested_subset_size}): every subset holds all "
+            f"images, so {key} is ~0 and says nothing about uncertainty."
         )
-    return None
+    return notes
+
+
+def cnpp_protocol_warning(settings: EvalSettings, judge_name: str) -> str | None:
+    """``eval=cnpp`` with another judge than DPT-Large: its RMSE is not the published one."""
+    if settings.protocol != "cnpp" or is_dpt_large(judge_name):
+        return None
+    return (
+        f"eval=cnpp but the judge is {judge_name!r}: depth_rmse_cnpp is comparable with "
+        "ControlNet++'s table only when judged by DPT-Large (depth_estimator=dpt_large)."
+    )
+
+
+class JudgeUnavailableError(ValueError):
+    """The judge a protocol needs is not on this machine (one line for the user)."""
+
+
+def check_protocol(settings: EvalSettings) -> None:
+    """Raise :class:`JudgeUnavailableError` when ``eval=cnpp``'s judge is not on this machine."""
+    if settings.protocol not in ("", "cnpp"):
+        raise ValueError(f"unknown eval.protocol {settings.protocol!r}; known: '' or 'cnpp'")
+    if settings.protocol == "cnpp":
+        reason = judge_unavailable_reason(settings.judge)
+        if reason:
+            raise JudgeUnavailableError(
+                f"eval=cnpp judges with DPT-Large but {reason}; download Intel/dpt-large on a "
+                "connected machine and pass depth_estimator.source=/path/to/dpt-large"
+            )
+
+
+def _load_judge(settings: EvalSettings):
+    return load_judge(
+        settings.judge,
+        device=settings.device,
+        batch_size=settings.judge_batch_size,
+        depth_kind=settings.judge_kind,
+    )
 
 
 def json_safe(value):

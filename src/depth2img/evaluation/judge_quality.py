@@ -1,0 +1,95 @@
+"""Is the judge able to see structure on *this* data? The floor-minus-chance gate.
+
+Per image, the judge's error on the real image against its own depth (the **floor**) is
+compared with its error on the same real image against another scene's depth (**chance**).
+A judge that reads geometry has a clearly lower floor error; a judge that only knows the
+domain's layout (near things at the bottom, a bright periphery …) scores both alike. The
+paired, scene-clustered difference ``floor - chance`` must have a 95 % CI entirely below zero;
+otherwise no depth verdict is given anywhere (eval report, benchmark, demo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from depth2img.evaluation.bootstrap import format_n, format_stat, paired_difference
+
+GATE_METRIC = "depth_absrel"  # an error: floor must be lower than chance
+CANNOT_SEPARATE = "the judge cannot separate floor from chance on this data"
+MIN_SCENES_ADVICE = 8
+
+
+def is_dpt_large(judge_name: str) -> bool:
+    """Whether a judge name / path points at DPT-Large (Intel/dpt-large or a copy of it)."""
+    name = str(judge_name).lower().replace("_", "-")
+    return "dpt-large" in name
+
+
+def judge_advice(judge_name: str, n_scenes: int, change_judge: str) -> str:
+    """What to try when the gate fails; never suggests the judge that is already in use.
+
+    ``change_judge`` says how this tool picks a judge (e.g. ``depth_estimator=dpt_large``).
+    """
+    advice = []
+    if n_scenes < MIN_SCENES_ADVICE:
+        advice.append(f"only {n_scenes} scene(s): evaluate more scenes (the interval is wide)")
+    if is_dpt_large(judge_name):
+        advice.append(
+            "the judge already is DPT-Large: check that images and depth maps are aligned (same "
+            "crop and orientation) and that the depth is not flat or noise on this data"
+        )
+    else:
+        advice.append(f"use a stronger judge that reads geometry ({change_judge})")
+    return "; ".join(advice) + "."
+
+
+def judge_quality(
+    floor: Sequence[dict],
+    chance: Sequence[dict],
+    clusters: Sequence[str] | None,
+    judge_name: str,
+    change_judge: str = "depth_estimator=dpt_large with depth_estimator.source=<local folder>",
+    n_resamples: int = 2000,
+) -> dict:
+    """The gate: paired ``floor - chance`` of :data:`GATE_METRIC` with a scene-clustered CI.
+
+    Args:
+        floor, chance: per-image metric dicts (``image_depth_metrics``), same images in order.
+        clusters: scene id per image (None = independent images).
+        judge_name: for the advice.
+
+    Returns:
+        ``{metric, floor_minus_chance (paired_difference), separates (bool), warning (str |
+        None)}``; ``separates`` only when the CI lies entirely on the right side of zero.
+    """
+    diff = paired_difference(
+        [m[GATE_METRIC] for m in floor],
+        [m[GATE_METRIC] for m in chance],
+        clusters,
+        n_resamples=n_resamples,
+    )
+    separates = diff["ci_high"] is not None and diff["ci_high"] < 0
+    warning = None
+    if not separates:
+        warning = (
+            f"{CANNOT_SEPARATE}: floor - chance {GATE_METRIC} = {format_stat(diff)} "
+            f"({format_n(diff)}; needs a 95 % CI below 0). No depth verdict is given. "
+            + judge_advice(judge_name, diff["n_scenes"], change_judge)
+        )
+    return {
+        "metric": GATE_METRIC,
+        "floor_minus_chance": diff,
+        "separates": bool(separates),
+        "warning": warning,
+    }
+
+
+def structure_verdict(difference: dict, lower_is_better: bool, what: str, than: str) -> str:
+    """One sentence on a paired difference ``what - than``: better, worse, or indistinguishable."""
+    low, high = difference.get("ci_low"), difference.get("ci_high")
+    if low is None:
+        return f"{what} vs {than}: n/a"
+    better = high < 0 if lower_is_better else low > 0
+    worse = low > 0 if lower_is_better else high < 0
+    word = "better than" if better else "worse than" if worse else "not distinguishable from"
+    return f"{what} is {word} {than} ({format_stat(difference)}, {format_n(difference)})"
