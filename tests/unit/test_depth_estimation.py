@@ -57,12 +57,12 @@ def test_same_model_warning_from_shard_metadata():
     assert "do not name" in same_model_warning("shipped", [{"depth_source": "estimated"}])
 
 
-def test_uninformative_judge_warning():
-    from depth2img.evaluation.runner import uninformative_judge_warning
+def test_native_output_and_one_pass_resize_match_the_default(tiny_judge):
+    from depth2img.evaluation.judges import judge_native_and_resized
 
-    def summaries(value):
-        return {"floor": {"depth_spearman": {"mean": value}}}
-
-    assert uninformative_judge_warning(summaries(0.9)) is None
-    assert "uninformative" in uninformative_judge_warning(summaries(0.05))
-    assert "n/a" in uninformative_judge_warning(summaries(None))
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(2)]
+    native, resized = judge_native_and_resized(tiny_judge, images)
+    assert native[0].shape == (128, 128)  # the tiny DPT's own output (64 px input, 2x)
+    for got, want in zip(resized, tiny_judge(images)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -64,12 +64,69 @@ def test_spearman_matches_scipy_with_ties_and_mask():
     assert m["depth_spearman"] == pytest.approx(expected, rel=1e-9)
 
 
-def test_cnpp_rmse_by_hand():
-    pred = np.array([[0.5, 1.0], [2.0, 0.0]])  # /max → .25 .5 1 0 → uint8 63 127 255 0
-    cond = np.array([[0.0, 1.0], [2.0, 3.0]])  # min-max → 0 85 170 255
-    expected = math.sqrt(((63 - 0) ** 2 + (127 - 85) ** 2 + (255 - 170) ** 2 + 255**2) / 4)
-    assert cnpp_rmse(pred, cond) == pytest.approx(expected)
-    assert image_depth_metrics(pred, cond)["depth_rmse_cnpp"] == pytest.approx(expected)
+def _cnpp_reference(pred_native, cond8, size=512):
+    """ControlNet++ eval/eval.py + eval/eval_depth.py, written from their description: torch
+    divides the prediction by its max, ``to_pil_image`` (x255, truncated), RGB, bilinear to 512,
+    back to L; the label (an 8-bit PNG) is min-max stretched, x255, ``astype('uint8')``, resized
+    nearest to 512; ``sqrt(F.mse_loss)`` over all pixels."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    x = torch.from_numpy(np.asarray(pred_native, np.float32))
+    pil = Image.fromarray((x / x.max()).mul(255).byte().numpy(), mode="L").convert("RGB")
+    pred = np.array(pil.resize((size, size), Image.Resampling.BILINEAR).convert("L"))
+    label = np.array(cond8).astype(np.float64)
+    label = (label - label.min()) / (label.max() - label.min()) * 255
+    label = Image.fromarray(label.astype("uint8")).resize((size, size), Image.Resampling.NEAREST)
+    label = torch.from_numpy(np.array(label))
+    return float(torch.sqrt(F.mse_loss(torch.from_numpy(pred).float(), label.float())))
+
+
+@pytest.mark.parametrize("native_size,cond_size", [((48, 48), (64, 64)), ((384, 384), (512, 512))])
+def test_cnpp_rmse_matches_the_controlnet_plus_plus_reference(native_size, cond_size):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0 : native_size[0], 0 : native_size[1]] / native_size[0]
+    pred = (5.0 + 3 * yy + np.sin(6 * xx) + 0.3 * rng.random(native_size)).astype(np.float32)
+    cond8 = rng.integers(10, 240, cond_size).astype(np.uint8)
+    assert cnpp_rmse(pred, cond8) == pytest.approx(_cnpp_reference(pred, cond8), abs=1e-4)
+    # A float condition is quantized to its 8-bit image first (what a depth PNG holds).
+    cond = np.linspace(-1, 1, cond_size[0] * cond_size[1]).reshape(cond_size)
+    from depth2img.evaluation.depth_metrics import condition_uint8
+
+    assert cnpp_rmse(pred, cond) == pytest.approx(
+        _cnpp_reference(pred, condition_uint8(cond)), abs=1e-4
+    )
+
+
+def test_cnpp_uses_the_native_prediction_not_the_upsampled_one():
+    """Upsampling bicubically before dividing by the max inflates the RMSE (overshoot)."""
+    import torch
+
+    from depth2img.depth_estimation import resize_depth
+
+    rng = np.random.default_rng(1)
+    native = (rng.random((24, 24)) ** 3 + 0.05).astype(np.float32)  # sharp peaks overshoot
+    cond = rng.random((64, 64))
+    upsampled = resize_depth(torch.from_numpy(native)[None], (64, 64))[0].numpy()
+    metrics = image_depth_metrics(upsampled, cond, pred_native=native)
+    assert metrics["depth_rmse_cnpp"] == pytest.approx(cnpp_rmse(native, cond))
+    assert cnpp_rmse(upsampled, cond) != pytest.approx(cnpp_rmse(native, cond), abs=0.05)
+
+
+def test_cnpp_is_unavailable_for_a_degenerate_judge_range():
+    """A judge spanning 0.319-0.324 maps every pixel to 252..255 after dividing by its max."""
+    rng = np.random.default_rng(2)
+    cond = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    flat_judge = 0.319 + 0.005 * rng.random((32, 32))
+    assert math.isnan(cnpp_rmse(flat_judge, cond))
+    per_image = [image_depth_metrics(flat_judge, cond[::2, ::2]) for _ in range(3)]
+    assert all(m["cnpp_degenerate_judge"] for m in per_image)
+    assert math.isfinite(per_image[0]["depth_spearman"])  # the other metrics still work
+    summary = summarize_depth_metrics(per_image)
+    assert summary["depth_rmse_cnpp"]["mean"] is None
+    assert "degenerate" in summary["depth_rmse_cnpp"]["unavailable"]
+    json.dumps(summary, allow_nan=False)
 
 
 def test_nan_pixels_are_excluded_not_propagated():
@@ -150,4 +207,5 @@ def test_by_domain_breakdown_and_report_table():
         for g in ("generated", "floor", "chance")
     }
     text = markdown_report(result)
-    assert "### Domain `aerial` (N = 1)" in text and "floor (real images)" in text
+    assert "### Domain `aerial` (N = 1 images / 1 scenes)" in text
+    assert "floor (real images)" in text and "Judge quality" in text

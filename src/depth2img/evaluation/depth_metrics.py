@@ -136,7 +136,7 @@ def condition_uint8(cond: np.ndarray, valid: np.ndarray | None = None) -> np.nda
     lo, hi = float(cond[mask].min()), float(cond[mask].max())
     if hi - lo <= 1e-8 * max(1.0, abs(hi)):
         return None
-    scaled = np.where(mask, (np.nan_to_num(cond, nan=lo) - lo) / (hi - lo), 0.0)
+    scaled = np.where(mask, (np.where(mask, cond, lo) - lo) / (hi - lo), 0.0)
     return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 
 

@@ -480,6 +480,11 @@ def evaluate(settings: EvalSettings) -> dict:
     return result
 
 
+def _clusters(records: list[dict]) -> list[str]:
+    """Scene id per record (records built elsewhere may lack it: then each is its own)."""
+    return [str(r.get("scene") or f"record:{i}") for i, r in enumerate(records)]
+
+
 def _group_metrics(records: list[dict], group: str) -> list[dict]:
     """Per-image metrics of ``group``; NaN where a record lacks it (e.g. no domain mean)."""
     missing = dict.fromkeys(DEPTH_METRICS, float("nan"))
@@ -489,7 +494,7 @@ def _group_metrics(records: list[dict], group: str) -> list[dict]:
 def depth_summaries(records: list[dict], n_resamples: int = 2000) -> dict:
     """``{group: summarize_depth_metrics}`` for generated, floor, chance and every prior;
     intervals resample scenes (``record["scene"]``)."""
-    clusters = [r["scene"] for r in records]
+    clusters = _clusters(records)
     return {
         group: summarize_depth_metrics(
             _group_metrics(records, group), n_resamples=n_resamples, clusters=clusters
@@ -501,7 +506,7 @@ def depth_summaries(records: list[dict], n_resamples: int = 2000) -> dict:
 def paired_against_baselines(records: list[dict], n_resamples: int = 2000) -> dict:
     """``{"generated - <baseline>": {metric: paired_difference}}`` for chance, floor and every
     prior: the same images, the same depth maps, scene-clustered CIs."""
-    clusters = [r["scene"] for r in records]
+    clusters = _clusters(records)
     out = {}
     for baseline in ("chance", "floor", *PRIOR_GROUPS):
         rows = _group_metrics(records, baseline)
@@ -533,11 +538,11 @@ def by_domain(records: list[dict], n_resamples: int = 2000, judge_name: str = ""
         subset = [r for r in records if str(r["meta"].get("domain", "")) == domain]
         out[domain or "unknown"] = {
             "N": len(subset),
-            "n_scenes": len({r["scene"] for r in subset}),
+            "n_scenes": len(set(_clusters(subset))),
             "judge_quality": judge_quality(
                 [r["floor"] for r in subset],
                 [r["chance"] for r in subset],
-                [r["scene"] for r in subset],
+                _clusters(subset),
                 judge_name,
                 n_resamples=n_resamples,
             ),
