@@ -1,9 +1,10 @@
-"""depth2img-benchmark on 2 scenes x 2 strengths with tiny random models (real sampler, files)."""
+"""depth2img-benchmark with tiny random models (real sampler, files), on all three domains."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from depth2img.cli.structure_benchmark import main
@@ -11,7 +12,9 @@ from depth2img.cli.structure_benchmark import main
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_writes_table_json_and_plot(tiny_model_dir, tiny_base_dir, tmp_path, capsys):
+def test_benchmark_writes_tables_json_and_plot_for_every_domain(
+    tiny_model_dir, tiny_base_dir, tmp_path, capsys
+):
     out = tmp_path / "bench"
     code = main(
         [
@@ -20,41 +23,50 @@ def test_benchmark_writes_table_json_and_plot(tiny_model_dir, tiny_base_dir, tmp
             "--img2img-model", str(tiny_base_dir),
             "--judge", str(tiny_model_dir),
             "--scenes", "2",
-            "--target-conditions", "night",
             "--strengths", "0.4", "1.0",
             "--size", "32",
-            "--steps", "5",
+            "--steps", "3",
             "--no-progress",
         ]
     )  # fmt: skip
     assert code == 0
-    result = json.loads((out / "benchmark.json").read_text())
-    rows = {(r["method"], r["strength"]): r for r in result["rows"]}
-    assert set(rows) == {
-        ("source", None),
-        ("target", None),
-        ("chance", None),
-        ("img2img", 0.4),
-        ("img2img", 1.0),
-        ("depth2img", 0.4),
-        ("depth2img", 1.0),
-    }
-    assert all(r["n"] == 2 for r in rows.values() if r["method"] != "chance")
-    # Chance = the target render against the other scene's depth (the 2 scenes differ).
-    assert rows[("chance", None)]["depth_absrel"]["n"] == 2
-    assert rows[("chance", None)]["l1"]["mean"] is None
-    # The true target render is at distance 0 from itself; the day image is not.
-    assert rows[("target", None)]["l1"]["mean"] == 0.0
-    assert rows[("target", None)]["psnr"]["mean"] == 100.0
-    assert rows[("source", None)]["l1"]["mean"] > 0.01
-    for key in ("depth_absrel", "depth_spearman", "depth_rmse_cnpp", "l1", "psnr"):
-        assert rows[("depth2img", 0.4)][key]["mean"] is not None
-    assert "uninformative" in result["judge_quality_warning"]  # a random judge sees nothing
-    table = (out / "benchmark.md").read_text()
-    assert "**Warning:**" in table
-    assert "| img2img | 0.4 |" in table and "| depth2img | 1.0 |" in table
-    assert (out / "benchmark.png").stat().st_size > 1000
-    assert (out / "samples.png").is_file()
+    for domain in ("street", "endoscopy", "aerial"):
+        result = json.loads((out / domain / "benchmark.json").read_text())
+        rows = {(r["method"], r["strength"]): r for r in result["rows"]}
+        assert set(rows) == {
+            ("source", None),
+            ("target", None),
+            ("wrong_scene", None),
+            ("prior_lower_rows_near", None),
+            ("prior_periphery_near", None),
+            ("prior_domain_mean", None),
+            ("img2img", 0.4),
+            ("img2img", 1.0),
+            ("depth2img", 0.4),
+            ("depth2img", 1.0),
+        }, domain
+        # 2 scenes x 2 default target conditions: 4 tasks, intervals over the 2 scenes.
+        assert result["num_tasks"] == 4 and result["num_scenes"] == 2
+        assert rows[("depth2img", 0.4)]["edge_f1"]["n_scenes"] == 2
+        # The true target render is itself; the wrong scene is not.
+        target, wrong = rows[("target", None)], rows[("wrong_scene", None)]
+        assert target["edge_f1"]["mean"] == 1.0 and target["grad_corr"]["mean"] == 1.0
+        assert target["psnr"]["mean"] == 100.0 and target["ssim"]["mean"] == pytest.approx(1.0)
+        assert wrong["edge_f1"]["mean"] < 1.0 and wrong["depth_absrel"]["n"] == 4
+        assert rows[("prior_lower_rows_near", None)]["psnr"]["mean"] is None  # depth only
+        for key in ("depth_absrel", "edge_f1", "grad_corr", "psnr", "ssim"):
+            assert rows[("depth2img", 0.4)][key]["mean"] is not None
+        pairs = {(p["a"], p["b"]) for p in result["paired"]}
+        assert ("depth2img s=0.4", "img2img s=0.4") in pairs
+        assert ("depth2img s=1", "wrong_scene") in pairs
+        # A random judge cannot separate floor from chance: no depth verdict.
+        assert "cannot separate floor from chance" in result["judge_quality_warning"]
+        table = (out / domain / "benchmark.md").read_text()
+        assert "no verdict (judge gate)" in table and "edge_f1 (structure, no judge)" in table
+        assert "psnr (appearance)" in table
+        assert (out / domain / "benchmark.png").stat().st_size > 1000
+    combined = (out / "benchmark.md").read_text()
+    assert all(f"benchmark: {d}" in combined for d in ("street", "endoscopy", "aerial"))
     assert "depth2img" in capsys.readouterr().out
 
 
@@ -63,3 +75,19 @@ def test_bad_strength_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
                  "--judge", str(tiny_model_dir), "--scenes", "1", "--strengths", "1.5", "--no-progress"])  # fmt: skip
     assert code == 2
     assert "strengths must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_judge_free_measures_tell_structure_from_a_wrong_scene():
+    """On the renderer's own images: the same geometry in another condition keeps more edges
+    and gradients than another scene in the same condition (endoscopy: tinted light)."""
+    from depth2img.data.synthetic import render_sample
+    from depth2img.evaluation.structure_measures import image_measures
+
+    same, wrong = [], []
+    for scene in range(1000, 1004):
+        target = render_sample("endoscopy", scene, "tinted", 48).image
+        same.append(image_measures(render_sample("endoscopy", scene, "normal", 48).image, target))
+        other = render_sample("endoscopy", scene + 1, "tinted", 48).image
+        wrong.append(image_measures(other, target))
+    for key in ("edge_f1", "grad_corr"):
+        assert np.mean([m[key] for m in same]) > np.mean([m[key] for m in wrong]) + 0.3, key

@@ -1,27 +1,35 @@
 """``depth2img-benchmark``: structure preservation, img2img vs depth2img, on synthetic pairs.
 
-    depth2img-benchmark --out outputs/benchmark
+    depth2img-benchmark --out outputs/benchmark                 # street, endoscopy and aerial
     depth2img-benchmark --depth-model outputs/train/run/checkpoints/last.ckpt \\
         --img2img-model shipped-base --domain aerial --scenes 32 --size 128
     depth2img-benchmark --help
 
-Writes ``benchmark.json``, ``benchmark.md`` (table), ``benchmark.png`` (metric vs strength, one
-line per method) and ``samples.png`` into ``--out``.
+Writes ``benchmark.json``, ``benchmark.md`` (tables), ``benchmark.png`` (metric vs strength, one
+line per method) and ``samples.png`` into ``--out/<domain>/`` for each domain, and all domains'
+tables into ``--out/benchmark.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 EPILOG = """\
 What is measured (see docs/evaluation.md):
   For each synthetic scene the image in --source-condition is edited towards each
   --target-conditions (prompt = the target render's caption) by every method at every strength.
-  depth_*   judge(output) vs the exact rendered depth (AbsRel, delta1, Spearman, ControlNet++ RMSE)
-  l1, psnr  output vs the true render of the target condition
-  Reference rows: source (unedited input), target (the true render = the judge's floor) and
-  chance (the true render judged against another scene's depth).
+  edge_f1, grad_corr  structure WITHOUT a judge: edges / Sobel gradients of the output vs the
+                      true render of the target condition
+  depth_*             judge(output) vs the exact rendered depth; read only when the judge
+                      separates floor from chance (paired CI, printed with the table)
+  psnr, ssim, l1      APPEARANCE vs the true target render (a wrong scene in the right
+                      condition can score well: they do not measure structure)
+  Reference rows: source (unedited input), target (the true render = the judge's floor),
+  wrong scene (another scene's true render in the target condition = chance) and layout priors
+  (domain mean depth of training scenes, lower rows near, periphery near).
+  CIs resample scenes; depth2img - img2img and method - wrong scene are paired differences.
   img2img = the 4-channel --img2img-model (zero-initialized depth channel: exactly the parent).
 
 Examples:
@@ -58,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="shipped",
         help="depth judge: 'shipped', folder or hub id (default: shipped)",
     )
-    p.add_argument("--domain", default="street", choices=("street", "aerial", "endoscopy"))
+    p.add_argument(
+        "--domain",
+        nargs="+",
+        default=["all"],
+        choices=("all", "street", "endoscopy", "aerial"),
+        help="domain(s) to benchmark (default: all = street endoscopy aerial)",
+    )
     p.add_argument("--scenes", type=int, default=8, help="number of scenes (default: 8)")
     p.add_argument(
         "--scene-start",
@@ -67,13 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="first scene index (default: 1000, held out from synthetic training shards)",
     )
     p.add_argument(
-        "--source-condition", default="day", help="condition of the input image (default: day)"
+        "--source-condition",
+        default=None,
+        help="condition of the input image (default: day; endoscopy: normal)",
     )
     p.add_argument(
         "--target-conditions",
         nargs="+",
-        default=["night", "snow"],
-        help="conditions to ask for (default: night snow)",
+        default=None,
+        help="conditions to ask for (default: night snow; endoscopy: tinted dim)",
     )
     p.add_argument(
         "--strengths",
@@ -99,16 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from depth2img.evaluation.structure_benchmark import BenchmarkSettings, run_benchmark
+    from pathlib import Path
 
+    from depth2img.evaluation.structure_benchmark import (
+        DOMAINS,
+        BenchmarkSettings,
+        load_methods,
+        markdown_table,
+        run_benchmark,
+    )
+
+    if args.scenes < 1:
+        print("depth2img-benchmark: error: --scenes must be >= 1", file=sys.stderr)
+        return 2
+    domains = list(DOMAINS) if "all" in args.domain else list(dict.fromkeys(args.domain))
     settings = BenchmarkSettings(
         depth_model=args.depth_model,
         img2img_model=args.img2img_model,
-        domain=args.domain,
+        domain=domains[0],
         num_scenes=args.scenes,
         scene_start=args.scene_start,
         source_condition=args.source_condition,
-        target_conditions=tuple(args.target_conditions),
+        target_conditions=tuple(args.target_conditions) if args.target_conditions else None,
         strengths=tuple(args.strengths),
         size=args.size,
         steps=args.steps,
@@ -120,18 +148,27 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    if args.scenes < 1:
-        print("depth2img-benchmark: error: --scenes must be >= 1", file=sys.stderr)
-        return 2
+    out = Path(args.out)
+    tables = []
     try:
-        result = run_benchmark(settings, args.out)
+        for s in settings.strengths:
+            if not 0 < s <= 1:
+                raise ValueError(f"strengths must be in (0, 1], got {s}")
+        from depth2img.evaluation.judges import load_judge
+
+        judge = load_judge(settings.judge, device=settings.device, batch_size=settings.batch_size)
+        methods = load_methods(settings)
+        for domain in domains:
+            domain_settings = replace(settings, domain=domain)
+            result = run_benchmark(domain_settings, out / domain, judge=judge, methods=methods)
+            tables.append(markdown_table(result))
+            print(tables[-1])
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"depth2img-benchmark: error: {err}", file=sys.stderr)
         return 2
-    from depth2img.evaluation.structure_benchmark import markdown_table
-
-    print(markdown_table(result))
-    print(f"wrote {args.out}/benchmark.json, benchmark.md, benchmark.png, samples.png")
+    (out / "benchmark.md").write_text("\n".join(tables))
+    print(f"wrote {out}/benchmark.md and {', '.join(f'{d}/' for d in domains)} (benchmark.json, "
+          "benchmark.md, benchmark.png, samples.png)")  # fmt: skip
     return 0
 
 

@@ -3,28 +3,35 @@
 The synthetic renderer draws one geometry under several conditions (day, night, snow …) with
 exact depth. For each scene we take the image in a *source* condition and ask each method for
 a *target* condition (prompt = the target render's caption). Over a range of ``strength`` values
-we measure
+we measure, per output:
 
-- **depth consistency** of the output against the *exact* rendered depth (``depth_metrics``;
-  the judge sees only the output image);
-- **distance to the true target render**: mean absolute error (``l1``, images in [0, 1]) and
-  ``psnr`` (dB) — the renderer knows what the scene really looks like at night.
+- **structure without a judge** against the *true target render* (``structure_measures``):
+  ``edge_f1`` (edges found near the true render's edges) and ``grad_corr`` (Sobel gradient
+  correlation);
+- **depth consistency** (a judge reads the output) against the *exact* rendered depth
+  (``depth_metrics``); readable only when the judge passes the floor-minus-chance gate
+  (``judge_quality``);
+- **appearance**: ``psnr`` / ``ssim`` / ``l1`` against the true target render. These reward the
+  right colours, not the right geometry: a wrong scene in the right condition can score higher.
 
-Reference rows put the numbers in context: ``source`` (the unedited source image: perfect
-structure, wrong condition), ``target`` (the true target render: the judge's floor) and
-``chance`` (the true target render judged against another scene's depth: no structure kept).
+Reference rows: ``source`` (the unedited source image: right geometry, wrong condition),
+``target`` (the true target render: the judge's floor), ``wrong_scene`` (another scene's true
+render in the target condition: right condition, wrong geometry = chance) and the layout priors
+(depth maps that know only the domain's layout; the domain mean comes from held-out *training*
+scenes of the renderer). Every interval resamples scenes (all target conditions of a scene
+form one cluster) and every method comparison is paired (same task, same seed).
 
 Methods: ``depth2img`` (a depth-conditioned model, e.g. ``shipped``) and ``img2img`` (a
 4-channel text-to-image model, e.g. ``shipped-base``, widened with a zero-initialized depth
 channel, which computes exactly what the 4-channel parent computes — see models/conversion.py —
-so the same sampler runs both). Every method uses the same seed per sample (paired comparison).
+so the same sampler runs both).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +39,36 @@ import torch
 from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import to_near_high
-from depth2img.evaluation.bootstrap import summarize
-from depth2img.evaluation.depth_metrics import DEPTH_METRICS, chance_pairs, image_depth_metrics
+from depth2img.evaluation.bootstrap import format_n, format_stat, paired_difference, summarize
+from depth2img.evaluation.depth_metrics import (
+    DEPTH_METRICS,
+    HIGHER_IS_BETTER,
+    chance_pairs,
+    cnpp_unavailable_reason,
+    image_depth_metrics,
+    unavailable_stat,
+)
+from depth2img.evaluation.judge_quality import judge_quality, structure_verdict
+from depth2img.evaluation.judges import judge_native_and_resized
+from depth2img.evaluation.priors import PRIOR_LABELS, mean_depth_map, score_priors
 from depth2img.evaluation.runner import json_safe
+from depth2img.evaluation.structure_measures import (
+    APPEARANCE_METRICS,
+    STRUCTURE_METRICS,
+    image_measures,
+)
 
-IMAGE_METRICS = ("l1", "psnr")
+IMAGE_METRICS = (*STRUCTURE_METRICS, *APPEARANCE_METRICS)
+ALL_METRICS = (*DEPTH_METRICS, *IMAGE_METRICS)
 DEFAULT_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
+DOMAINS = ("street", "endoscopy", "aerial")
+# Per domain: (source condition, target conditions) when the user gives none.
+DEFAULT_CONDITIONS = {
+    "street": ("day", ("night", "snow")),
+    "aerial": ("day", ("night", "snow")),
+    "endoscopy": ("normal", ("tinted", "dim")),
+}
+HIGHER = {**HIGHER_IS_BETTER, "edge_f1": True, "grad_corr": True, "psnr": True, "ssim": True}
 
 
 @dataclass
@@ -49,8 +80,8 @@ class BenchmarkSettings:
     domain: str = "street"
     num_scenes: int = 8
     scene_start: int = 1000  # held out: synthetic training shards number scenes from 0
-    source_condition: str = "day"
-    target_conditions: tuple[str, ...] = ("night", "snow")
+    source_condition: str | None = None  # None: the domain's default (DEFAULT_CONDITIONS)
+    target_conditions: tuple[str, ...] | None = None
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS
     size: int = 64
     steps: int = 20
@@ -62,7 +93,24 @@ class BenchmarkSettings:
     device: str = "cpu"
     render_seed: int = 0
     min_fd_samples: int = 16  # FD/KID to the target renders only from this many tasks on
+    prior_scenes: int = 16  # training scenes 0..n-1 whose mean depth is the domain-mean prior
+    bootstrap_resamples: int = 2000
     progress: bool = True
+
+
+def resolve_conditions(settings: BenchmarkSettings) -> BenchmarkSettings:
+    """Fill in the domain's default source / target conditions; check they differ."""
+    source, targets = DEFAULT_CONDITIONS.get(settings.domain, ("day", ("night",)))
+    settings = replace(
+        settings,
+        source_condition=settings.source_condition or source,
+        target_conditions=tuple(settings.target_conditions or targets),
+    )
+    if settings.source_condition in settings.target_conditions:
+        raise ValueError(
+            f"target condition {settings.source_condition!r} equals the source condition"
+        )
+    return settings
 
 
 @dataclass
@@ -80,9 +128,10 @@ class PairedScene:
 
 
 def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
-    """Render every (scene, target condition) pair."""
+    """Render every (scene, target condition) pair (conditions resolved per domain)."""
     from depth2img.data.synthetic import render_sample
 
+    settings = resolve_conditions(settings)
     tasks = []
     for scene in range(settings.scene_start, settings.scene_start + settings.num_scenes):
         source = render_sample(
@@ -90,8 +139,6 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
         )
         near_high, valid = to_near_high(torch.from_numpy(source.depth), source.depth_kind)
         for condition in settings.target_conditions:
-            if condition == settings.source_condition:
-                raise ValueError(f"target condition {condition!r} equals the source condition")
             target = render_sample(
                 settings.domain, scene, condition, settings.size, settings.render_seed
             )
@@ -110,49 +157,72 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
     return tasks
 
 
-def image_distance(output: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """``l1`` = mean |a - b| and ``psnr`` = 10 log10(1 / MSE) for uint8 images scaled to [0, 1].
-
-    Identical images give ``psnr`` = inf; it is capped at 100 dB so summaries stay finite.
+def training_domain_mean(settings: BenchmarkSettings) -> np.ndarray | None:
+    """The domain's mean near-is-high depth over training scenes ``0..prior_scenes-1`` (never
+    the benchmark's own held-out scenes), at the benchmark size; None when ``prior_scenes`` is 0.
     """
-    a = output.astype(np.float64) / 255.0
-    b = target.astype(np.float64) / 255.0
-    mse = float(((a - b) ** 2).mean())
-    return {
-        "l1": float(np.abs(a - b).mean()),
-        "psnr": 100.0 if mse == 0 else min(100.0, 10 * np.log10(1.0 / mse)),
-    }
+    from depth2img.data.synthetic import render_sample
+
+    if settings.prior_scenes < 1:
+        return None
+    source = resolve_conditions(settings).source_condition
+    maps = []
+    for scene in range(min(settings.prior_scenes, settings.scene_start)):
+        sample = render_sample(settings.domain, scene, source, settings.size, settings.render_seed)
+        near_high, valid = to_near_high(torch.from_numpy(sample.depth), sample.depth_kind)
+        maps.append(np.where(valid.numpy(), near_high.numpy(), np.nan))
+    if not maps:
+        return None
+    return mean_depth_map(maps, settings.size, settings.size)
+
+
+def image_distance(output: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """``l1`` and ``psnr`` of two uint8 images (see ``structure_measures.image_measures``)."""
+    measures = image_measures(output, target)
+    return {"l1": measures["l1"], "psnr": measures["psnr"]}
 
 
 def _score(judge, images: list[np.ndarray], tasks: list[PairedScene]) -> list[dict]:
-    judged = judge(images)
+    """Every metric of ``images[i]`` as an answer to ``tasks[i]``."""
+    native, judged = judge_native_and_resized(judge, list(images))
     return [
         {
-            **image_depth_metrics(d, t.depth_near_high, t.valid),
-            **image_distance(img, t.target),
+            **image_depth_metrics(d, t.depth_near_high, t.valid, pred_native=n),
+            **image_measures(img, t.target),
         }
-        for d, img, t in zip(judged, images, tasks)
+        for d, n, img, t in zip(judged, native, images, tasks)
     ]
 
 
-def _chance(judge, tasks: list[PairedScene]) -> list[dict]:
-    """The judge on each true target render vs the exact depth of *another* scene.
+def _wrong_scene(judge, tasks: list[PairedScene]) -> list[dict]:
+    """Right condition, wrong scene: another scene's true render in task i's target condition,
+    scored as an answer to task i (depth vs task i's exact depth = the judge's chance level;
+    images vs task i's true render = what appearance alone earns).
 
     Needs 2 scenes; with one, every value is NaN (summaries show n/a).
     """
     if len({t.scene_id for t in tasks}) < 2:
-        nan = float("nan")
-        return [dict.fromkeys((*DEPTH_METRICS, *IMAGE_METRICS), nan) for _ in tasks]
-    order = chance_pairs(len(tasks), [t.scene_id for t in tasks])
-    judged = judge([t.target for t in tasks])
-    return [
-        {
-            **image_depth_metrics(judged[i], tasks[j].depth_near_high, tasks[j].valid),
-            "l1": float("nan"),
-            "psnr": float("nan"),
-        }
-        for i, j in enumerate(order)
-    ]
+        return [dict.fromkeys(ALL_METRICS, float("nan")) for _ in tasks]
+    order = _same_condition_partner(tasks)
+    return _score(judge, [tasks[j].target for j in order], tasks)
+
+
+def _same_condition_partner(tasks: list[PairedScene]) -> list[int]:
+    """For each task, another scene's task with the same target condition (chance pairs)."""
+    partner = [0] * len(tasks)
+    for condition in {t.target_condition for t in tasks}:
+        members = [t.index for t in tasks if t.target_condition == condition]
+        order = chance_pairs(len(members), [tasks[i].scene_id for i in members])
+        for k, i in enumerate(members):
+            partner[i] = members[order[k]]
+    return partner
+
+
+def _priors(tasks: list[PairedScene], domain_mean: np.ndarray | None) -> dict[str, list[dict]]:
+    """``{prior_<name>: per-task metrics}``: depth metrics only (a prior has no image)."""
+    scored = [score_priors(t.depth_near_high, t.valid, domain_mean) for t in tasks]
+    nan_images = dict.fromkeys(IMAGE_METRICS, float("nan"))
+    return {f"prior_{name}": [{**s[name], **nan_images} for s in scored] for name in scored[0]}
 
 
 def _as_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -218,8 +288,12 @@ def load_methods(settings: BenchmarkSettings) -> dict:
     return methods
 
 
-def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path) -> dict:
-    """Run every method x strength; write ``benchmark.json``, ``benchmark.md``, ``benchmark.png``.
+def run_benchmark(
+    settings: BenchmarkSettings, out_dir: str | Path, judge=None, methods: dict | None = None
+) -> dict:
+    """Run every method x strength on one domain; write ``benchmark.json``, ``benchmark.md``,
+    ``benchmark.png`` and ``samples.png``. ``judge`` / ``methods`` reuse loaded models (several
+    domains in one call).
 
     Returns:
         The result dict (also in ``benchmark.json``).
@@ -231,16 +305,32 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path) -> dict:
     for s in settings.strengths:
         if not 0 < s <= 1:
             raise ValueError(f"strengths must be in (0, 1], got {s}")
+    settings = resolve_conditions(settings)
     tasks = build_tasks(settings)
-    judge = load_judge(settings.judge, device=settings.device, batch_size=settings.batch_size)
-    methods = load_methods(settings)
-    rows = []
-    for name, images in (
-        ("source", [t.source for t in tasks]),
-        ("target", [t.target for t in tasks]),
-    ):
-        rows.append(_summary_row(name, None, _score(judge, images, tasks)))
-    rows.append(_summary_row("chance", None, _chance(judge, tasks)))
+    clusters = [t.scene_id for t in tasks]
+    if judge is None:
+        judge = load_judge(settings.judge, device=settings.device, batch_size=settings.batch_size)
+    if methods is None:
+        methods = load_methods(settings)
+    per_task = {
+        "source": _score(judge, [t.source for t in tasks], tasks),
+        "target": _score(judge, [t.target for t in tasks], tasks),
+        "wrong_scene": _wrong_scene(judge, tasks),
+        **_priors(tasks, training_domain_mean(settings)),
+    }
+    rows = [
+        _summary_row(name, None, values, clusters, settings) for name, values in per_task.items()
+    ]
+    gate = judge_quality(
+        per_task["target"],
+        per_task["wrong_scene"],
+        clusters,
+        judge.name,
+        change_judge="--judge /path/to/dpt-large",
+        n_resamples=settings.bootstrap_resamples,
+    )
+    if gate["warning"]:
+        warnings.warn(gate["warning"], UserWarning, stacklevel=2)
     # FD to the true target renders, on the judge's encoder features, once N makes it usable.
     fd, real_feats = None, None
     if len(tasks) >= settings.min_fd_samples:
@@ -251,12 +341,14 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path) -> dict:
         fd = ImageQuality(extractor, kid_subset_size=50, kid_subsets=50)
         real_feats = fd.extract(_as_tensor([t.target for t in tasks]))
     total = len(methods) * len(settings.strengths) * len(tasks)
-    bar = tqdm(total=total, desc="benchmark", unit="img", disable=not settings.progress)
+    bar = tqdm(total=total, desc=f"benchmark {settings.domain}", unit="img",
+               disable=not settings.progress)  # fmt: skip
     samples = {}
     for name, (components, spec) in methods.items():
         for strength in settings.strengths:
             outputs = _run_method(components, spec, tasks, settings, strength, name, bar)
-            row = _summary_row(name, strength, _score(judge, outputs, tasks))
+            per_task[(name, strength)] = _score(judge, outputs, tasks)
+            row = _summary_row(name, strength, per_task[(name, strength)], clusters, settings)
             if fd is not None:
                 row.update(_fd_to_targets(fd, real_feats, outputs))
             rows.append(row)
@@ -265,9 +357,12 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path) -> dict:
     result = {
         "settings": {**asdict(settings), "strengths": list(settings.strengths)},
         "judge": judge.name,
-        "judge_quality_warning": _judge_warning(rows),
+        "judge_quality": gate,
+        "judge_quality_warning": gate["warning"],
         "num_tasks": len(tasks),
+        "num_scenes": len(set(clusters)),
         "rows": rows,
+        "paired": paired_comparisons(per_task, clusters, settings),
     }
     (out_dir / "benchmark.json").write_text(json.dumps(json_safe(result), indent=2))
     (out_dir / "benchmark.md").write_text(markdown_table(result))
@@ -276,57 +371,95 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: str | Path) -> dict:
     return result
 
 
-def _judge_warning(rows: list[dict], threshold: float = 0.3) -> str | None:
-    """Warn when the judge barely sees the exact depth in the true target renders (its floor)."""
-    target = next(r for r in rows if r["method"] == "target")["depth_spearman"]["mean"]
-    if target is not None and target >= threshold:
-        return None
-    shown = "n/a" if target is None else f"{target:.3f}"
-    message = (
-        f"the judge is uninformative here: Spearman of its depth on the true target renders vs "
-        f"the exact depth is {shown} < {threshold}; depth_* columns cannot be read. Use a "
-        "stronger judge (--judge)."
-    )
-    warnings.warn(message, UserWarning, stacklevel=3)
-    return message
+PAIRED_METRICS = ("edge_f1", "grad_corr", "depth_absrel", "depth_spearman", "psnr", "ssim")
 
 
-def _summary_row(method: str, strength: float | None, per_image: list[dict]) -> dict:
+def paired_comparisons(per_task: dict, clusters: list[str], settings) -> list[dict]:
+    """Paired, scene-clustered differences: depth2img - img2img at each strength, and each
+    method - wrong_scene (does it keep more structure than a right-condition wrong scene?)."""
+    out = []
+    pairs = []
+    for strength in settings.strengths:
+        if ("depth2img", strength) in per_task and ("img2img", strength) in per_task:
+            pairs.append((("depth2img", strength), ("img2img", strength)))
+        for method in ("depth2img", "img2img"):
+            if (method, strength) in per_task:
+                pairs.append(((method, strength), "wrong_scene"))
+    for a, b in pairs:
+        diffs = {}
+        for name in PAIRED_METRICS:
+            diffs[name] = paired_difference(
+                [m[name] for m in per_task[a]],
+                [m[name] for m in per_task[b]],
+                clusters,
+                n_resamples=settings.bootstrap_resamples,
+            )
+        out.append({"a": _label(a), "b": _label(b), "metrics": diffs})
+    return out
+
+
+def _label(key) -> str:
+    return key if isinstance(key, str) else f"{key[0]} s={key[1]:g}"
+
+
+def _summary_row(
+    method: str, strength: float | None, per_image: list[dict], clusters, settings
+) -> dict:
     row = {"method": method, "strength": strength, "n": len(per_image)}
-    for name in (*DEPTH_METRICS, *IMAGE_METRICS):
-        row[name] = summarize([m[name] for m in per_image])
+    for name in ALL_METRICS:
+        row[name] = summarize(
+            [m[name] for m in per_image], clusters, n_resamples=settings.bootstrap_resamples
+        )
+    reason = cnpp_unavailable_reason(per_image)
+    if reason and not method.startswith("prior_"):
+        row["depth_rmse_cnpp"] = unavailable_stat(reason, row["depth_rmse_cnpp"])
     return row
 
 
-TABLE_METRICS = ("depth_absrel", "depth_delta1", "depth_spearman", "depth_rmse_cnpp", "l1", "psnr")
+ROW_LABELS = {
+    "source": "source (right geometry, wrong condition)",
+    "target": "target (true render = judge floor)",
+    "wrong_scene": "wrong scene (right condition = chance)",
+    **{f"prior_{k}": f"prior: {v}" for k, v in PRIOR_LABELS.items()},
+}
+TABLE_GROUPS = (
+    ("structure, no judge", ("edge_f1", "grad_corr")),
+    ("depth, judge", ("depth_absrel", "depth_spearman")),
+    ("appearance", ("psnr", "ssim")),
+)
+TABLE_METRICS = tuple(m for _, group in TABLE_GROUPS for m in group)
 
 
 def markdown_table(result: dict) -> str:
-    """One row per (method, strength): mean [95 % CI] for each metric."""
+    """Reference and method rows (mean [95 % CI], scenes resampled) + paired differences."""
 
     def fmt(stat):
-        if stat["mean"] is None:
-            return "n/a"
-        return f"{stat['mean']:.3f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"
+        if stat.get("unavailable"):
+            return "unavailable"
+        return format_stat(stat, 3)
 
     settings = result["settings"]
+    gate = result["judge_quality"]
+    diff = gate["floor_minus_chance"]
     lines = [
-        "# Structure-preservation benchmark",
+        f"# Structure-preservation benchmark: {settings['domain']}",
         "",
         f"{settings['domain']}: {settings['source_condition']} → "
-        f"{', '.join(settings['target_conditions'])}, {result['num_tasks']} tasks "
-        f"({settings['num_scenes']} scenes), {settings['size']} px, {settings['steps']} "
-        f"{settings['scheduler']} steps, guidance {settings['guidance_scale']}, judge "
-        f"`{result['judge']}`. depth_* against the exact rendered depth; l1/psnr against the true "
-        "target render. `source` = unedited input, `target` = true render (judge floor), "
-        "`chance` = true render vs another scene's depth.",
+        f"{', '.join(settings['target_conditions'])}, {result['num_tasks']} tasks from "
+        f"{result['num_scenes']} scenes (CIs resample scenes), {settings['size']} px, "
+        f"{settings['steps']} {settings['scheduler']} steps, guidance {settings['guidance_scale']},"
+        f" judge `{result['judge']}`. Structure (judge-free) and appearance against the true "
+        "target render; depth against the exact rendered depth. psnr/ssim are *appearance* "
+        "measures: a wrong scene in the right condition can score well on them.",
         "",
-        *(
-            [f"> **Warning:** {result['judge_quality_warning']}", ""]
-            if result.get("judge_quality_warning")
-            else []
-        ),
-        "| method | strength | " + " | ".join(TABLE_METRICS) + " | fd_tiny |",
+        f"Judge quality: floor - chance {gate['metric']} = {format_stat(diff, 3)} "
+        f"({format_n(diff)}): the judge **{'separates' if gate['separates'] else 'CANNOT separate'}"
+        "** floor from chance here.",
+        "",
+        *([f"> **Warning:** {gate['warning']}", ""] if gate["warning"] else []),
+        "| method | strength | "
+        + " | ".join(f"{m} ({group})" for group, ms in TABLE_GROUPS for m in ms)
+        + " | fd_tiny |",
         "|---|---|" + "---|" * (len(TABLE_METRICS) + 1),
     ]
     for row in result["rows"]:
@@ -334,8 +467,50 @@ def markdown_table(result: dict) -> str:
         cells = " | ".join(fmt(row[m]) for m in TABLE_METRICS)
         fd = row.get("fd_tiny")
         fd_cell = "—" if fd is None else f"{fd:.4g}"
-        lines.append(f"| {row['method']} | {strength} | {cells} | {fd_cell} |")
+        label = ROW_LABELS.get(row["method"], row["method"])
+        lines.append(f"| {label} | {strength} | {cells} | {fd_cell} |")
+    lines += [
+        "",
+        "## Paired differences (same task, same seed; 95 % CI resampling scenes)",
+        "",
+        "| comparison | " + " | ".join(PAIRED_METRICS) + " |",
+        "|---|" + "---|" * len(PAIRED_METRICS),
+    ]
+    for pair in result["paired"]:
+        cells = " | ".join(
+            format_stat(pair["metrics"][m], 3)
+            if gate["separates"] or not m.startswith("depth_")
+            else "no verdict (judge gate)"
+            for m in PAIRED_METRICS
+        )
+        lines.append(f"| {pair['a']} - {pair['b']} | {cells} |")
+    verdicts = benchmark_verdicts(result)
+    if verdicts:
+        lines += ["", *(f"- {v}" for v in verdicts)]
+    lines += [
+        "",
+        "fd_tiny / kid_tiny_* (benchmark.json) compare outputs with the true target renders; "
+        "kid_tiny_std is the spread over KID subsets, not an error bar.",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def benchmark_verdicts(result: dict) -> list[str]:
+    """depth2img vs img2img and vs the wrong scene on the judge-free measures (always) and on
+    depth (only when the judge passes its gate)."""
+    metrics = ["edge_f1", "grad_corr"]
+    if result["judge_quality"]["separates"]:
+        metrics.append("depth_absrel")
+    lines = []
+    for pair in result["paired"]:
+        if not pair["a"].startswith("depth2img"):
+            continue
+        for name in metrics:
+            lower = not HIGHER.get(name, False)
+            lines.append(
+                f"{name}: " + structure_verdict(pair["metrics"][name], lower, pair["a"], pair["b"])
+            )
+    return lines
 
 
 def plot_benchmark(result: dict, path: Path) -> Path:
@@ -345,7 +520,7 @@ def plot_benchmark(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ("depth_absrel", "depth_spearman", "l1", "psnr")
+    metrics = ("edge_f1", "grad_corr", "depth_absrel", "psnr")
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
     methods = sorted({r["method"] for r in result["rows"] if r["strength"] is not None})
     for ax, metric in zip(axes, metrics):
@@ -360,8 +535,10 @@ def plot_benchmark(result: dict, path: Path) -> Path:
             ax.plot(xs, ys, marker="o", label=method)
             ax.fill_between(xs, lo, hi, alpha=0.2)
         for r in result["rows"]:
-            # Skip the capped psnr of the target vs itself (100 dB would flatten the axis).
-            if r["strength"] is None and r[metric]["mean"] not in (None, 100.0):
+            # Skip the target vs itself (psnr 100 dB, F1 1) on image metrics: no reference.
+            if r["strength"] is None and r[metric]["mean"] is not None:
+                if r["method"] == "target" and metric in IMAGE_METRICS:
+                    continue
                 ax.axhline(r[metric]["mean"], ls="--", lw=1, color="gray")
                 ax.annotate(r["method"], (1.0, r[metric]["mean"]), fontsize=7, color="gray")
         ax.set_xlabel("strength")
