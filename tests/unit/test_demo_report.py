@@ -1,48 +1,103 @@
-"""The demo report: base vs fine-tuned table, verdict on FD/KID, files written."""
+"""The demo report: paired base vs fine-tuned depth table with floor/chance/prior, the judge
+gate, the FD/KID verdict and the files written (small synthetic eval results)."""
 
 import json
 
+import numpy as np
+
 from depth2img.cli.demo import parse_args
 from depth2img.cli.demo_report import verdict, write_demo_report
+from depth2img.evaluation.bootstrap import summarize
+
+N, SCENES = 20, 5
 
 
-def _eval(fd, kid, absrel, warning=None):
-    stat = lambda v: {"mean": v, "median": v, "ci95": [v, v], "n": 8}  # noqa: E731
+def _eval(fd, kid, absrel, floor, chance, seed=0, warning=None):
+    """A metrics.json-like result: 20 images from 5 scenes, per-image values + summaries."""
+    rng = np.random.default_rng(seed)
+    scenes = [f"s{i // (N // SCENES)}" for i in range(N)]
+    gen = absrel + 0.01 * rng.normal(size=N)
+    per_image = [
+        {
+            "key": f"k{i}",
+            "seed": i,
+            "scene": scenes[i],
+            "generated/depth_absrel": float(gen[i]),
+            "generated/depth_spearman": float(1 - gen[i]),
+            "floor/depth_absrel": float(floor[i]),
+            "chance/depth_absrel": float(chance[i]),
+        }
+        for i in range(N)
+    ]
     depth = {
-        group: {"depth_absrel": stat(absrel + i * 0.1), "depth_delta1": stat(0.5)}
-        for i, group in enumerate(("generated", "floor", "chance"))
+        "generated": {"depth_absrel": summarize(gen, scenes)},
+        "floor": {"depth_absrel": summarize(floor, scenes)},
+        "chance": {"depth_absrel": summarize(chance, scenes)},
+        "prior_domain_mean": {"depth_absrel": summarize(np.full(N, 0.45), scenes)},
     }
     return {
-        "N": 8,
+        "N": N,
         "judge": "shipped-tiny-judge",
         "extractor": "fd_tiny",
         "judge_quality_warning": warning,
         "depth": depth,
+        "per_image": per_image,
         "image_quality": {"fd_tiny": fd, "kid_tiny_mean": kid, "kid_tiny_std": 0.01},
+        "image_quality_notes": ["kid_tiny_std is the spread of KID over random subsets"],
     }
+
+
+GOOD_FLOOR, CHANCE = np.linspace(0.10, 0.12, N), np.linspace(0.50, 0.55, N)
 
 
 def test_verdict_needs_both_fd_and_kid_lower():
-    better = verdict({"base": _eval(2.0, 0.05, 0.3), "finetuned": _eval(1.0, 0.01, 0.3)})
+    better = verdict(
+        {"base": _eval(2.0, 0.05, 0.3, GOOD_FLOOR, CHANCE),
+         "finetuned": _eval(1.0, 0.01, 0.3, GOOD_FLOOR, CHANCE)}
+    )  # fmt: skip
     assert better["finetuned_beats_base_fd"] and better["finetuned_beats_base_kid"]
-    worse = verdict({"base": _eval(1.0, 0.01, 0.3), "finetuned": _eval(2.0, 0.05, 0.3)})
+    worse = verdict(
+        {"base": _eval(1.0, 0.01, 0.3, GOOD_FLOOR, CHANCE),
+         "finetuned": _eval(2.0, 0.05, 0.3, GOOD_FLOOR, CHANCE)}
+    )  # fmt: skip
     assert not worse["finetuned_beats_base_fd"] and not worse["finetuned_beats_base_kid"]
 
 
-def test_report_files_table_and_warning(tmp_path):
+def test_report_pairs_models_and_reads_depth_when_the_judge_separates(tmp_path):
     evals = {
-        "base": _eval(2.0, 0.05, 0.30),
-        "finetuned": _eval(1.0, 0.01, 0.25, warning="judge floor Spearman 0.08 < 0.3"),
+        "base": _eval(2.0, 0.05, 0.30, GOOD_FLOOR, CHANCE, seed=0),
+        "finetuned": _eval(1.0, 0.01, 0.40, GOOD_FLOOR, CHANCE, seed=1),  # worse depth
     }
     report = write_demo_report(tmp_path, evals, {"fine-tune": 12.0}, {"steps": 3})
     text = report.read_text()
-    assert "**beats**" in text
-    assert "| depth AbsRel (aligned) | 0.3000 | 0.2500 | 0.4000 | 0.5000 | lower |" in text
+    assert "**beats**" in text  # FD and KID improved ...
+    assert "LOST depth consistency" in text  # ... but depth got significantly worse
+    assert "20 real images from 5 scenes" in text
+    assert "fine-tuned - base (paired)" in text and "prior: eval-set mean depth" in text
+    row = next(line for line in text.splitlines() if line.startswith("| depth AbsRel"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3].startswith("0.1") and "[" in cells[3]  # +0.1 with its interval
+    assert cells[4].startswith("0.1") and cells[5].startswith("0.5")  # floor, chance
+    assert "spread over subsets" in text and "not an error bar" in text
     assert "| fd_tiny | 2.0000 | 1.0000 |" in text
-    assert "judge floor Spearman 0.08 < 0.3" in text
     assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["fd_base"] == 2.0 and summary["finetuned_beats_base_fd"] is True
+    assert summary["judge_separates"] is True and summary["depth_kept"] is False
+    assert summary["n_scenes"] == 5
+
+
+def test_report_gives_no_depth_verdict_when_the_judge_is_blind(tmp_path):
+    blind_floor = CHANCE + 0.01 * np.sin(np.arange(N))  # floor ~ chance
+    evals = {
+        "base": _eval(2.0, 0.05, 0.30, blind_floor, CHANCE),
+        "finetuned": _eval(1.0, 0.01, 0.40, blind_floor, CHANCE, seed=1),
+    }
+    text = write_demo_report(tmp_path, evals, {}, {}).read_text()
+    assert "the judge cannot separate floor from chance on this data" in text
+    assert "depth consistency (" not in text and "Depth consistency: no verdict" in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["judge_separates"] is False and summary["depth_kept"] is None
 
 
 def test_demo_defaults_fit_the_tiny_model():

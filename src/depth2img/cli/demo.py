@@ -2,10 +2,11 @@
 
 1. render synthetic aerial shards (train + held-out val scenes),
 2. fine-tune the shipped tiny depth2img base on them (``depth2img-train``),
-3. evaluate the base and the fine-tuned model on the held-out scenes (``depth2img-eval``:
-   depth consistency with floor and chance, FD/KID),
+3. evaluate the base and the fine-tuned model on the held-out scenes with the same samples and
+   seeds (``depth2img-eval``: depth consistency with floor, chance and a layout prior, FD/KID),
 4. generate a sample grid from the fine-tuned checkpoint (``depth2img-generate``),
-5. write ``outputs/demo/report.md`` and ``report.html``.
+5. write ``outputs/demo/report.md`` and ``report.html``: base vs fine-tuned paired per image
+   (scene-clustered CIs), depth read only when the judge separates floor from chance.
 
 Each step runs the real command-line tool in a child process, so what the demo does is exactly
 what a user would type, and each tool's progress bar is shown as it runs.

@@ -1,7 +1,11 @@
-"""The demo's report: base vs fine-tuned on held-out aerial scenes, with floor and chance.
+"""The demo's report: base vs fine-tuned on held-out aerial scenes, paired, with floor, chance
+and a layout prior.
 
-Reads the two ``metrics.json`` written by ``depth2img-eval`` and writes ``report.md`` and
-``report.html`` next to them, linking the sample grid and the evaluation grids.
+Reads the two ``metrics.json`` written by ``depth2img-eval`` (same samples and seeds) and writes
+``report.md`` and ``report.html`` next to them, linking the sample grid and the evaluation
+grids. Depth consistency is compared per image (``evaluation.compare.compare_results``: the
+fine-tuned minus the base model, scene-clustered CIs) and only read when the judge separates
+floor from chance on this data.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ import os
 from pathlib import Path
 
 from depth2img.artifacts.atomic import write_json_atomic
+from depth2img.evaluation.bootstrap import format_n, format_stat
+from depth2img.evaluation.compare import compare_results
+from depth2img.evaluation.judge_quality import CANNOT_SEPARATE
+from depth2img.evaluation.runner import json_safe
 
 # (metric key in eval's "depth" summaries, label, which direction is better)
 DEPTH_ROWS = (
@@ -25,37 +33,74 @@ def _fmt(value, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _depth_mean(result: dict, group: str, name: str):
-    return result.get("depth", {}).get(group, {}).get(name, {}).get("mean")
+def _depth_stat(result: dict, group: str, name: str) -> dict | None:
+    return result.get("depth", {}).get(group, {}).get(name)
 
 
-def comparison_rows(evals: dict[str, dict]) -> list[list[str]]:
-    """Rows: metric | base | fine-tuned | floor | chance | better."""
+def _cell(stat: dict | None) -> str:
+    if stat and stat.get("unavailable"):
+        return "unavailable"
+    return format_stat(stat)
+
+
+def _kid_key(fd_key: str) -> str:
+    return "kid" if fd_key == "fid" else "kid_" + fd_key.removeprefix("fd_")
+
+
+def paired_depth(evals: dict[str, dict]) -> dict:
+    """Fine-tuned vs base, paired per image (same samples and seeds), scenes resampled."""
+    return compare_results(evals["finetuned"], evals["base"], names=("fine-tuned", "base"))
+
+
+HEADER = [
+    "metric",
+    "base (shipped)",
+    "fine-tuned",
+    "fine-tuned - base (paired)",
+    "floor (real images)",
+    "chance",
+    "prior: eval-set mean depth",
+    "better",
+]
+
+
+def comparison_rows(evals: dict[str, dict], comparison: dict | None = None) -> list[list[str]]:
+    """Rows: metric | base | fine-tuned | paired difference | floor | chance | prior | better
+    (mean [95 % CI], scenes resampled); FD and KID (set statistics, no interval) last."""
     base, tuned = evals["base"], evals["finetuned"]
+    comparison = comparison or paired_depth(evals)
     rows = []
     for key, label, better in DEPTH_ROWS:
+        diff = comparison["depth"].get(key)
         rows.append(
             [
                 label,
-                _fmt(_depth_mean(base, "generated", key)),
-                _fmt(_depth_mean(tuned, "generated", key)),
-                _fmt(_depth_mean(base, "floor", key)),
-                _fmt(_depth_mean(base, "chance", key)),
+                _cell(_depth_stat(base, "generated", key)),
+                _cell(_depth_stat(tuned, "generated", key)),
+                _cell(diff),
+                _cell(_depth_stat(base, "floor", key)),
+                _cell(_depth_stat(base, "chance", key)),
+                _cell(_depth_stat(base, "prior_domain_mean", key)),
                 better,
             ]
         )
     quality_base, quality_tuned = base["image_quality"], tuned["image_quality"]
     fd_key = base["extractor"]
-    kid_key = "kid" if fd_key == "fid" else "kid_" + fd_key.removeprefix("fd_")
+    kid_key = _kid_key(fd_key)
     rows.append(
-        [fd_key, _fmt(quality_base.get(fd_key)), _fmt(quality_tuned.get(fd_key)), "0", "–", "lower"]
-    )
+        [fd_key, _fmt(quality_base.get(fd_key)), _fmt(quality_tuned.get(fd_key)), "–", "0", "–",
+         "–", "lower"]
+    )  # fmt: skip
     rows.append(
         [
-            f"{kid_key} (mean ± std)",
-            f"{_fmt(quality_base.get(kid_key + '_mean'))} ± {_fmt(quality_base.get(kid_key + '_std'))}",
-            f"{_fmt(quality_tuned.get(kid_key + '_mean'))} ± {_fmt(quality_tuned.get(kid_key + '_std'))}",
+            f"{kid_key}_mean (spread over subsets: std, not an error bar)",
+            f"{_fmt(quality_base.get(kid_key + '_mean'))} (std "
+            f"{_fmt(quality_base.get(kid_key + '_std'))})",
+            f"{_fmt(quality_tuned.get(kid_key + '_mean'))} (std "
+            f"{_fmt(quality_tuned.get(kid_key + '_std'))})",
+            "–",
             "0",
+            "–",
             "–",
             "lower",
         ]
@@ -63,13 +108,15 @@ def comparison_rows(evals: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
-def verdict(evals: dict[str, dict]) -> dict:
-    """Did fine-tuning improve realism on aerial (FD and KID lower)?"""
+def verdict(evals: dict[str, dict], comparison: dict | None = None) -> dict:
+    """Did fine-tuning improve realism (FD and KID lower) without a significant loss of depth
+    consistency (paired depth_absrel CI not above 0)? Depth is judged only when the judge
+    separates floor from chance; otherwise ``depth_kept`` is None."""
     fd_key = evals["base"]["extractor"]
-    kid_key = "kid" if fd_key == "fid" else "kid_" + fd_key.removeprefix("fd_")
+    kid_key = _kid_key(fd_key)
     fd = [evals[m]["image_quality"].get(fd_key) for m in ("base", "finetuned")]
     kid = [evals[m]["image_quality"].get(kid_key + "_mean") for m in ("base", "finetuned")]
-    return {
+    out = {
         "fd_key": fd_key,
         "fd_base": fd[0],
         "fd_finetuned": fd[1],
@@ -77,7 +124,40 @@ def verdict(evals: dict[str, dict]) -> dict:
         "kid_finetuned": kid[1],
         "finetuned_beats_base_fd": None if None in fd else fd[1] < fd[0],
         "finetuned_beats_base_kid": None if None in kid else kid[1] < kid[0],
+        "judge_separates": None,
+        "depth_kept": None,
     }
+    if all("per_image" in evals[m] for m in ("base", "finetuned")):
+        comparison = comparison or paired_depth(evals)
+        gate = comparison["judge_quality"]
+        absrel = comparison["depth"]["depth_absrel"]
+        out["judge_separates"] = gate["separates"]
+        out["floor_minus_chance"] = gate["floor_minus_chance"]
+        out["depth_absrel_finetuned_minus_base"] = absrel
+        if gate["separates"] and absrel.get("ci_low") is not None:
+            out["depth_kept"] = not absrel["ci_low"] > 0  # a significant rise = a loss
+    return out
+
+
+def _depth_sentence(result: dict, comparison: dict) -> str:
+    gate = comparison["judge_quality"]
+    if not gate["separates"]:
+        return (
+            f"Depth consistency: no verdict: {CANNOT_SEPARATE} "
+            f"(floor - chance depth_absrel = {format_stat(gate['floor_minus_chance'])}, "
+            f"{format_n(gate['floor_minus_chance'])})."
+        )
+    absrel = comparison["depth"]["depth_absrel"]
+    kept = (
+        "kept depth consistency (no significant loss)"
+        if result["depth_kept"]
+        else "LOST depth consistency (a significant rise in error)"
+    )
+    return (
+        f"Depth consistency: fine-tuned - base depth_absrel = {format_stat(absrel)} "
+        f"({format_n(absrel)}, paired; the judge separates floor from chance here): "
+        f"fine-tuning **{kept}**."
+    )
 
 
 def write_comparison_grid(out: Path, columns_per_grid: int = 5) -> Path | None:
@@ -110,10 +190,12 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: dict) -> Path:
     """Write ``report.md``, ``report.html`` and ``summary.json`` under ``out``; return the .md."""
-    header = ["metric", "base (shipped)", "fine-tuned", "floor (real images)", "chance", "better"]
-    rows = comparison_rows(evals)
-    result = verdict(evals)
+    header = HEADER
+    comparison = paired_depth(evals)
+    rows = comparison_rows(evals, comparison)
+    result = verdict(evals, comparison)
     n = evals["finetuned"]["N"]
+    n_scenes = comparison["n_scenes"]
     write_comparison_grid(out)
     images = {
         "comparison": out / "comparison.png",
@@ -134,19 +216,26 @@ def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: di
         f"The fine-tuned model **{outcome}** the shipped base on held-out aerial scenes: "
         f"{result['fd_key']} {_fmt(result['fd_base'], 3)} → {_fmt(result['fd_finetuned'], 3)}, "
         f"KID {_fmt(result['kid_base'])} → {_fmt(result['kid_finetuned'])} "
-        f"(N = {n} generated vs {n} real images, judge `{evals['finetuned']['judge']}`).",
+        f"(N = {n} generated vs {n} real images from {n_scenes} scenes, judge "
+        f"`{evals['finetuned']['judge']}`).",
+        "",
+        _depth_sentence(result, comparison),
         "",
         "Depth consistency compares the judge's depth of each generated image with the height "
-        "map it was conditioned on. *Floor*: the judge on the real renders (the best a perfect "
-        "generator can score with this judge). *Chance*: real renders against another scene's "
-        "depth (no structure kept). See docs/evaluation.md.",
+        "map it was conditioned on; both models saw the same inputs and seeds, so the "
+        "difference is paired per image and its 95 % CI resamples scenes. *Floor*: the judge on "
+        "the real renders (the best a perfect generator can score with this judge). *Chance*: "
+        "real renders against another scene's depth (no structure kept). *Prior*: the mean "
+        "height map of the other evaluated scenes (a layout guess with no image at all). See "
+        "docs/evaluation.md.",
         "",
         _markdown_table(header, rows),
         "",
+        *(f"- {note}" for note in evals["finetuned"].get("image_quality_notes", [])),
+        "",
     ]
-    judge_warning = evals["finetuned"].get("judge_quality_warning")
-    if judge_warning:
-        md += [f"**Read the depth rows with care:** {judge_warning}", ""]
+    if not comparison["judge_quality"]["separates"]:
+        md += [f"**The depth rows carry no verdict:** {comparison['judge_quality']['warning']}", ""]
     if "comparison" in rel:
         md += [
             "## Base vs fine-tuned on the same held-out inputs",
@@ -189,10 +278,11 @@ def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: di
         "<!doctype html><meta charset='utf-8'><title>depth2img demo</title>"
         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
         "td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}</style>"
-        f"<h1>depth2img demo</h1><p>{html.escape(md[2])}</p>"
+        f"<h1>depth2img demo</h1><p>{html.escape(md[2])}</p><p>{html.escape(md[4])}</p>"
         f"{table_html(header, rows)}{figures}<h2>Timings</h2>"
         f"{table_html(['step', 'wall time'], timing_rows)}"
     )
     (out / "report.html").write_text(page)
-    write_json_atomic(out / "summary.json", {**result, "N": n, "timings_s": timings, "args": args})
+    summary = {**result, "N": n, "n_scenes": n_scenes, "timings_s": timings, "args": args}
+    write_json_atomic(out / "summary.json", json_safe(summary))
     return md_path
