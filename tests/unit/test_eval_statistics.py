@@ -212,3 +212,31 @@ def test_compare_results_pairs_by_image_and_gates_the_verdict():
 def test_nan_values_are_skipped_in_pairs():
     diff = paired_difference([1.0, math.nan, 3.0], [0.0, 1.0, 2.0])
     assert diff["n"] == 2 and diff["mean"] == pytest.approx(1.0)
+
+
+def test_gate_notes_a_floor_no_better_than_a_layout_prior():
+    """A judge that separates floor from chance but only as well as a layout guess is flagged."""
+    from depth2img.evaluation.judge_quality import judge_quality
+
+    rng = np.random.default_rng(4)
+    clusters = list(np.repeat(np.arange(10), 3))
+    chance = 0.5 + 0.05 * rng.normal(size=30)
+    floor = 0.2 + 0.05 * rng.normal(size=30)
+    layout = floor + 0.01 * rng.normal(size=30)  # the prior does as well as the judge
+    gate = judge_quality(
+        _metrics(floor), _metrics(chance), clusters, "shipped",
+        priors={"prior_lower_rows_near": _metrics(layout), "prior_periphery_near": _metrics(chance)},
+    )  # fmt: skip
+    assert gate["separates"] and gate["best_prior"] == "prior_lower_rows_near"
+    assert "not better than the layout prior" in gate["prior_note"]
+    clear = judge_quality(
+        _metrics(floor), _metrics(chance), clusters, "shipped",
+        priors={"prior_lower_rows_near": _metrics(layout + 0.2)},
+    )  # fmt: skip
+    assert clear["prior_note"] is None and clear["floor_minus_best_prior"]["ci_high"] < 0
+
+
+def test_interval_stays_inside_the_range_of_the_cluster_means():
+    values = [0.99, 1.0, 0.98, 1.0, 0.97, 1.0]  # Spearman-like, close to its bound
+    low, high = cluster_bootstrap_ci(values, ["a", "a", "b", "b", "c", "c"])
+    assert high <= 1.0 and low >= 0.985 - 1e-12

@@ -236,6 +236,8 @@ def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: di
     ]
     if not comparison["judge_quality"]["separates"]:
         md += [f"**The depth rows carry no verdict:** {comparison['judge_quality']['warning']}", ""]
+    if comparison["judge_quality"].get("prior_note"):
+        md += [f"Note: {comparison['judge_quality']['prior_note']}.", ""]
     if "comparison" in rel:
         md += [
             "## Base vs fine-tuned on the same held-out inputs",

@@ -15,6 +15,9 @@ from pathlib import Path
 from depth2img.evaluation.bootstrap import format_n, format_stat, paired_difference
 from depth2img.evaluation.depth_metrics import DEPTH_METRICS, HIGHER_IS_BETTER
 from depth2img.evaluation.judge_quality import judge_quality, structure_verdict
+from depth2img.evaluation.priors import PRIOR_NAMES
+
+PRIOR_GROUPS = tuple(f"prior_{name}" for name in PRIOR_NAMES)
 
 
 def _per_image_column(result: dict, column: str) -> list[float]:
@@ -49,7 +52,14 @@ def compare_results(
     clusters = [r.get("scene") or f"key:{r['key']}" for r in a["per_image"]]
     floor = [{"depth_absrel": v} for v in _per_image_column(a, "floor/depth_absrel")]
     chance = [{"depth_absrel": v} for v in _per_image_column(a, "chance/depth_absrel")]
-    gate = judge_quality(floor, chance, clusters, a.get("judge", ""), n_resamples=n_resamples)
+    priors = {
+        group: [{"depth_absrel": v} for v in _per_image_column(a, f"{group}/depth_absrel")]
+        for group in PRIOR_GROUPS
+        if any(f"{group}/depth_absrel" in row for row in a["per_image"])
+    }
+    gate = judge_quality(
+        floor, chance, clusters, a.get("judge", ""), n_resamples=n_resamples, priors=priors
+    )
     depth = {}
     for name in DEPTH_METRICS:
         unavailable = [
@@ -110,6 +120,8 @@ def markdown_comparison(comparison: dict) -> str:
     ]
     if gate["warning"]:
         lines += [f"> **Warning:** {gate['warning']}", ""]
+    if gate.get("prior_note"):
+        lines += [f"Note: {gate['prior_note']}.", ""]
     lines += [
         f"| metric | {a} | {b} | {a} - {b} [95 % CI] | N | better |",
         "|---|---|---|---|---|---|",

@@ -26,6 +26,7 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from depth2img.data.transforms import image_to_float
+from depth2img.depth_estimation import resize_depth
 from depth2img.evaluation.depth_metrics import DEPTH_METRICS, image_depth_metrics
 
 
@@ -164,10 +165,19 @@ class GenerationMetricsCallback(pl.Callback):
             depth_spec=pl_module.depth_spec,
             depth_valid=valid,
         )
-        judged = self.judge(images01.float())  # [k, H, W] near is high
+        # One judge pass at its native resolution (what depth_rmse_cnpp divides by its max),
+        # resized like judge(images) for the other metrics.
+        native = self.judge(images01.float(), native=True)  # [k, h, w] near is high
+        if self.judge.depth_kind == "inverse":
+            judged = resize_depth(native.float(), tuple(images01.shape[-2:]))  # [k, H, W]
+        else:
+            judged = self.judge(images01.float())
         for j in range(len(keep)):
             metrics = image_depth_metrics(
-                judged[j].cpu().numpy(), depth[j, 0].cpu().numpy(), valid[j, 0].cpu().numpy()
+                judged[j].cpu().numpy(),
+                depth[j, 0].cpu().numpy(),
+                valid[j, 0].cpu().numpy(),
+                pred_native=native[j].cpu().numpy(),
             )
             for name in DEPTH_METRICS:
                 self.depth_means[name].update(torch.tensor(metrics[name], dtype=torch.float32))

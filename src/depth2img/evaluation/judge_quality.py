@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from depth2img.evaluation.bootstrap import format_n, format_stat, paired_difference
 
 GATE_METRIC = "depth_absrel"  # an error: floor must be lower than chance
@@ -50,6 +52,7 @@ def judge_quality(
     judge_name: str,
     change_judge: str = "depth_estimator=dpt_large with depth_estimator.source=<local folder>",
     n_resamples: int = 2000,
+    priors: dict[str, Sequence[dict]] | None = None,
 ) -> dict:
     """The gate: paired ``floor - chance`` of :data:`GATE_METRIC` with a scene-clustered CI.
 
@@ -57,10 +60,14 @@ def judge_quality(
         floor, chance: per-image metric dicts (``image_depth_metrics``), same images in order.
         clusters: scene id per image (None = independent images).
         judge_name: for the advice.
+        priors: optional ``{prior name: per-image metric dicts}`` (layout priors scored on the
+            same images): the floor is also compared with the best of them (informative, not
+            part of the gate).
 
     Returns:
         ``{metric, floor_minus_chance (paired_difference), separates (bool), warning (str |
-        None)}``; ``separates`` only when the CI lies entirely on the right side of zero.
+        None), best_prior, floor_minus_best_prior, prior_note}``; ``separates`` only when the
+        CI lies entirely on the right side of zero.
     """
     diff = paired_difference(
         [m[GATE_METRIC] for m in floor],
@@ -76,12 +83,43 @@ def judge_quality(
             f"({format_n(diff)}; needs a 95 % CI below 0). No depth verdict is given. "
             + judge_advice(judge_name, diff["n_scenes"], change_judge)
         )
+    best, vs_prior, note = _floor_vs_best_prior(floor, priors, clusters, n_resamples)
     return {
         "metric": GATE_METRIC,
         "floor_minus_chance": diff,
         "separates": bool(separates),
         "warning": warning,
+        "best_prior": best,
+        "floor_minus_best_prior": vs_prior,
+        "prior_note": note,
     }
+
+
+def _floor_vs_best_prior(floor, priors, clusters, n_resamples):
+    """``(best prior name, paired floor - best prior, note)``; the note says when the judge on
+    real images is no better than a layout guess (then it may read layout, not depth)."""
+    if not priors:
+        return None, None, None
+    floor_values = [m[GATE_METRIC] for m in floor]
+    means = {}
+    for name, rows in priors.items():
+        values = np.asarray([m[GATE_METRIC] for m in rows], dtype=np.float64)
+        if np.isfinite(values).any():
+            means[name] = float(np.nanmean(values))
+    if not means:
+        return None, None, None
+    best = min(means, key=means.get)
+    diff = paired_difference(
+        floor_values, [m[GATE_METRIC] for m in priors[best]], clusters, n_resamples=n_resamples
+    )
+    note = None
+    if diff["ci_high"] is not None and diff["ci_high"] >= 0:
+        note = (
+            f"the judge's floor is not better than the layout prior '{best}' (floor - prior "
+            f"{GATE_METRIC} = {format_stat(diff)}, {format_n(diff)}): on this data it may read "
+            "the domain's layout rather than depth"
+        )
+    return best, diff, note
 
 
 def structure_verdict(difference: dict, lower_is_better: bool, what: str, than: str) -> str:

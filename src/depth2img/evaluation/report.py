@@ -154,10 +154,13 @@ def _gate_line(gate: dict | None) -> str:
         return "Judge quality: not checked."
     diff = gate["floor_minus_chance"]
     state = "separates" if gate["separates"] else "CANNOT separate"
-    return (
+    line = (
         f"Judge quality: floor - chance {gate['metric']} = {format_stat(diff)} ({format_n(diff)},"
         f" paired, scenes resampled): the judge **{state}** floor from chance on this data."
     )
+    if gate.get("prior_note"):
+        line += f" Note: {gate['prior_note']}."
+    return line
 
 
 def markdown_report(result: dict) -> str:

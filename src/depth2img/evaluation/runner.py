@@ -410,6 +410,7 @@ def evaluate(settings: EvalSettings) -> dict:
         cluster_ids,
         judge.name,
         n_resamples=settings.bootstrap_resamples,
+        priors={g: _group_metrics(records, g) for g in PRIOR_GROUPS},
     )
     judge_quality_warning = gate["warning"]
     if judge_quality_warning and rank == 0:
@@ -545,6 +546,7 @@ def by_domain(records: list[dict], n_resamples: int = 2000, judge_name: str = ""
                 _clusters(subset),
                 judge_name,
                 n_resamples=n_resamples,
+                priors={g: _group_metrics(subset, g) for g in PRIOR_GROUPS},
             ),
             **depth_summaries(subset, n_resamples),
         }

@@ -328,6 +328,7 @@ def run_benchmark(
         judge.name,
         change_judge="--judge /path/to/dpt-large",
         n_resamples=settings.bootstrap_resamples,
+        priors={k: v for k, v in per_task.items() if k.startswith("prior_")},
     )
     if gate["warning"]:
         warnings.warn(gate["warning"], UserWarning, stacklevel=2)
@@ -457,6 +458,7 @@ def markdown_table(result: dict) -> str:
         "** floor from chance here.",
         "",
         *([f"> **Warning:** {gate['warning']}", ""] if gate["warning"] else []),
+        *([f"Note: {gate['prior_note']}.", ""] if gate.get("prior_note") else []),
         "| method | strength | "
         + " | ".join(f"{m} ({group})" for group, ms in TABLE_GROUPS for m in ms)
         + " | fd_tiny |",
