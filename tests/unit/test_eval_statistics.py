@@ -240,3 +240,28 @@ def test_interval_stays_inside_the_range_of_the_cluster_means():
     values = [0.99, 1.0, 0.98, 1.0, 0.97, 1.0]  # Spearman-like, close to its bound
     low, high = cluster_bootstrap_ci(values, ["a", "a", "b", "b", "c", "c"])
     assert high <= 1.0 and low >= 0.985 - 1e-12
+
+
+@pytest.mark.parametrize(
+    "model_a,model_b",
+    [
+        ("shipped", "outputs/train/run/checkpoints/last.ckpt"),
+        ("/x/my model's", "/runs/a,b [1]/last.ckpt"),
+    ],
+)
+def test_compare_flag_becomes_a_hydra_list_override(model_a, model_b):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from depth2img.cli.evaluate import compare_argv
+
+    argv = compare_argv(["shards=/d", "--compare", model_a, model_b, "eval=quick"])
+    assert argv[0] == "shards=/d" and argv[2] == "eval=quick"
+    (override,) = OverridesParser.create().parse_overrides([argv[1]])
+    assert override.key_or_group == "compare" and override.value() == [model_a, model_b]
+
+
+def test_compare_flag_without_two_models_is_an_error():
+    from depth2img.cli.evaluate import EvalConfigError, compare_argv
+
+    with pytest.raises(EvalConfigError, match="two models"):
+        compare_argv(["--compare", "shipped", "shards=/d"])  # forgot model B
