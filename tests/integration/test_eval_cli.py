@@ -88,13 +88,15 @@ def test_cli_writes_images_metrics_and_report(one_process_run):
 def test_compare_pairs_two_models_on_the_same_inputs(
     tiny_model_dir, street_eval_shards, one_process_run, tmp_path
 ):
-    """--compare A B: both generated with the same seeds; A vs itself differs by exactly 0."""
+    """--compare A B: both generated with the same seeds; A vs itself differs by exactly 0.
+    Two images per prompt (the ControlNet++ protocol's averaging) on the way."""
     _, cache, _ = one_process_run
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "depth2img.cli.evaluate", "--compare"]
     cmd += [str(tiny_model_dir), str(tiny_model_dir)]
     args = _args(tiny_model_dir, street_eval_shards, out, cache)
     cmd += [a for a in args if not a.startswith("model_source=")]
+    cmd += ["eval.images_per_prompt=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     comparison = json.loads((out / "comparison.json").read_text())
@@ -104,7 +106,9 @@ def test_compare_pairs_two_models_on_the_same_inputs(
     assert absrel["n_scenes"] == 3
     assert comparison["verdicts"] == []  # the random judge cannot separate floor from chance
     for tag in ("model_a", "model_b"):
-        assert (out / tag / "metrics.json").is_file()
+        metrics = json.loads((out / tag / "metrics.json").read_text())
+        assert metrics["images_per_prompt"] == 2 and metrics["N"] == 6
+        assert len(list((out / tag / "images").glob("*.png"))) == 12  # 2 per prompt
     assert "A - B [95 % CI]" in (out / "comparison.md").read_text()
 
 

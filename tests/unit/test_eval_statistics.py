@@ -265,3 +265,34 @@ def test_compare_flag_without_two_models_is_an_error():
 
     with pytest.raises(EvalConfigError, match="two models"):
         compare_argv(["--compare", "shipped", "shards=/d"])  # forgot model B
+
+
+def test_report_shows_paired_verdicts_only_when_the_gate_passes():
+    from depth2img.evaluation.report import markdown_report
+
+    diff = paired_difference(np.full(8, 0.1), np.full(8, 0.3), [f"s{i // 2}" for i in range(8)])
+    result = {
+        "N": 8,
+        "n_scenes": 4,
+        "seeds": list(range(8)),
+        "depth": {},
+        "paired": {"generated - chance": {"depth_absrel": diff}},
+        "judge_quality": {"separates": True, "floor_minus_chance": diff, "metric": "depth_absrel"},
+    }
+    text = markdown_report(result)
+    assert "8 images from 4 scenes" in text and "Paired differences" in text
+    assert "generated is better than chance" in text
+    result["judge_quality"] = {**result["judge_quality"], "separates": False}
+    text = markdown_report(result)
+    assert "Paired differences" not in text and "better than chance" not in text
+    assert "CANNOT separate" in text
+
+
+def test_several_images_per_prompt_are_averaged():
+    from depth2img.evaluation.depth_metrics import DEPTH_METRICS
+    from depth2img.evaluation.runner import _mean_metrics
+
+    one = {**dict.fromkeys(DEPTH_METRICS, 1.0), "valid_pixels": 4, "cnpp_degenerate_judge": False}
+    two = {**dict.fromkeys(DEPTH_METRICS, 3.0), "valid_pixels": 4, "cnpp_degenerate_judge": True}
+    mean = _mean_metrics([one, two])
+    assert all(mean[k] == 2.0 for k in DEPTH_METRICS) and mean["cnpp_degenerate_judge"]
