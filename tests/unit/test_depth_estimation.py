@@ -54,6 +54,9 @@ def test_same_model_warning_from_shard_metadata():
         "/models/Intel/dpt-hybrid-midas", [{"depth_estimator": "Intel/dpt-hybrid-midas"}]
     )
     assert hit and "grades its own" in hit
+    assert "dpt_large" in hit
+    own = same_model_warning("Intel/dpt-large", [{"depth_estimator": "Intel/dpt-large"}])
+    assert "grades its own" in own and "dpt_large" not in own and "dpt-large (" not in own
     assert "do not name" in same_model_warning("shipped", [{"depth_source": "estimated"}])
 
 

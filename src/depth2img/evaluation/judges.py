@@ -74,10 +74,17 @@ def same_model_warning(judge_name: str, metas: Iterable[dict]) -> str | None:
     sources = conditioning_depth_sources(metas)
     judge = _norm(judge_name)
     if any(_norm(s) == judge for s in sources):
+        # Never suggest the model that is already the judge.
+        other = (
+            "depth_estimator=depth_anything_v2_small"
+            if "dpt-large" in judge
+            else "Intel/dpt-large (depth_estimator=dpt_large; ControlNet++ judges DPT-Hybrid "
+            "depth with it)"
+        )
         return (
             f"the judge {judge_name!r} is the model that produced the conditioning depth: depth "
-            "scores are optimistic (the judge grades its own biases). Use a different judge, e.g. "
-            "Intel/dpt-large when the depth came from DPT-Hybrid (ControlNet++ protocol)."
+            f"scores are optimistic (the judge grades its own biases). Use a different judge, "
+            f"e.g. {other}."
         )
     if any(m.get("depth_source") == "estimated" for m in metas) and not sources:
         return (
