@@ -99,6 +99,19 @@ def png_base64(image: Image.Image) -> str:
     return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
+def _stretch(depth: torch.Tensor) -> torch.Tensor:
+    """(H, W) model-convention depth -> full [-1, 1] range for display.
+
+    The sampler min-max normalizes the depth again at the latent size, so this is what the
+    UNet sees up to resizing; without it, metric depth in small units (1 / distance) shows
+    as an almost uniform gray, its range being small next to the normalization's eps.
+    """
+    low, high = depth.min(), depth.max()
+    if float(high - low) < 1e-12:
+        return torch.full_like(depth, -1.0)
+    return (depth - low) / (high - low) * 2.0 - 1.0
+
+
 class GenerationEngine:
     """Turns validated requests into generator calls (thread-safe for ``prepare``).
 
@@ -241,7 +254,7 @@ class GenerationEngine:
         return {
             "images": [png_base64(image) for image in result.images],
             "seeds": job.seeds,
-            "depth": png_base64(depth_preview(result.depth).convert("L")),
+            "depth": png_base64(depth_preview(_stretch(result.depth)).convert("L")),
             "depth_source": job.depth_source,
             "width": width,
             "height": height,

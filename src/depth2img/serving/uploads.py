@@ -87,7 +87,21 @@ def _depth_suffix(data: bytes, field: str) -> str:
 def _stored_shape(path: Path, suffix: str) -> tuple[int, ...]:
     """(H, W, ...) from the file header, without decoding the pixels."""
     if suffix == ".npy":
-        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        with open(path, "rb") as handle:
+            major, _ = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(handle)
+        if dtype.hasobject:
+            raise RequestError(
+                400,
+                "depth: the .npy holds Python objects (needs pickle, refused for safety); send a "
+                "plain numeric array saved with np.save",
+            )
+        return tuple(shape)
     if suffix == ".png":
         with Image.open(path) as image:
             return (image.height, image.width)
@@ -111,6 +125,8 @@ def read_depth_upload(data: bytes, limits: ServeLimits, field: str = "depth") ->
         path.write_bytes(data)
         try:
             shape = _stored_shape(path, suffix)
+        except RequestError:
+            raise
         except Exception as err:  # noqa: BLE001 - numpy/PIL/tifffile raise many types on bad files
             raise RequestError(400, f"{field}: cannot read the {suffix} file ({err})") from None
         if len(shape) >= 2:
