@@ -53,6 +53,8 @@ function showResult(result) {
   $("depth-preview").src = png(result.depth);
   $("depth-caption").textContent = `depth used (${result.depth_source}; near = white)`;
   $("depth-figure").hidden = false;
+  $("inputs-heading").hidden = false;
+  $("images-heading").hidden = false;
   const images = $("images");
   images.replaceChildren();
   result.images.forEach((b64, i) => {
