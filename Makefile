@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install test test-fast demo lint format cluster-start cluster-stop bench clean
+.PHONY: help install test test-fast test-tools demo lint format cluster-start cluster-stop bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,7 +40,13 @@ cluster-start:  ## start the local one-node SLURM test cluster (installs slurm-w
 cluster-stop:  ## stop the local SLURM test cluster
 	bash slurm/local_cluster.sh stop
 
-test: install cluster-start  ## run the whole test suite (offline, CPU)
+# The serving tests also need curl, Node >= 18 and Chromium + chromedriver (OS packages); same
+# policy: where they cannot be installed those tests skip with the reason
+# (DEPTH2IMG_TEST_TOOLS_OPTIONAL=0 makes that an error).
+test-tools:  ## install curl, nodejs, chromium, chromium-driver if missing (serving tests)
+	DEPTH2IMG_TEST_TOOLS_OPTIONAL=$${DEPTH2IMG_TEST_TOOLS_OPTIONAL:-1} bash scripts/ensure_test_tools.sh
+
+test: install cluster-start test-tools  ## run the whole test suite (offline, CPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install  ## unit tests only, no cluster
