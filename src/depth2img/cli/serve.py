@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=5.0,
-        help="pause before running a batch that is not full, for more requests to join (default: 5)",
+        default=200.0,
+        help="longest wait, before running a batch that is not full, for requests that are on "
+        "their way (arrived and still being decoded, or fewer than the last batch had); a lone "
+        "client never waits (default: 200)",
     )
     b.add_argument(
         "--max-pixels",

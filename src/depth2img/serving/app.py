@@ -154,7 +154,7 @@ def create_app(
     *,
     max_batch: int = 8,
     max_queue: int = 32,
-    max_wait_s: float = 0.005,
+    max_wait_s: float = 0.2,
 ) -> FastAPI:
     """The app serving ``engine`` with a micro-batcher of the given sizes."""
     batcher = MicroBatcher(

@@ -3,8 +3,12 @@
 Requests wait in a bounded queue; one worker takes the oldest request plus every queued request
 with the same batch key (up to ``max_batch`` images) and runs them as one generator call in a
 single worker thread, so the event loop keeps answering ``/healthz`` and 503s while the model
-runs. While a batch runs, new requests pile up and form the next batch: under load batches grow
-by themselves; ``max_wait_s`` only adds a short pause for a lone request to find company.
+runs. While a batch runs, new requests pile up and form the next batch, so under load batches
+grow by themselves. Before starting a batch that is not full, the worker waits (at most
+``max_wait_s``) while more requests are expected: requests that have arrived but are still
+being decoded, or fewer images than the last batch had (clients answered together come back
+together; without the wait the first one back would run alone and split the batch). A lone
+client never waits: nothing is being decoded and its last batch had one request.
 
 Admission is counted from the moment a request arrives (before its uploads are decoded), so a
 full server answers 503 right away instead of decoding first.
@@ -73,7 +77,8 @@ class MicroBatcher:
             which is then retried item by item so one bad item cannot fail the others.
         max_batch: most images (sum of item sizes) per call; a bigger item runs alone.
         max_queue: most requests admitted and not yet running.
-        max_wait_s: pause before starting a batch that is not full yet.
+        max_wait_s: longest wait for arrived-but-still-decoding requests before starting a
+            batch that is not full.
     """
 
     def __init__(
@@ -82,7 +87,7 @@ class MicroBatcher:
         *,
         max_batch: int = 8,
         max_queue: int = 32,
-        max_wait_s: float = 0.005,
+        max_wait_s: float = 0.2,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
@@ -94,6 +99,7 @@ class MicroBatcher:
         self._waiting = 0  # admitted, not yet running
         self._running = 0  # images in the batch now running
         self._batch_s = 1.0  # moving average of a batch's seconds (for Retry-After)
+        self._last_batch_images = 0
         self.batches = 0
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
@@ -165,6 +171,20 @@ class MicroBatcher:
         key = self._pending[0].key
         return sum(p.size for p in self._pending if p.key == key)
 
+    async def _gather(self) -> None:
+        """Wait up to ``max_wait_s`` while more compatible requests are expected."""
+        deadline = time.perf_counter() + self.max_wait_s
+        while (left := deadline - time.perf_counter()) > 0:
+            images = self._compatible_images()
+            decoding = self._waiting > len(self._pending)  # admitted, not yet submitted
+            if images >= self.max_batch or not (decoding or images < self._last_batch_images):
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except asyncio.TimeoutError:
+                return
+
     def _run_safely(self, items: list[Any]) -> list[Any]:
         """``run_batch``, falling back to one item at a time; exceptions are returned, not raised."""
         try:
@@ -188,8 +208,7 @@ class MicroBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.max_wait_s > 0 and self._compatible_images() < self.max_batch:
-                await asyncio.sleep(self.max_wait_s)
+            await self._gather()
             batch = self._take_batch()
             for pending in batch:
                 pending.ticket.release()
@@ -199,6 +218,7 @@ class MicroBatcher:
             images = sum(p.size for p in batch)
             started = time.perf_counter()
             self._running = images
+            self._last_batch_images = images
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._run_safely, [p.item for p in batch]
