@@ -2,7 +2,9 @@
 
 For each client count: every client sends requests back to back (its own prompt, seed and
 depth map; 64 px depth-only by default) for ``--duration`` seconds, then requests/s, p50/p95
-latency and errors are reported. Then ``--rss-requests`` requests at the largest client count,
+latency, errors and the server's CPU seconds per request are reported. The client counts run
+``--rounds`` times, interleaved (1, 8, 1, 8, ...), and the ratio uses the median per count, so
+a change in the load of a shared machine hits both sides. Then ``--rss-requests`` requests at the largest client count,
 with the server's resident memory (RSS) read before and after. Goals (issue 16, shipped model,
 2-core CPU): 0 errors at 8 clients; throughput at 8 clients >= 1.5x that at 1 client (request
 batching); RSS growth < 10 % over 500 requests.
@@ -50,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="client counts")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per client count")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved repeats of the counts")
     p.add_argument(
         "--rss-requests",
         type=int,
@@ -104,7 +107,18 @@ def rss_mb(pid: int | None) -> float | None:
         return None
 
 
-def run_load(url: str, clients: int, args, *, duration: float | None, total: int | None):
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds used by ``pid`` so far (Linux /proc), None when unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run_load(url: str, clients: int, args, *, duration: float | None, total: int | None, pid=None):
     """``clients`` threads sending back to back until ``duration`` s or ``total`` requests."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -140,12 +154,17 @@ def run_load(url: str, clients: int, args, *, duration: float | None, total: int
                     errors.append(f"{type(err).__name__}: {err}")
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    cpu_start = cpu_seconds(pid)
     start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
+    cpu_end = cpu_seconds(pid)
+    cpu_per_request = None
+    if cpu_start is not None and cpu_end is not None and latencies:
+        cpu_per_request = round((cpu_end - cpu_start) / len(latencies), 3)
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
         "clients": clients,
@@ -157,6 +176,8 @@ def run_load(url: str, clients: int, args, *, duration: float | None, total: int
         "p50_s": round(float(np.percentile(lat, 50)), 3),
         "p95_s": round(float(np.percentile(lat, 95)), 3),
         "mean_batch_images": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None,
+        "server_cpu_s_per_request": cpu_per_request,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 
@@ -189,18 +210,36 @@ def main(argv=None) -> int:
         run_load(url, 1, args, duration=None, total=args.warmup)
         result["rss_mb_after_warmup"] = rss_mb(pid)
         levels = []
-        for clients in args.clients:
-            level = run_load(url, clients, args, duration=args.duration, total=None)
-            levels.append(level)
-            print(json.dumps(level), flush=True)
+        for _ in range(args.rounds):
+            for clients in args.clients:
+                level = run_load(url, clients, args, duration=args.duration, total=None, pid=pid)
+                levels.append(level)
+                print(json.dumps(level), flush=True)
         result["levels"] = levels
-        by_clients = {level["clients"]: level["requests_per_s"] for level in levels}
-        if 1 in by_clients and max(by_clients) > 1 and by_clients[1] > 0:
-            most = max(by_clients)
-            result["speedup"] = {f"{most}_vs_1_clients": round(by_clients[most] / by_clients[1], 2)}
+        summary = {}
+        for clients in args.clients:
+            mine = [level for level in levels if level["clients"] == clients]
+            summary[clients] = {
+                "requests_per_s_median": float(np.median([lv["requests_per_s"] for lv in mine])),
+                "errors": sum(lv["errors"] for lv in mine),
+            }
+            cpu = [lv["server_cpu_s_per_request"] for lv in mine]
+            if all(c is not None for c in cpu):
+                summary[clients]["server_cpu_s_per_request_median"] = float(np.median(cpu))
+        result["summary"] = summary
+        most = max(args.clients)
+        if 1 in summary and most > 1 and summary[1]["requests_per_s_median"] > 0:
+            ratio = summary[most]["requests_per_s_median"] / summary[1]["requests_per_s_median"]
+            result["speedup"] = {f"{most}_vs_1_clients_requests_per_s": round(ratio, 2)}
+            if "server_cpu_s_per_request_median" in summary[most]:
+                cpu_ratio = (
+                    summary[1]["server_cpu_s_per_request_median"]
+                    / summary[most]["server_cpu_s_per_request_median"]
+                )
+                result["speedup"][f"{most}_vs_1_clients_cpu_per_request"] = round(cpu_ratio, 2)
         if args.rss_requests:
             before = rss_mb(pid)
-            memory = run_load(url, max(args.clients), args, duration=None, total=args.rss_requests)
+            memory = run_load(url, most, args, duration=None, total=args.rss_requests, pid=pid)
             after = rss_mb(pid)
             memory.update(rss_mb_before=before, rss_mb_after=after)
             if before and after:
