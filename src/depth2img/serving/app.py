@@ -15,6 +15,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -262,6 +263,13 @@ def create_app(
         except (InputError, ValueError) as err:
             # prepare() checks what the generator refuses; this is the safety net
             raise RequestError(422, str(err)) from None
+        except torch.cuda.OutOfMemoryError:
+            raise RequestError(
+                503,
+                "the device ran out of memory for this batch: retry, or ask for fewer pixels or "
+                "images",
+                {"Retry-After": str(batcher.retry_after_s())},
+            ) from None
         finally:
             ticket.release()
         timings = {
