@@ -28,6 +28,7 @@ LAYER_RANK = {
     "training": 3,
     "inference": 3,
     "callbacks": 3,
+    "serving": 4,
     "evaluation": 4,
     "cli": 5,
 }
