@@ -181,7 +181,7 @@ def build_modules(
     for value in out.values():
         modules = value if isinstance(value, list) else [value]
         for module in modules:
-            if module is not None and str(device) != "meta":
+            if module is not None and str(device) != "meta" and dtype != torch.float32:
                 module.to(dtype)
     return out
 
