@@ -522,6 +522,135 @@ def policy_rows(fam: Family, size: int) -> list[dict]:
     return rows
 
 
+GB = 1e9
+# Recipes whose memory the arithmetic covers: (label, family, controlnet, trainable part).
+MEMORY_RECIPES = [
+    ("SD2-depth full fine-tune, 512 px", "sd2-depth", None),
+    ("SDXL depth ControlNet (full), 1024 px", "sdxl", "full"),
+    ("SDXL depth ControlNet (small), 1024 px", "sdxl", "small"),
+    ("SSD-1B depth ControlNet (full), 1024 px", "ssd1b", "full"),
+]
+
+
+def lora_params(unet, rank: int = 8) -> int:
+    """Parameters of rank-``rank`` LoRA on to_q/to_k/to_v/to_out.0 + a trainable conv_in."""
+    total = sum(p.numel() for p in unet.conv_in.parameters())
+    for name, module in unet.named_modules():
+        if name.split(".")[-1] in ("to_q", "to_k", "to_v") or name.endswith("to_out.0"):
+            total += rank * (module.in_features + module.out_features)
+    return total
+
+
+def memory_rows(families: dict) -> list[dict]:
+    """Bytes per option by arithmetic: weights, grads, Adam states, EMA, frozen parts, checkpoints.
+
+    Trainable weights are fp32 masters (bf16 autocast computes in bf16 but keeps them fp32),
+    frozen networks are held in bf16, AdamW keeps two fp32 states (8-bit AdamW: two 1-byte
+    states, block-wise scales ignored), EMA is one fp32 copy (or bf16, or on the host).
+    """
+    rows = []
+    for label, name, controlnet in MEMORY_RECIPES:
+        fam = _family(families, name, controlnet)
+        trained = fam.controlnet if controlnet else fam.unet
+        p = sum(t.numel() for t in trained.parameters())
+        frozen_unet = sum(t.numel() for t in fam.unet.parameters()) if controlnet else 0
+        text = sum(sum(t.numel() for t in te.parameters()) for te in fam.text_encoders)
+        vae = sum(t.numel() for t in fam.vae.parameters())
+        row = dict(recipe=label, trainable_M=p / 1e6)
+        row.update(
+            weights_fp32=4 * p / GB,
+            grads_fp32=4 * p / GB,
+            adam_fp32=8 * p / GB,
+            adam_8bit=2 * p / GB,
+            ema_fp32=4 * p / GB,
+            ema_bf16=2 * p / GB,
+            frozen_unet_bf16=2 * frozen_unet / GB,
+            text_encoders_bf16=2 * text / GB,
+            vae_bf16=2 * vae / GB,
+        )
+        row["baseline_total"] = (
+            (row["weights_fp32"] + row["grads_fp32"] + row["adam_fp32"] + row["ema_fp32"])
+            + row["frozen_unet_bf16"]
+            + row["text_encoders_bf16"]
+            + row["vae_bf16"]
+        )
+        sharded = row["weights_fp32"] + row["grads_fp32"] + row["adam_fp32"] + row["ema_fp32"]
+        row["fsdp_8_gpus_per_gpu"] = sharded / 8 + row["frozen_unet_bf16"]
+        row["checkpoint_weights_only"] = row["weights_fp32"] + row["ema_fp32"]
+        row["checkpoint_resumable"] = row["checkpoint_weights_only"] + row["adam_fp32"]
+        row["export_fp16"] = 2 * p / GB
+        if not controlnet:
+            lora = lora_params(fam.unet)
+            row["lora_rank8_M"] = lora / 1e6
+            row["lora_checkpoint_resumable"] = (4 + 4 + 8) * lora / GB  # weights + EMA + Adam
+        rows.append(row)
+    return rows
+
+
+def attention_memory(fam: Family, size: int) -> dict:
+    """Bytes of attention probabilities plain (non-SDPA) attention keeps for backward, per sample.
+
+    Plain attention materializes softmax(QK^T) (batch x heads x N_query x N_key) and keeps it for
+    the backward; SDPA's flash / memory-efficient kernels keep only the output and a log-sum-exp
+    per row. Counted with forward hooks on every attention module of the real UNet (meta), fp32.
+    (On the meta device SDPA itself decomposes into the math path, so the tensor meter cannot
+    show the difference: this is arithmetic.)
+    """
+    total = 0
+
+    def hook(module, args, kwargs):
+        nonlocal total
+        hidden = args[0] if args else kwargs["hidden_states"]
+        context = kwargs.get("encoder_hidden_states")
+        n_key = context.shape[1] if context is not None else hidden.shape[1]
+        total += hidden.shape[0] * module.heads * hidden.shape[1] * n_key * 4
+
+    from diffusers.models.attention_processor import Attention
+
+    handles = [
+        m.register_forward_pre_hook(hook, with_kwargs=True)
+        for m in fam.unet.modules()
+        if isinstance(m, Attention)
+    ]
+    try:
+        _no_grad(lambda: fam.unet_forward(fam.inputs(size)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return dict(plain_attention_probs_GB=total / GB)
+
+
+def print_memory_table(rows: list[dict], attention: dict) -> None:
+    print("\nMemory by arithmetic (GB = 1e9 bytes; fp32 master weights, frozen parts bf16)")
+    keys = [
+        "trainable_M",
+        "weights_fp32",
+        "grads_fp32",
+        "adam_fp32",
+        "adam_8bit",
+        "ema_fp32",
+        "ema_bf16",
+        "frozen_unet_bf16",
+        "text_encoders_bf16",
+        "vae_bf16",
+        "baseline_total",
+        "fsdp_8_gpus_per_gpu",
+        "checkpoint_weights_only",
+        "checkpoint_resumable",
+        "export_fp16",
+        "lora_rank8_M",
+        "lora_checkpoint_resumable",
+    ]
+    print(f"{'':28s}" + "".join(f"{r['recipe'][:22]:>24s}" for r in rows))
+    for key in keys:
+        cells = "".join(f"{r[key]:24.3f}" if key in r else f"{'-':>24s}" for r in rows)
+        print(f"{key:28s}{cells}")
+    print(
+        "SD2-depth 512 px: attention probabilities plain attention keeps and SDPA does not"
+        f" (fp32, batch 1): {attention['plain_attention_probs_GB']:.2f} GB"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/flops.json"))
@@ -531,6 +660,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="generation steps")
     parser.add_argument(
         "--skip-real", action="store_true", help="only the experiment configs (faster)"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="also the memory arithmetic per option and recipe"
     )
     args = parser.parse_args(argv)
     families: dict = {}
@@ -562,8 +694,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"{p['policy']:14s}{_tf(p['step']):>9s}{p['ratio']:8.3f}{p['activations_kept_GB']:8.2f}"
             )
+    memory, attention = [], {}
+    if args.memory:
+        memory = memory_rows(families)
+        attention = attention_memory(_family(families, "sd2-depth", None), 512)
+        print_memory_table(memory, attention)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = dict(experiments=rows, skipped=skipped, real_models=real, policies=policies)
+    report.update(memory=memory, attention_memory=attention)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {args.out}")
     return report
