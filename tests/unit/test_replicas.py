@@ -178,3 +178,25 @@ def test_legacy_class_names_reproduce_the_hub_model_index(tmp_path):
     # transformers 5 has no DPTFeatureExtractor: a vanilla load of such a folder fails.
     with pytest.raises(ValueError, match="DPTFeatureExtractor"):
         DiffusionPipeline.from_pretrained(out)
+
+
+@pytest.mark.slow
+def test_real_size_configs_give_the_published_parameter_counts():
+    """Meta-device instantiation (no memory): the sizes count_flops and bench_gpu rely on."""
+    from tools.replicas import build_modules
+
+    def millions(module):
+        return sum(p.numel() for p in module.parameters()) / 1e6
+
+    expected_unets = {"sd2-depth": 865.9, "sd15": 859.5, "sdxl": 2567.5, "ssd1b": 1331.3}
+    for kind, params in expected_unets.items():
+        unet = build_modules(kind, device="meta", parts=("unet",))["unet"]
+        assert millions(unet) == pytest.approx(params, abs=0.1), kind
+    for kind, size, params in [("sdxl", "full", 1251.0), ("sdxl", "small", 168.3)]:
+        modules = build_modules(kind, device="meta", controlnet=size, parts=("controlnet",))
+        assert millions(modules["controlnet"]) == pytest.approx(params, abs=0.1), size
+        embedding = modules["controlnet"].config.conditioning_embedding_out_channels
+        assert len(embedding) == 4  # 2 ** 3 = the SD/SDXL VAE factor
+    sd2 = build_modules("sd2-depth", device="meta", parts=("depth_estimator", "text_encoders"))
+    assert sd2["depth_estimator"].config.is_hybrid
+    assert millions(sd2["text_encoders"][0]) == pytest.approx(340.4, abs=0.5)
