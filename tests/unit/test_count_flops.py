@@ -124,3 +124,15 @@ def test_experiment_table_counts_checkpoint_recomputation(count_flops, tmp_path,
     assert rows["street_tiny"]["step_model"] == rows["street_tiny"]["unet_fwd_bwd"]
     assert "sd2_depth_512" in capsys.readouterr().out
     assert (tmp_path / "flops.json").is_file()
+
+
+def test_memory_arithmetic_matches_the_measured_checkpoint_size(count_flops, monkeypatch):
+    monkeypatch.setattr(
+        count_flops, "MEMORY_RECIPES", [("SD2-depth full fine-tune", "sd2-depth", None)]
+    )
+    (row,) = count_flops.memory_rows({})
+    # Issue 14 measured a full fine-tune checkpoint of 13.86 GB (UNet + EMA + Adam).
+    assert row["checkpoint_resumable"] == pytest.approx(13.86, abs=0.01)
+    assert row["checkpoint_weights_only"] == pytest.approx(row["checkpoint_resumable"] / 2)
+    assert row["adam_8bit"] == pytest.approx(row["adam_fp32"] / 4)
+    assert 1.0 < row["lora_rank8_M"] < 3.0
