@@ -87,7 +87,7 @@ def _shipped_configs(folder: Path) -> dict:
 def _tiny_configs() -> dict:
     """The random tiny model of ``model=tiny``; the shipped folder's shapes if the helpers moved."""
     try:
-        from depth2img.models.components import (
+        from depth2img.models.tiny import (
             TINY_CAPTION_WORDS,
             tiny_text_encoder_config,
             tiny_unet_config,
@@ -373,7 +373,7 @@ def describe_recipe(name: str, flat: dict[str, object]) -> dict:
         ``cached_latents`` (True | False | "auto"), ``cached_text``, or ``skip`` with a reason.
     """
     model_keys = [
-        k for k in flat if k.split(".")[0] in ("model", "family", "conditioning", "recipe")
+        k for k in flat if k.split(".")[0] in ("model", "base", "family", "conditioning", "recipe")
     ]
     texts = " ".join(
         f"{k}={v}" for k in model_keys for v in [flat[k]] if isinstance(v, str)
@@ -388,7 +388,9 @@ def describe_recipe(name: str, flat: dict[str, object]) -> dict:
     ).lower() + (" controlnet" if "controlnet" in name.lower() else "")
     if "controlnet" in control_text:
         controlnet = "small" if "small" in control_text else "full"
-    size = flat.get("data.size", flat.get("data.resolution", NATIVE_SIZE.get(family, 64)))
+    size = flat.get("data.size", flat.get("data.resolution", flat.get("native_size")))
+    if size is None:
+        size = NATIVE_SIZE.get(family, 64)
     if isinstance(size, (list, tuple)):
         size = max(int(s) for s in size)
     try:
