@@ -10,8 +10,11 @@ no downloads). Measures, with bf16 autocast and fp32 trainable weights (AdamW):
 3. SDXL depth ControlNet at 1024 px: ControlNet trains, the SDXL UNet is frozen (bf16), cached
    latents and text embeddings, the recipe's checkpointing policy.
 
-MFU = model FLOPs per sample (``FlopCounterMode`` on one real step at batch 1, recomputation
-included) x img/s / the GPU's dense bf16 peak (looked up from the device name). Goals to compare:
+MFU = model FLOPs per sample (``FlopCounterMode`` on one real step at batch 1) x img/s / the
+GPU's dense bf16 peak (looked up from the device name). SD2-depth runs without checkpointing by
+default (``--policy none``: model FLOPs = executed FLOPs); with a policy the count includes the
+recomputation, i.e. it becomes hardware-FLOPs utilization (the SDXL ControlNet row, whose default
+policy is ``attention``, is that). Goals to compare:
 MLPerf SD training ~75 img/s per H100, MosaicML SD2 ~36 img/s per A100 (512 px, cached latents).
 
     python scripts/bench_gpu.py                       # on the GPU, writes outputs/bench/gpu.json
