@@ -10,6 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from depth2img.models import checkpointing_policy
 from depth2img.models.checkpointing_policy import (
     POLICIES,
     LiveTensorMeter,
@@ -49,7 +50,9 @@ def _grads_flops_kept(unet, inputs, policy):
     return grads, counter.get_total_flops(), kept
 
 
-def test_every_policy_gives_the_gradients_of_no_checkpointing():
+def test_every_policy_gives_the_gradients_of_no_checkpointing(monkeypatch):
+    # The replica's top attention level has 8 x 8 = 64 tokens: call that "high resolution".
+    monkeypatch.setattr(checkpointing_policy, "HIRES_TOKENS", 64)
     unet, inputs = _tiny_unet_and_inputs()
     reference, flops_none, kept_none = _grads_flops_kept(unet, inputs, "none")
     results = {p: _grads_flops_kept(unet, inputs, p) for p in POLICIES if p != "none"}
@@ -58,11 +61,12 @@ def test_every_policy_gives_the_gradients_of_no_checkpointing():
         for name, grad in grads.items():
             torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-7, msg=policy)
     # Recomputation shows in the FLOPs; save_matmuls repeats no matmul/conv/attention.
-    assert results["full"][1] > results["attention"][1] > flops_none
+    assert results["full"][1] > results["attention"][1] > results["attention_hires"][1] > flops_none
     assert results["save_matmuls"][1] == flops_none
     # And every policy keeps fewer activations than none, full the fewest.
     assert results["full"][2] < results["attention"][2] < kept_none
     assert results["save_matmuls"][2] < kept_none
+    assert results["attention"][2] < results["attention_hires"][2] < kept_none
     with pytest.raises(ValueError, match="checkpointing policy"):
         enable_selective_checkpointing(unet, "everything")
 
