@@ -83,7 +83,7 @@ def test_memory_and_speed_options_compose_on_cpu():
         compile_options={"backend": "eager"},
         ema_dtype="bfloat16",
         ema_device="cpu",
-        gradient_checkpointing=True,
+        gradient_checkpointing="attention",
         lr_warmup_steps=0,
         learning_rate=1e-3,
     )
