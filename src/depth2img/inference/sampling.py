@@ -9,10 +9,12 @@ the fixes listed below):
 1. encode prompts with the model's family (SD: CLIP last hidden state, padded to the tokenizer's
    max length);
 2. the conditioner builds the condition from depth (concat: model-convention depth, any size ->
-   bicubic resize to the latent size -> per-sample min-max to [-1, 1] with the ``DepthSpec`` eps);
+   bicubic resize to the latent size -> per-sample min-max to [-1, 1] with the ``DepthSpec`` eps;
+   ControlNet: resize to the image size -> per-sample min-max to a [0, 1] 3-channel image);
 3. initial latents: pure noise, or the VAE-encoded init image noised to the first timestep;
 4. denoising loop through ``Denoiser.predict`` with classifier-free guidance on text only (both
-   branches see the same depth);
+   branches see the same depth; a ControlNet gets its conditioning scale and guidance start/end
+   with each step's position, like diffusers' ControlNet pipelines);
 5. VAE decode -> images in [0, 1].
 
 Fixes over the vanilla pipeline:
@@ -43,6 +45,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.inference.schedulers import make_scheduler
+from depth2img.models.conditioning.controlnet import check_control_options
 from depth2img.models.denoiser import Denoiser
 from depth2img.models.families import ImageGeometry, PromptEmbeds
 
@@ -154,24 +157,54 @@ def _initial_latents(
 
 
 def _denoise(
-    denoiser, scheduler, timesteps, latents, embeds, condition, added, guidance_scale, gen, progress
+    denoiser,
+    scheduler,
+    timesteps,
+    latents,
+    embeds,
+    condition,
+    added,
+    guidance_scale,
+    gen,
+    progress,
+    options=None,
 ):
-    """The sampling loop; guidance on text only (``condition`` is already doubled for CFG)."""
+    """The sampling loop; guidance on text only (``condition`` is already doubled for CFG).
+
+    ``options`` go to the conditioner at every step with the step's position (``step_index`` of
+    ``num_steps``), e.g. a ControlNet's conditioning scale and guidance start/end.
+    """
     do_cfg = len(embeds) == 2 * latents.shape[0]
     step_kwargs = _scheduler_step_kwargs(scheduler, gen)
+    num_steps = len(timesteps)
     if progress:
         from tqdm.auto import tqdm
 
         timesteps = tqdm(timesteps, desc="denoising", leave=False)
-    for t in timesteps:
+    for i, t in enumerate(timesteps):
         model_in = torch.cat([latents, latents]) if do_cfg else latents
         model_in = scheduler.scale_model_input(model_in, t)
-        pred = denoiser.predict(model_in, t, embeds, condition, added)
+        step = {"step_index": i, "num_steps": num_steps, **(options or {})}
+        pred = denoiser.predict(model_in, t, embeds, condition, added, **step)
         if do_cfg:
             pred_uncond, pred_text = pred.chunk(2)
             pred = pred_uncond + guidance_scale * (pred_text - pred_uncond)
         latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
     return latents
+
+
+def _control_options(denoiser, scale: float, start: float, end: float) -> dict:
+    """ControlNet options for the conditioner; a model without a ControlNet accepts only the
+    defaults (a non-default value would silently do nothing)."""
+    if getattr(denoiser.conditioner, "accepts_control_options", False):
+        check_control_options(scale, start, end)
+        return {"conditioning_scale": scale, "guidance_start": start, "guidance_end": end}
+    if (scale, start, end) != (1.0, 0.0, 1.0):
+        raise ValueError(
+            f"controlnet conditioning scale / control guidance start-end apply to ControlNet "
+            f"models only; this model uses conditioning {denoiser.conditioner.name!r}"
+        )
+    return {}
 
 
 def _to_output(images01: torch.Tensor, output: str):
@@ -207,6 +240,9 @@ def generate(
     width: int | None = None,
     output: str = "tensor",
     progress: bool = False,
+    controlnet_conditioning_scale: float = 1.0,
+    control_guidance_start: float = 0.0,
+    control_guidance_end: float = 1.0,
 ):
     """Generate images conditioned on depth (and optionally an init image).
 
@@ -238,6 +274,12 @@ def generate(
         output: "tensor" (B, 3, H, W) float32 in [0, 1], "np" (B, H, W, 3) float32 in [0, 1],
             "pil" (list of RGB images) or "latent" (B, C, h, w) scaled latents.
         progress: show a tqdm bar over the denoising steps.
+        controlnet_conditioning_scale: ControlNet models: scale of the ControlNet's residuals
+            (0 = the base model alone).
+        control_guidance_start, control_guidance_end: ControlNet models: the fraction of the
+            denoising steps in which the ControlNet acts (diffusers' rule: step ``i`` of ``n``
+            when ``start <= i / n`` and ``(i + 1) / n <= end``). Models without a ControlNet
+            accept only the defaults.
 
     Returns:
         The images in the requested ``output`` form.
@@ -255,6 +297,9 @@ def generate(
     needs_depth = denoiser.needs_depth
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    options = _control_options(
+        denoiser, controlnet_conditioning_scale, control_guidance_start, control_guidance_end
+    )
 
     # --- batch size and output size ---------------------------------------------------------
     if depth is not None:
@@ -315,7 +360,7 @@ def generate(
     if needs_depth:
         valid = depth_valid.to(device) if depth_valid is not None else None
         condition = denoiser.condition(depth.to(device), latent_hw, valid, depth_spec)
-        condition = condition.to(dtype)  # concat: [B, 1, h, w] in [-1, 1]
+        condition = condition.to(dtype)  # concat [B,1,h,w] in [-1,1]; controlnet [B,3,H,W] [0,1]
         if do_cfg:
             # Guidance acts on text only: the unconditional branch sees the same depth.
             condition = denoiser.conditioner.double_for_guidance(condition)
@@ -347,6 +392,7 @@ def generate(
         guidance_scale,
         gen,
         progress,
+        options,
     )
 
     if output == "latent":

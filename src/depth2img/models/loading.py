@@ -20,6 +20,8 @@ from depth2img.paths import local_files_only as offline_policy
 from depth2img.paths import resolve_model_source
 
 TINY_SOURCE = "tiny"
+#: random tiny models: SD-family (``tiny``) and SDXL-family (``tiny-sdxl``)
+TINY_SOURCES = (TINY_SOURCE, "tiny-sdxl")
 AUTO = "auto"
 
 
@@ -126,17 +128,19 @@ def build_components(
     prediction_type: str | None = None,
     seed: int = 0,
 ) -> Components:
-    """``"tiny"`` -> random tiny components (seeded); anything else -> :func:`load_components`.
+    """``"tiny"`` / ``"tiny-sdxl"`` -> random tiny SD / SDXL components (seeded); anything else
+    -> :func:`load_components`.
 
     Training and checkpoint loading both rebuild a model through here, from the same recorded
     arguments, so the frozen parts are identical.
     """
-    if model_source == TINY_SOURCE:
-        from depth2img.models.tiny import build_tiny_components
+    if model_source in TINY_SOURCES:
+        from depth2img.models.tiny import build_tiny_components, build_tiny_sdxl_components
 
         name = "concat" if conditioning == AUTO else conditioning
         in_channels = 4 + get_conditioner(name).extra_input_channels
-        components = build_tiny_components(
+        build = build_tiny_components if model_source == TINY_SOURCE else build_tiny_sdxl_components
+        components = build(
             seed=seed, in_channels=in_channels, prediction_type=prediction_type or "epsilon"
         )
         get_conditioner(name).attach(components, convert=convert_to_depth)

@@ -103,3 +103,66 @@ def build_tiny_components(
     return Components(
         vae, text_encoder, tokenizer, unet, scheduler, family="sd", conditioning=conditioning
     )
+
+
+TINY_SDXL_SOURCE = "tiny-sdxl"
+#: widths of the two tiny SDXL text encoders (different, so a swapped concatenation order fails)
+TINY_SDXL_HIDDEN = (32, 48)
+TINY_SDXL_PROJECTION_DIM = 24
+TINY_SDXL_TIME_EMBED_DIM = 8
+
+
+def tiny_sdxl_unet_config(in_channels: int = 4) -> dict:
+    """An SDXL-architecture UNet (``text_time`` addition embedding), tests only.
+
+    ``cross_attention_dim`` = the two encoders' hidden sizes concatenated;
+    ``projection_class_embeddings_input_dim`` = pooled (projection) dim + 6 x time-embed dim
+    (the six micro-conditioning numbers of ``time_ids``).
+    """
+    config = tiny_unet_config(in_channels, cross_attention_dim=sum(TINY_SDXL_HIDDEN))
+    config.update(
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TINY_SDXL_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=TINY_SDXL_PROJECTION_DIM
+        + 6 * TINY_SDXL_TIME_EMBED_DIM,
+        transformer_layers_per_block=(1, 1),
+    )
+    return config
+
+
+def build_tiny_sdxl_components(
+    seed: int = 0, in_channels: int = 4, prediction_type: str = "epsilon", max_length: int = 16
+) -> Components:
+    """Randomly initialized tiny SDXL-family components (deterministic by ``seed``).
+
+    Two CLIP text encoders (``text_encoder_2`` with projection: its ``text_embeds`` is the pooled
+    embedding), one word-list tokenizer for both, the tiny VAE (factor 4) and a ``text_time``
+    UNet. Conditioning ``none`` (a text-to-image base; a ControlNet attaches to it).
+    """
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = build_clip_tokenizer(TINY_CAPTION_WORDS, model_max_length=max_length)
+    tokenizer_2 = build_clip_tokenizer(TINY_CAPTION_WORDS, model_max_length=max_length)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**tiny_vae_config())
+    first = tiny_text_encoder_config(len(tokenizer), max_length)
+    second = tiny_text_encoder_config(len(tokenizer_2), max_length)
+    second.update(hidden_size=TINY_SDXL_HIDDEN[1], intermediate_size=2 * TINY_SDXL_HIDDEN[1])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**first))
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(**second, projection_dim=TINY_SDXL_PROJECTION_DIM)
+    )
+    unet = UNet2DConditionModel(**tiny_sdxl_unet_config(in_channels))
+    scheduler = DDPMScheduler(**sd_scheduler_config(prediction_type))
+    return Components(
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        extras={"force_zeros_for_empty_prompt": True},
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        family="sdxl",
+        conditioning="none",
+    )

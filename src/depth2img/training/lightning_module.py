@@ -214,8 +214,12 @@ class Depth2ImgModule(pl.LightningModule):
             from depth2img.models.checkpointing_policy import enable_selective_checkpointing
 
             policy = "full" if gradient_checkpointing is True else str(gradient_checkpointing)
-            for module in self._trained_modules():
-                enable_selective_checkpointing(module, policy)
+            # Also frozen modules that gradients pass through (a ControlNet's base UNet).
+            names = getattr(
+                self.conditioner, "gradient_modules", (self.conditioner.trained_module,)
+            )
+            for name in names:
+                enable_selective_checkpointing(getattr(self, name), policy)
         if not enable_sdpa:
             from diffusers.models.attention_processor import AttnProcessor
 

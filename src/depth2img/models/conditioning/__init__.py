@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from depth2img.models.conditioning.base import TRAIN_MODES, Conditioner
 from depth2img.models.conditioning.concat import ConcatDepth
+from depth2img.models.conditioning.controlnet import ControlNetDepth
 from depth2img.models.conditioning.none import NoDepth
 
-CONDITIONERS: dict[str, Conditioner] = {c.name: c for c in (ConcatDepth(), NoDepth())}
+CONDITIONERS: dict[str, Conditioner] = {
+    c.name: c for c in (ConcatDepth(), NoDepth(), ControlNetDepth())
+}
 
 
 def register_conditioner(conditioner: Conditioner) -> Conditioner:

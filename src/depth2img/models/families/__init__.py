@@ -9,8 +9,9 @@ from pathlib import Path
 
 from depth2img.models.families.base import Family, ImageGeometry, PromptEmbeds
 from depth2img.models.families.sd import SDFamily
+from depth2img.models.families.sdxl import SDXLFamily
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (SDFamily(),)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (SDFamily(), SDXLFamily())}
 
 
 def register_family(family: Family) -> Family:
