@@ -1,7 +1,12 @@
 """Checkpoint -> diffusers folder that the model's vanilla pipeline loads.
 
 The pipeline class is the family's for the model's conditioner (SD + concat:
-``StableDiffusionDepth2ImgPipeline``; SD + none: ``StableDiffusionImg2ImgPipeline``).
+``StableDiffusionDepth2ImgPipeline``; SD + none: ``StableDiffusionImg2ImgPipeline``; SD +
+controlnet: ``StableDiffusionControlNetImg2ImgPipeline``; SDXL + controlnet:
+``StableDiffusionXLControlNetImg2ImgPipeline``). A ControlNet export is the base's parts plus
+``controlnet/``, which is also a standalone ControlNet folder (``ControlNetModel.from_pretrained``;
+the text-to-image ``StableDiffusion(XL)ControlNetPipeline`` loads the same folder for depth-only
+generation).
 
 The folder holds ``vae/ text_encoder/ tokenizer/ scheduler/`` from the checkpoint's base model,
 ``unet/`` with the trained (by default EMA) weights, LoRA merged, ``depth_estimator/`` +
@@ -109,5 +114,10 @@ def export_pipeline(
             "scaling_factor": components.scaling_factor,
             "has_depth_estimator": "depth_estimator" in components.extras,
         }
-        (tmp / DEPTH2IMG_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        record = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        (tmp / DEPTH2IMG_JSON).write_text(record)
+        if (tmp / "controlnet").is_dir():
+            # The ControlNet folder also stands alone (ControlNetModel.from_pretrained): it
+            # carries the depth convention and the base model it was trained on.
+            (tmp / "controlnet" / DEPTH2IMG_JSON).write_text(record)
     return out_dir

@@ -9,7 +9,10 @@ Sources:
   (override with ``base_model=`` when the checkpoint moved to another machine) with its family
   and conditioner, the trained module (the conditioner's, e.g. the UNet) gets the trained
   weights, by default the EMA weights (``ckpt["ema"]["shadow"]``); LoRA adapters are merged;
-- an exported folder (``depth2img-export``), any diffusers SD2-depth folder, or a hub id;
+- an exported folder (``depth2img-export``), any diffusers SD2-depth folder, or a hub id; a
+  ControlNet pipeline folder (base parts + ``controlnet/``);
+- a bare ControlNet folder (``ControlNetModel`` ``config.json`` + weights) on its base model
+  (``base_model=``, else the base its ``depth2img.json`` records);
 - ``shipped``: the tiny model under ``data/models/tiny-depth2img``.
 
 The depth convention (``DepthSpec``) comes from the checkpoint (``ckpt["depth2img"]``) or the
@@ -29,7 +32,7 @@ from depth2img.artifacts.weights import load_checkpoint_file
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.models.components import Components
 from depth2img.models.conditioning import get_conditioner
-from depth2img.models.loading import AUTO, build_components, load_components
+from depth2img.models.loading import AUTO, TINY_SOURCES, build_components, load_components
 from depth2img.paths import resolve_model_source
 
 DEPTH2IMG_JSON = "depth2img.json"
@@ -127,7 +130,7 @@ def _base_components(meta: CheckpointMeta, base_model: str | None, load_depth_es
             f"the checkpoint's base model {source!r} cannot be loaded ({err}). If the checkpoint "
             "was trained elsewhere, pass the base model folder with --base-model / base_model=."
         ) from err
-    if load_depth_estimator and source != "tiny":
+    if load_depth_estimator and source not in TINY_SOURCES:
         path = Path(resolve_model_source(source))
         if (path / "depth_estimator").is_dir():
             from depth2img.depth_estimation import load_depth_estimator_folder
@@ -205,6 +208,61 @@ def _load_checkpoint(path: Path, use_ema: bool, base_model, load_depth_estimator
     return components, spec, info
 
 
+def is_controlnet_folder(path: Path) -> bool:
+    """True for a bare ControlNet folder (``config.json`` of a ``ControlNetModel``, no pipeline)."""
+    config = path / "config.json"
+    if not path.is_dir() or (path / "model_index.json").is_file() or not config.is_file():
+        return False
+    return json.loads(config.read_text()).get("_class_name") == "ControlNetModel"
+
+
+def _load_controlnet_folder(path: Path, base_model: str | None, load_depth_estimator: bool):
+    """A bare ControlNet folder on its base (``base_model``, else the one its depth2img.json
+    records): base parts from the base, the ControlNet from the folder."""
+    from depth2img.models.conditioning.controlnet import load_controlnet
+
+    meta = read_depth2img_json(path)
+    base = base_model or meta.get("base_model")
+    if not base:
+        raise FileNotFoundError(
+            f"{path} is a ControlNet folder without its base model: pass the base model folder "
+            "(the text-to-image model it was trained on) with --base-model / base_model="
+        )
+    try:
+        components = build_components(
+            base, conditioning="none", family=meta.get("family"), seed=int(meta.get("seed", 0))
+        )
+    except ValueError as err:
+        raise ValueError(f"{base} cannot carry a depth ControlNet: {err}") from err
+    except OSError as err:
+        raise FileNotFoundError(
+            f"the ControlNet's base model {base!r} cannot be loaded ({err}): pass its folder "
+            "with --base-model / base_model="
+        ) from err
+    components.controlnet = load_controlnet(str(path))
+    get_conditioner("controlnet").attach(components)
+    if load_depth_estimator and base not in TINY_SOURCES:
+        base_path = Path(resolve_model_source(base))
+        if (base_path / "depth_estimator").is_dir():
+            from depth2img.depth_estimation import load_depth_estimator_folder
+
+            estimator, processor = load_depth_estimator_folder(base_path)
+            components.extras.update(depth_estimator=estimator, feature_extractor=processor)
+    info = {
+        "source": str(path),
+        "source_kind": "controlnet_folder",
+        "base_model": base,
+        "global_step": int(meta.get("global_step", -1)),
+        "epoch": int(meta.get("epoch", -1)),
+        "ema": bool(meta.get("ema", False)),
+        "train_mode": meta.get("train_mode", "full"),
+        "family": components.family,
+        "conditioning": components.conditioning,
+        "depth_kind": meta.get("depth_kind", "inverse"),
+    }
+    return components, DepthSpec.from_dict(meta.get("depth_spec")), info
+
+
 def read_depth2img_json(folder: str | Path) -> dict:
     """The ``depth2img.json`` of an exported folder ({} when absent)."""
     path = Path(folder) / DEPTH2IMG_JSON
@@ -245,6 +303,8 @@ def load_generator_components(
     path = Path(text)
     if path.is_file():
         components, spec, info = _load_checkpoint(path, use_ema, base_model, load_depth_estimator)
+    elif is_controlnet_folder(path):
+        components, spec, info = _load_controlnet_folder(path, base_model, load_depth_estimator)
     else:
         if text.endswith((".ckpt", ".pt", ".pth", ".safetensors")):
             raise FileNotFoundError(f"checkpoint not found: {text}")
@@ -286,9 +346,18 @@ def load_generator_components(
             "for concat). A 4-channel model is a text-to-image/img2img model: fine-tune it with "
             "recipe=convert (model.convert_to_depth=true) first"
         )
-    for module in components.networks.values():
+    for name, module in components.networks.items():
         # Cast only when needed: diffusers warns on every .to(dtype) of a loaded model.
-        module.to(device) if module.dtype == dtype else module.to(device=device, dtype=dtype)
+        # A VAE that overflows in fp16 (SDXL's: force_upcast) stays fp32, as in the pipelines.
+        wanted = dtype
+        if (
+            name == "vae"
+            and dtype == torch.float16
+            and components.family == "sdxl"
+            and module.config.get("force_upcast", False)
+        ):
+            wanted = torch.float32
+        module.to(device) if module.dtype == wanted else module.to(device=device, dtype=wanted)
         module.eval().requires_grad_(False)
     if "depth_estimator" in components.extras:
         # fp16/bf16 estimators are slow on CPU (6:35 vs 0:51 measured): low precision on GPU only.

@@ -103,6 +103,14 @@ def load_components(
             "unet/, scheduler/). With no network, download the weights elsewhere and pass the "
             "folder."
         ) from err
+    index = read_model_index(path) if is_local else {}
+    if (index.get("controlnet") or [None])[0] is not None and components.controlnet is None:
+        # A ControlNet pipeline folder (e.g. from depth2img-export): base parts + controlnet/.
+        from depth2img.models.conditioning.controlnet import load_controlnet
+
+        components.controlnet = load_controlnet(
+            path, subfolder="controlnet", revision=revision, local_files_only=local_only
+        )
     if prediction_type:
         components.scheduler = DDPMScheduler.from_config(
             components.scheduler.config, prediction_type=prediction_type
