@@ -232,3 +232,24 @@ def test_strength_one_starts_from_pure_noise_without_colour_leak(trained):
         **kwargs,
     )
     assert (leaky - depth_only).abs().max() > 0
+
+
+def test_generate_cli_serves_controlnet_models(trained, exported, tmp_path, capsys):
+    from depth2img.cli.generate import main as generate_main
+
+    source, _, ckpt = trained
+    depth = tmp_path / "scene.npy"
+    np.save(depth, _ramp(32, 32)[0, 0].numpy())
+    out = tmp_path / "out"
+    argv = ["--prompt", "a street", "--depth", str(depth), "--steps", "2", "--out", str(out)]
+    control = ["--controlnet-scale", "0.5", "--control-start", "0.0", "--control-end", "0.8"]
+    assert generate_main(["--model", str(exported), *argv, *control]) == 0
+    record = json.loads((out / "generations.jsonl").read_text().splitlines()[0])
+    assert record["controlnet_conditioning_scale"] == 0.5
+    assert record["control_guidance_end"] == 0.8
+    assert (out / record["file"]).is_file()
+    bad = ["--control-start", "0.9", "--control-end", "0.5"]
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main(["--model", str(ckpt), *argv, "--out", str(tmp_path / "b"), *bad])
+    assert exit_info.value.code == 2
+    assert "--control-start" in capsys.readouterr().err

@@ -121,6 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--scheduler", default="ddim", choices=SCHEDULER_NAMES, help="sampler (default: ddim)"
     )
+    s.add_argument(
+        "--controlnet-scale",
+        type=float,
+        default=1.0,
+        help="ControlNet models: scale of the ControlNet's residuals (default: 1.0)",
+    )
+    s.add_argument(
+        "--control-start",
+        type=float,
+        default=0.0,
+        help="ControlNet models: fraction of the steps before the ControlNet acts (default: 0)",
+    )
+    s.add_argument(
+        "--control-end",
+        type=float,
+        default=1.0,
+        help="ControlNet models: fraction of the steps after which it stops (default: 1)",
+    )
     s.add_argument("--num-images", type=int, default=1, help="images per input (default: 1)")
     s.add_argument("--height", type=int, default=None, help="output height, depth-only mode")
     s.add_argument("--width", type=int, default=None, help="output width, depth-only mode")
@@ -165,6 +183,11 @@ def _check_args(args, parser) -> str:
         parser.error("give both --height and --width (or neither: the input's size is used)")
     if not 0.0 < args.strength <= 1.0:
         parser.error(f"--strength must be in (0, 1], got {args.strength}")
+    if args.controlnet_scale < 0 or not 0.0 <= args.control_start < args.control_end <= 1.0:
+        parser.error(
+            "need --controlnet-scale >= 0 and 0 <= --control-start < --control-end <= 1, got "
+            f"{args.controlnet_scale}, {args.control_start}, {args.control_end}"
+        )
     out = Path(args.out)
     if (out / "generations.jsonl").exists() and not args.overwrite:
         parser.error(f"{out} already holds generations.jsonl: choose a new --out or --overwrite")
@@ -296,6 +319,9 @@ def run(args, parser) -> int:
             pure_noise_at_full_strength=not args.vanilla_full_strength,
             height=args.height,
             width=args.width,
+            controlnet_conditioning_scale=args.controlnet_scale,
+            control_guidance_start=args.control_start,
+            control_guidance_end=args.control_end,
         )
         for k, (image, params) in enumerate(zip(result.images, result.params)):
             file = f"{item['name']}_{k}.png"

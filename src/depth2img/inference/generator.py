@@ -198,6 +198,9 @@ class Depth2ImgGenerator:
         pure_noise_at_full_strength: bool = True,
         height: int | None = None,
         width: int | None = None,
+        controlnet_conditioning_scale: float = 1.0,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
     ) -> GenerationResult:
         """Generate one batch.
 
@@ -216,6 +219,9 @@ class Depth2ImgGenerator:
                 map is given, the estimated depth). Ignored without an image.
             num_images: images per input (prompts/images/depths are repeated).
             height, width: output size for depth-only generation (default: the depth's size).
+            controlnet_conditioning_scale, control_guidance_start, control_guidance_end: for
+                ControlNet models, the strength of the ControlNet and the fraction of the steps
+                it acts in (other models accept only the defaults 1.0, 0.0, 1.0).
 
         Returns:
             ``GenerationResult`` with B = inputs x num_images images.
@@ -261,6 +267,23 @@ class Depth2ImgGenerator:
         all_prompts = repeat(prompts)
         if init is None and height is None and width is None:
             height, width = depth_batch.shape[-2:]
+        control = {}
+        if self.components.controlnet is not None:
+            control = {
+                "controlnet_conditioning_scale": float(controlnet_conditioning_scale),
+                "control_guidance_start": float(control_guidance_start),
+                "control_guidance_end": float(control_guidance_end),
+            }
+        elif (controlnet_conditioning_scale, control_guidance_start, control_guidance_end) != (
+            1.0,
+            0.0,
+            1.0,
+        ):
+            raise InputError(
+                "the ControlNet settings (controlnet_conditioning_scale, control_guidance_start/"
+                "end; --controlnet-scale, --control-start/--control-end) apply to ControlNet "
+                f"models only; this model uses conditioning {self.components.conditioning!r}"
+            )
         out = generate(
             self.components,
             depth_batch,
@@ -278,6 +301,7 @@ class Depth2ImgGenerator:
             height=height,
             width=width,
             output="tensor",
+            **control,
         )
         arrays = (out.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype("uint8")
         pil_out = [Image.fromarray(a) for a in arrays]
@@ -294,6 +318,7 @@ class Depth2ImgGenerator:
             "depth_kind": depth_kind if depth_source == "given" else "inverse",
             "depth_source": depth_source,
             "depth_spec": self.depth_spec.to_dict(),
+            **control,
             "model": self.info.get("source"),
             "base_model": self.info.get("base_model"),
             "global_step": self.info.get("global_step"),
