@@ -127,6 +127,7 @@ class ImageGridCallback(pl.Callback):
                     depth_valid=(
                         batch["valid_mask"].to(device) if batch["valid_mask"] is not None else None
                     ),
+                    **getattr(pl_module, "generation_options", dict)(),
                 )
         finally:
             pl_module.train(was_training)

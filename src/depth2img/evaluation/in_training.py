@@ -164,6 +164,7 @@ class GenerationMetricsCallback(pl.Callback):
             scheduler_name=self.scheduler,
             depth_spec=pl_module.depth_spec,
             depth_valid=valid,
+            **getattr(pl_module, "generation_options", dict)(),
         )
         # One judge pass at its native resolution (what depth_rmse_cnpp divides by its max),
         # resized like judge(images) for the other metrics.

@@ -124,6 +124,8 @@ class Depth2ImgModule(pl.LightningModule):
         depth_spec: ``DepthSpec.to_dict()``; None = SD2 default.
         val_num_inference_steps, val_guidance_scale, val_seeds, image_log_every_n_steps: used
             by the image-grid / generation callbacks (read from ``pl_module.hparams``).
+        val_controlnet: ControlNet models: ``{conditioning_scale, guidance_start,
+            guidance_end}`` of validation images (None = 1.0, 0.0, 1.0).
         seed: seed of the tiny model's weights and of the validation noise.
     """
 
@@ -166,6 +168,7 @@ class Depth2ImgModule(pl.LightningModule):
         val_guidance_scale: float = 5.0,
         val_seeds: list[int] | None = None,
         image_log_every_n_steps: int | None = None,
+        val_controlnet: dict | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -280,6 +283,17 @@ class Depth2ImgModule(pl.LightningModule):
     def denoiser(self) -> Denoiser:
         """The one place the UNet is called (built per use: it only holds references)."""
         return Denoiser(self.components)
+
+    def generation_options(self) -> dict:
+        """Extra ``generate`` keyword arguments of validation images (a ControlNet's settings)."""
+        if self.controlnet is None:
+            return {}
+        control = dict(self.hparams.get("val_controlnet") or {})
+        return {
+            "controlnet_conditioning_scale": float(control.get("conditioning_scale", 1.0)),
+            "control_guidance_start": float(control.get("guidance_start", 0.0)),
+            "control_guidance_end": float(control.get("guidance_end", 1.0)),
+        }
 
     def _trained_modules(self) -> list[torch.nn.Module]:
         """Modules with trainable weights (the conditioner's trained module)."""
