@@ -253,3 +253,23 @@ def test_generate_cli_serves_controlnet_models(trained, exported, tmp_path, caps
         generate_main(["--model", str(ckpt), *argv, "--out", str(tmp_path / "b"), *bad])
     assert exit_info.value.code == 2
     assert "--control-start" in capsys.readouterr().err
+
+
+def test_export_with_depth_estimator_serves_depth_from_image(trained, tiny_judge_dir, tmp_path):
+    from depth2img.inference.generator import Depth2ImgGenerator
+
+    source, _, ckpt = trained
+    out = tmp_path / "with_estimator"
+    argv = [str(ckpt), "--out", str(out), "--depth-estimator", str(tiny_judge_dir)]
+    assert export_main(argv) == 0
+    assert (out / "depth_estimator").is_dir() and (out / "feature_extractor").is_dir()
+    pipe = PIPELINES[source][0].from_pretrained(out)  # vanilla still loads the folder
+    assert pipe.feature_extractor is None
+    generator = Depth2ImgGenerator.from_pretrained(out)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    from PIL import Image
+
+    pil = Image.fromarray(((image[0].permute(1, 2, 0) + 1) * 127.5).byte().numpy())
+    result = generator("a street", image=pil, strength=0.6, num_inference_steps=2, seed=0)
+    assert result.params[0]["depth_source"].startswith("estimated:")
+    assert result.images[0].size == (32, 32)

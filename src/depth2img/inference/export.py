@@ -94,6 +94,11 @@ def export_pipeline(
     )
     with atomic_directory(out_dir) as tmp:  # a crash keeps the previous export intact
         pipe.save_pretrained(tmp, safe_serialization=True)
+        if components.conditioning == "controlnet" and "depth_estimator" in components.extras:
+            # ControlNet pipelines have no depth-estimator slot: the estimator goes next to the
+            # pipeline (vanilla diffusers ignores it; our loader uses it for depth from image).
+            components.extras["depth_estimator"].save_pretrained(tmp / "depth_estimator")
+            components.extras["feature_extractor"].save_pretrained(tmp / "feature_extractor")
         meta = {
             "format_version": EXPORT_FORMAT_VERSION,
             "depth_spec": spec.to_dict(),
