@@ -112,3 +112,36 @@ def test_controlnet_needs_a_text_to_image_base():
     concat = build_components("tiny", conditioning="concat")
     with pytest.raises(ValueError, match="text-to-image base UNet"):
         get_conditioner("controlnet").attach(concat)
+
+
+def test_lora_controlnet_trains_its_new_layers_and_exports_merged(tmp_path):
+    from depth2img.inference.loading import load_generator_components
+    from depth2img.training.lightning_module import Depth2ImgModule
+
+    module = Depth2ImgModule(
+        model_source="tiny-sdxl", conditioning="controlnet", train_mode="lora", ema_decay=None
+    )
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable)
+    assert "controlnet.controlnet_mid_block.weight" in trainable  # zero conv can open
+    assert not any(n.startswith("unet.") for n in trainable)
+    with torch.no_grad():  # as if trained: adapters and zero convolutions non-zero
+        for name, param in module.controlnet.named_parameters():
+            if "lora_B" in name or "controlnet_" in name:
+                param.normal_(0, 0.1)
+    ckpt = {"state_dict": module.state_dict(), "global_step": 1, "epoch": 0}
+    module.on_save_checkpoint(ckpt)
+    assert all(k.startswith("controlnet.") for k in ckpt["state_dict"])
+    torch.save(ckpt, tmp_path / "lora.ckpt")
+    depth = torch.rand(1, 1, 16, 16)
+    kwargs = dict(seeds=[0], num_inference_steps=2, guidance_scale=3.0)
+    expected = generate(module.components, depth, ["a street"], **kwargs)
+    base_only = generate(
+        module.components, depth, ["a street"], controlnet_conditioning_scale=0.0, **kwargs
+    )
+    assert (expected - base_only).abs().max() > 1e-3
+    components, _, info = load_generator_components(tmp_path / "lora.ckpt")
+    assert info["train_mode"] == "lora"
+    assert not any("lora" in n for n, _ in components.controlnet.named_parameters())
+    got = generate(components, depth, ["a street"], **kwargs)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)

@@ -163,6 +163,18 @@ class ControlNetDepth(Conditioner):
             )
         super().attach(components, convert=convert)
 
+    #: layers a ControlNet adds to the copied encoder; with LoRA they train in full (the zero
+    #: convolutions start at 0, so adapters alone could never open the path to the UNet)
+    new_layers = ("controlnet_cond_embedding", "controlnet_down_blocks", "controlnet_mid_block")
+
+    def set_trainable(self, components: Components, train_mode: str, lora: dict | None) -> None:
+        """Base frozen; ``full`` trains the whole ControlNet, ``lora`` adapters on its attention
+        plus its new layers (conditioning embedding, zero convolutions)."""
+        super().set_trainable(components, train_mode, lora)
+        if train_mode == "lora":
+            for name in self.new_layers:
+                getattr(components.controlnet, name).requires_grad_(True)
+
     def condition(self, components, depth, latent_hw, valid=None, spec=None):
         """(B, 1, H', W') near-high depth -> (B, 3, H, W) control image in [0, 1] at the image
         size (latent size x VAE factor)."""
