@@ -273,3 +273,51 @@ def test_export_with_depth_estimator_serves_depth_from_image(trained, tiny_judge
     result = generator("a street", image=pil, strength=0.6, num_inference_steps=2, seed=0)
     assert result.params[0]["depth_source"].startswith("estimated:")
     assert result.images[0].size == (32, 32)
+
+
+def test_public_sdxl_folder_layout_trains_exports_and_reloads(tmp_path):
+    """A folder written by vanilla ``StableDiffusionXLPipeline.save_pretrained`` (the public
+    SDXL / SSD-1B layout: Euler scheduler, both tokenizers, text_encoder_2 with projection)
+    is a base for a depth ControlNet: load, one training step, export, reload."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from depth2img.models.tiny import sd_scheduler_config
+
+    parts = build_components("tiny-sdxl", conditioning="none")
+    scheduler = EulerDiscreteScheduler(
+        **{k: v for k, v in sd_scheduler_config().items() if k != "clip_sample"},
+        timestep_spacing="leading",
+    )
+    StableDiffusionXLPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        text_encoder_2=parts.text_encoder_2,
+        tokenizer=parts.tokenizer,
+        tokenizer_2=parts.tokenizer_2,
+        unet=parts.unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    ).save_pretrained(tmp_path / "sdxl")
+    module = Depth2ImgModule(
+        model_source=str(tmp_path / "sdxl"), conditioning="controlnet", ema_decay=None
+    )
+    assert module.family_name == "sdxl" and module.controlnet is not None
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path / "run",
+    )
+    data = list(_batches(1, sdxl=True))
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    assert export_main([str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "export")]) == 0
+    components, _, info = load_generator_components(tmp_path / "export")
+    assert info["family"] == "sdxl" and info["conditioning"] == "controlnet"
+    for key, value in components.controlnet.state_dict().items():
+        torch.testing.assert_close(value, module.controlnet.state_dict()[key], msg=key)
+    images = generate(components, _ramp(), "a street", seeds=[0], num_inference_steps=2)
+    assert images.shape == (1, 3, 32, 48) and torch.isfinite(images).all()
