@@ -145,3 +145,36 @@ def test_lora_controlnet_trains_its_new_layers_and_exports_merged(tmp_path):
     assert not any("lora" in n for n, _ in components.controlnet.named_parameters())
     got = generate(components, depth, ["a street"], **kwargs)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_gradient_checkpointing_on_controlnet_and_frozen_unet_keeps_gradients():
+    from depth2img.training.lightning_module import Depth2ImgModule
+
+    torch.manual_seed(0)
+    batch = {
+        "image": torch.rand(2, 3, 32, 32) * 2 - 1,
+        "depth": torch.rand(2, 1, 32, 32),
+        "caption": ["a street", ""],
+    }
+    grads = []
+    for checkpointing in (False, True):
+        module = Depth2ImgModule(
+            model_source="tiny-sdxl",
+            conditioning="controlnet",
+            ema_decay=None,
+            gradient_checkpointing=checkpointing,
+        )
+        assert module.unet.is_gradient_checkpointing is checkpointing
+        assert module.controlnet.is_gradient_checkpointing is checkpointing
+        with torch.no_grad():
+            for name, param in module.controlnet.named_parameters():
+                if "controlnet_" in name:
+                    param.copy_(torch.linspace(-0.1, 0.1, param.numel()).view_as(param))
+        noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+        loss = module.diffusion_loss(
+            batch, noise=noise, timesteps=torch.tensor([100, 800]), sample_latents=False
+        )
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.trainable_parameters()]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
