@@ -321,3 +321,38 @@ def test_public_sdxl_folder_layout_trains_exports_and_reloads(tmp_path):
         torch.testing.assert_close(value, module.controlnet.state_dict()[key], msg=key)
     images = generate(components, _ramp(), "a street", seeds=[0], num_inference_steps=2)
     assert images.shape == (1, 3, 32, 48) and torch.isfinite(images).all()
+
+
+def test_eval_cli_evaluates_controlnet_models(
+    trained, tiny_model_dir, street_eval_shards, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    _, _, ckpt = trained
+    out = tmp_path / "export"
+    assert export_main([str(ckpt), "--out", str(out)]) == 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "depth2img.cli.evaluate",
+        f"model_source={out}",
+        f"shards={street_eval_shards}",
+        f"depth_estimator.source={tiny_model_dir}",
+        f"eval.extractor_source={tiny_model_dir}",
+        f"out_dir={tmp_path / 'run'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "eval.num_samples=4",
+        "eval.steps=2",
+        "eval.batch_size=4",
+        "eval.num_grid=2",
+        "progress=false",
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["N"] == 4 and "eval/depth_absrel" in metrics["metrics"]
