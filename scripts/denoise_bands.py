@@ -21,8 +21,8 @@ from diffusers import DDPMScheduler
 
 from depth2img.data.datamodule import ShardDataModule
 from depth2img.inference.loading import load_generator_components
+from depth2img.inference.sampling import encode_prompts
 from depth2img.models.losses import training_target
-from depth2img.models.tiny_base.training import encode_latents, encode_text
 
 BANDS = ((0, 200), (200, 600), (600, 1000))
 
@@ -63,9 +63,10 @@ def band_errors(source: str, batch: dict, draws: int, seed: int) -> dict[str, fl
     """``{"lo-hi": mse}`` of model ``source`` on ``batch`` (same noise for every model)."""
     components, spec, _ = load_generator_components(source, load_depth_estimator=False)
     scheduler = DDPMScheduler.from_config(components.scheduler.config)
-    latents = encode_latents(components.vae, batch["image"]) * components.scaling_factor
+    # Posterior mean (no sampling noise), like the demo's latent cache.
+    latents = components.vae.encode(batch["image"]).latent_dist.mean * components.scaling_factor
     depth = spec.to_latent_condition(batch["depth"], tuple(latents.shape[-2:]))
-    text = encode_text(components.tokenizer, components.text_encoder, batch["caption"])
+    text = encode_prompts(components, batch["caption"])
     generator = torch.Generator().manual_seed(seed)
     errors = {}
     for lo, hi in BANDS:

@@ -2,7 +2,7 @@
 
 import torch
 
-from depth2img.models.tiny_base.stage_cache import StageCache, fingerprint
+from tools.build_tiny_base.stage_cache import StageCache, fingerprint
 
 
 def _train_linear(seed: int) -> torch.nn.Linear:

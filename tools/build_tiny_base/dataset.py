@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.synthetic import CONDITIONS, DOMAINS, iter_samples
+from depth2img.data.synthetic.procedural import render_dense_aerial, render_procedural
 
 # Held-out scenes start far past any training scene index, so no geometry is shared.
 HELDOUT_START = 100_000
@@ -80,6 +81,46 @@ def render_set(
                 bar.update()
     return RenderedSet(
         np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
+    )
+
+
+def render_extra(
+    kind: str, count: int, size: int, seed: int, start: int = 0, desc: str | None = None
+) -> RenderedSet:
+    """Render ``count`` layout-free scenes: ``kind`` is "procedural" (random primitives and
+    ramps, ``render_procedural``) or "aerial-dense" (dense towns, ``render_dense_aerial``)."""
+    render = {"procedural": render_procedural, "aerial-dense": render_dense_aerial}[kind]
+    spec = DepthSpec()
+    images, depths, captions, domains, scene_ids = [], [], [], [], []
+    for i in tqdm(range(count), desc=desc or f"render {kind}", unit="img"):
+        sample = render(start + i, size, seed)
+        normalized, _ = spec.normalize(torch.from_numpy(sample.depth)[None], sample.depth_kind)
+        images.append(sample.image)
+        depths.append(normalized[0].numpy())
+        captions.append(sample.caption)
+        domains.append(sample.domain)
+        scene_ids.append(sample.scene_id)
+    if not images:
+        return RenderedSet(
+            np.zeros((0, size, size, 3), np.uint8),
+            np.zeros((0, size, size), np.float32),
+            [],
+            [],
+            [],
+        )
+    return RenderedSet(
+        np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
+    )
+
+
+def concat(*sets: RenderedSet) -> RenderedSet:
+    """One set with the samples of ``sets`` in order."""
+    return RenderedSet(
+        np.concatenate([s.images for s in sets]),
+        np.concatenate([s.depth for s in sets]),
+        [c for s in sets for c in s.captions],
+        [d for s in sets for d in s.domains],
+        [i for s in sets for i in s.scene_ids],
     )
 
 

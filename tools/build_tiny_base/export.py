@@ -19,12 +19,13 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation
+from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel
 
 from depth2img.artifacts.checksums import verify_manifest, write_manifest
 from depth2img.models.tiny import sd_scheduler_config
-from depth2img.models.tiny_base import configs
 from depth2img.paths import SHIPPED_MODELS
+
+from . import configs
 
 DEPTH_FOLDER = SHIPPED_MODELS["shipped"]
 BASE_FOLDER = SHIPPED_MODELS["shipped-base"]
@@ -52,7 +53,7 @@ def save_pipelines(
     tokenizer: CLIPTokenizer,
     base_unet: UNet2DConditionModel,
     depth_unet: UNet2DConditionModel,
-    judge: DPTForDepthEstimation,
+    judge: PreTrainedModel,
 ) -> tuple[Path, Path]:
     """Save both pipelines under ``out`` with checksum manifests; return their folders."""
     scheduler = DDIMScheduler.from_config(sd_scheduler_config())

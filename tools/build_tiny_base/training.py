@@ -1,51 +1,68 @@
 """One training loop per network of the tiny base model (CPU, deterministic by seed).
 
-All loops take in-memory tensors (see ``dataset.RenderedSet``), draw batches with their own
+The loops reuse the library's training pieces, so the tiny base is trained by the same rules as
+a fine-tune: ``depth2img.models.losses`` (noise, min-SNR weights, regression target, loss),
+``depth2img.models.ema.EMA`` and ``depth2img.models.optim`` (AdamW, warm-up + cosine). All
+loops take in-memory tensors (see ``dataset.RenderedSet``), draw batches with their own
 ``torch.Generator`` and show a tqdm bar with the running loss.
+
+Every UNet call of the build goes through :func:`unet_prediction` (one place to swap when the
+library's denoiser takes over).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
-    DPTConfig,
-    DPTForDepthEstimation,
+    GLPNConfig,
+    GLPNForDepthEstimation,
 )
 
-from depth2img.models.tiny_base import configs
-from depth2img.models.tiny_base.metrics import resize_prediction
+from depth2img.data.synthetic.augment import augment_pair
+from depth2img.models.ema import EMA
+from depth2img.models.losses import (
+    compute_snr,
+    min_snr_weights,
+    sample_noise,
+    training_target,
+    weighted_mse,
+)
+from depth2img.models.optim import build_optimizer, build_scheduler
 from depth2img.models.tokenizer import build_clip_tokenizer, words_from_texts
 
+from . import configs
 
-def lr_lambda(total_steps: int, warmup: int = 50) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 10 % of the peak learning rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
+WARMUP_STEPS = 50
+MIN_LR_RATIO = 0.1  # cosine decay to 10 % of the peak learning rate
+WEIGHT_DECAY = 1e-4
 
 
 def _optimizer(model: torch.nn.Module, lr: float, steps: int):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps))
+    """Library AdamW + linear warm-up and cosine decay to ``MIN_LR_RATIO`` of ``lr``."""
+    opt = build_optimizer(model.parameters(), lr, weight_decay=WEIGHT_DECAY)
+    sched = build_scheduler(opt, WARMUP_STEPS, "cosine", steps, MIN_LR_RATIO)
+    return opt, sched
 
 
 def _flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Horizontally flip the samples of ``x`` (B, C, H, W) where ``flip`` (B,) is True."""
     return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+
+
+def resize_prediction(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W) bilinear (a judge may output at another size than its input)."""
+    if tuple(pred.shape[-2:]) == tuple(size):
+        return pred
+    return F.interpolate(pred[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 # ------------------------------------------------------------------------------------ text
@@ -71,28 +88,6 @@ def build_text_model(captions: list[str], seed: int) -> tuple[CLIPTokenizer, CLI
     )
     text_encoder = CLIPTextModel(config).eval().requires_grad_(False)
     return tokenizer, text_encoder
-
-
-@torch.no_grad()
-def encode_text(
-    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str], batch: int = 256
-) -> torch.Tensor:
-    """Embed texts exactly like the diffusers SD pipelines do (max-length padding, no mask).
-
-    Returns:
-        (N, max_length, hidden) float32 last hidden states.
-    """
-    out = []
-    for i in range(0, len(texts), batch):
-        ids = tokenizer(
-            texts[i : i + batch],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        out.append(text_encoder(ids)[0])
-    return torch.cat(out)
 
 
 # ------------------------------------------------------------------------------------- VAE
@@ -161,22 +156,20 @@ def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch: int = 64) -> to
     return torch.cat(out)
 
 
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2). Shapes (B, C, H, W) -> (B,)."""
+    mse = (reconstruction.clamp(-1, 1) - target).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-12))
+
+
 # ----------------------------------------------------------------------------------- judge
 
 
-def build_judge(seed: int) -> DPTForDepthEstimation:
-    """A fresh tiny DPT whose output starts at ~0.5 (the middle of the [0, 1] target).
-
-    The DPT head ends in ReLU and its last conv starts near zero, so a fresh model outputs
-    exactly 0 almost everywhere and gets no gradient (it never learned in a first try). A
-    positive bias on the last conv keeps the ReLU active from the first step.
-    """
+def build_judge(seed: int) -> GLPNForDepthEstimation:
+    """A fresh tiny GLPN (hierarchical, convolutional patch embeddings, no absolute position
+    embedding, so where a pixel sits in the frame is hard to memorize)."""
     torch.manual_seed(seed)
-    judge = DPTForDepthEstimation(DPTConfig(**configs.judge_config()))
-    last_conv = [m for m in judge.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    with torch.no_grad():
-        last_conv.bias.fill_(0.5)
-    return judge
+    return GLPNForDepthEstimation(GLPNConfig(**configs.judge_config()))
 
 
 def _median_mad_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +187,7 @@ def ssi_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Unlike a least-squares alignment, the median/MAD scale is always positive, so an inverted
     (far-is-high) prediction is penalized (a first version with least squares learned street
     depth upside down). A small direct L1 term keeps the raw output in the target's [0, 1]
-    range, so the ReLU at the end of the DPT head stays active.
+    range (the GLPN head ends in a sigmoid).
     """
     p, t = _median_mad_normalize(pred), _median_mad_normalize(target)
     grad = (p.diff(dim=-1) - t.diff(dim=-1)).abs().mean() + (
@@ -203,9 +196,7 @@ def ssi_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (p - t).abs().mean() + 0.5 * grad + 0.1 * (pred - target).abs().mean()
 
 
-def predict_depth(
-    judge: DPTForDepthEstimation, images: torch.Tensor, batch: int = 64
-) -> torch.Tensor:
+def predict_depth(judge: torch.nn.Module, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """(N, 3, H, W) in [-1, 1] (= the processor's output) -> (N, H, W) near-is-high depth."""
     out = []
     with torch.no_grad():
@@ -218,29 +209,32 @@ def predict_depth(
 
 def train_judge(
     images: torch.Tensor, depth: torch.Tensor, cfg: configs.BuildConfig
-) -> tuple[DPTForDepthEstimation, list[float]]:
-    """Train the tiny DPT to predict near-is-high relative depth.
+) -> tuple[GLPNForDepthEstimation, list[float]]:
+    """Train the judge to predict near-is-high relative depth, with geometric augmentation.
+
+    Every batch is rotated by multiples of 90 deg, mirrored and (half of it) cropped off-centre
+    and rescaled, image and depth together (``depth2img.data.synthetic.augment``), so no layout
+    is a shortcut.
 
     Args:
-        images: (N, 3, H, W) in [-1, 1] (what ``DPTImageProcessor`` with mean/std 0.5 gives).
+        images: (N, 3, H, W) in [-1, 1] (what the judge's processor gives).
         depth: (N, 1, H, W) model-convention depth in [-1, 1]; the target is ``(d + 1) / 2``.
     """
     judge = build_judge(cfg.seed + 2)
     judge.train()
     opt, sched = _optimizer(judge, cfg.judge_lr, cfg.judge_steps)
     gen = torch.Generator().manual_seed(cfg.seed + 3)
-    target_all = (depth[:, 0] + 1.0) / 2.0  # [N, H, W] in [0, 1]
     history = []
     bar = tqdm(range(cfg.judge_steps), desc="train depth judge", unit="step")
     for _ in bar:
         idx = torch.randint(0, len(images), (cfg.judge_batch,), generator=gen)
-        flip = torch.rand(cfg.judge_batch, generator=gen) < 0.5
-        x = _flip(images[idx], flip)
-        target = _flip(target_all[idx][:, None], flip)[:, 0]
+        x, d, _ = augment_pair(images[idx], depth[idx], gen, cfg.judge_crop_probability)
+        target = (d[:, 0] + 1.0) / 2.0
         pred = resize_prediction(judge(pixel_values=x).predicted_depth, target.shape[-2:])
         loss = ssi_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(judge.parameters(), 1.0)
         opt.step()
         sched.step()
         history.append(loss.item())
@@ -254,6 +248,25 @@ def train_judge(
 def build_base_unet(seed: int) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(**configs.unet_config(in_channels=4))
+
+
+def unet_prediction(
+    unet: UNet2DConditionModel,
+    noisy: torch.Tensor,
+    timesteps: torch.Tensor,
+    text: torch.Tensor,
+    depth: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The build's only UNet call: noise (or v) prediction for ``noisy`` latents.
+
+    Args:
+        noisy: (B, 4, h, w) noised scaled latents; timesteps: (B,) ints.
+        text: (B, L, D) caption embeddings.
+        depth: (B, 1, h, w) depth condition in [-1, 1] (``DepthSpec.to_latent_condition``) for a
+            5-channel UNet; None for the 4-channel parent.
+    """
+    model_in = noisy if depth is None else torch.cat([noisy, depth], dim=1)
+    return unet(model_in, timesteps, encoder_hidden_states=text).sample
 
 
 def train_unet(
@@ -273,54 +286,50 @@ def train_unet(
     min_snr_gamma: float = 5.0,
     desc: str = "train UNet",
 ) -> tuple[UNet2DConditionModel, list[float]]:
-    """Epsilon/v-prediction training on cached latents (min-SNR weighted), returning the EMA.
+    """Diffusion training on cached latents (library loss, min-SNR weights, EMA, optimizer).
 
     Args:
         unet: 4-channel (text-to-image) or 5-channel (latents + depth) UNet, trained in place.
-        latents: (2, N, C, h, w) *scaled* latents of the images and of their mirror images.
+        latents: (V, N, C, h, w) *scaled* latents of V views of each image (e.g. the image and
+            geometrically augmented copies); each step picks a random view per sample.
         text_emb: (N, L, D) caption embeddings; uncond_emb: (1, L, D) embedding of "".
         scheduler: provides the noise schedule and ``prediction_type``.
-        depth: (2, N, 1, h, w) depth channel in [-1, 1] matching ``latents`` (depth UNet only).
-        min_snr_gamma: the loss of timestep t is weighted by min(SNR_t, gamma) / SNR_t (eps) or
-            min(SNR_t, gamma) / (SNR_t + 1) (v-prediction).
+        depth: (V, N, 1, h, w) depth channel in [-1, 1] matching ``latents`` (depth UNet only).
+
+    Returns:
+        The EMA weights (a copy of ``unet``) and the loss history.
     """
     unet.train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    ema = EMA([(n, p) for n, p in unet.named_parameters() if p.requires_grad], ema_decay)
     opt, sched = _optimizer(unet, lr, steps)
     gen = torch.Generator().manual_seed(seed)
-    n = latents.shape[1]
-    alphas_cumprod = scheduler.alphas_cumprod.float()
+    views, n = latents.shape[:2]
     history = []
     bar = tqdm(range(steps), desc=desc, unit="step")
-    for step in bar:
+    for _ in bar:
         idx = torch.randint(0, n, (batch,), generator=gen)
-        flip = torch.randint(0, 2, (batch,), generator=gen)
-        x0 = latents[flip, idx]  # [B, C, h, w]
-        noise = torch.randn(x0.shape, generator=gen)
+        view = torch.randint(0, views, (batch,), generator=gen)
+        x0 = latents[view, idx]  # [B, C, h, w]
+        noise = sample_noise(x0, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
         noisy = scheduler.add_noise(x0, noise, t)
         drop = torch.rand(batch, generator=gen) < caption_dropout
         cond = torch.where(drop.view(-1, 1, 1), uncond_emb.expand(batch, -1, -1), text_emb[idx])
-        model_in = noisy if depth is None else torch.cat([noisy, depth[flip, idx]], dim=1)
-        pred = unet(model_in, t, encoder_hidden_states=cond).sample
-        if scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(x0, noise, t)
-        else:
-            target = noise
-        # Min-SNR-5 weighting (Hang et al. 2023): converges several times faster than plain MSE.
-        snr = alphas_cumprod[t] / (1.0 - alphas_cumprod[t])
-        clipped = snr.clamp(max=min_snr_gamma)
-        weight = clipped / snr if target is noise else clipped / (snr + 1.0)
-        loss = (weight * (pred - target).pow(2).flatten(1).mean(1)).mean()
+        pred = unet_prediction(unet, noisy, t, cond, None if depth is None else depth[view, idx])
+        weights = min_snr_weights(
+            compute_snr(scheduler, t), min_snr_gamma, scheduler.config.prediction_type
+        )
+        loss = weighted_mse(pred, training_target(scheduler, x0, noise, t), weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))  # warm-up so early EMA is not stale
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                p_ema.lerp_(p, 1.0 - decay)
+        ema.update(params)
         history.append(loss.item())
         bar.set_postfix(loss=f"{sum(history[-100:]) / len(history[-100:]):.4f}")
-    return ema, history
+    averaged = copy.deepcopy(unet).eval().requires_grad_(False)
+    named = dict(averaged.named_parameters())
+    ema.copy_to([named[name] for name in ema.names])
+    return averaged, history

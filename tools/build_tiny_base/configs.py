@@ -1,4 +1,4 @@
-"""Architectures and step budgets of the shipped tiny base model.
+"""Architectures and step budgets of the shipped tiny base model (``tools/build_tiny_base``).
 
 Sizes are picked for a 2-core CPU: 64 px images, a VAE with down-sampling factor 4 (16x16x4
 latents), ~2 M-parameter UNets. ``BuildConfig.quick()`` is a smoke-test budget (~1-2 minutes);
@@ -63,18 +63,23 @@ def unet_config(in_channels: int = 4) -> dict:
 
 
 def judge_config() -> dict:
-    """DPTForDepthEstimation: ViT 4 x 64 wide, patch 8 at 64 px (output 128 px), ~0.45 M params."""
+    """GLPNForDepthEstimation: 4 stages (16x16 .. 2x2 tokens at 64 px), 24-160 wide, ~1.4 M
+    parameters, output at the input size in [0, 1] (sigmoid head, near = 1).
+
+    GLPN instead of the first build's tiny DPT: its overlapping convolutional patch embeddings
+    and depth-wise convolutions read local shading, and it has no absolute position embedding
+    (the DPT's let it memorize each domain's layout)."""
     return dict(
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=128,
-        image_size=IMAGE_SIZE,
-        patch_size=8,
-        backbone_out_indices=[0, 1, 2, 3],
-        neck_hidden_sizes=[16, 32, 64, 64],
-        fusion_hidden_size=32,
-        reassemble_factors=[4, 2, 1, 0.5],
+        num_encoder_blocks=4,
+        depths=[2, 2, 2, 2],
+        sr_ratios=[4, 2, 1, 1],
+        hidden_sizes=[24, 48, 96, 160],
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        num_attention_heads=[1, 2, 4, 4],
+        mlp_ratios=[4, 4, 4, 4],
+        decoder_hidden_size=48,
+        max_depth=1,
         head_in_index=-1,
     )
 
@@ -111,9 +116,19 @@ class BuildConfig:
     vae_batch: int = 8
     vae_crop: int = 32  # random crops keep the VAE cheap; it is fully convolutional
     vae_lr: float = 1e-3
-    judge_steps: int = 800
-    judge_batch: int = 8
+    judge_steps: int = 2000
+    judge_batch: int = 16
     judge_lr: float = 1e-3
+    judge_crop_probability: float = 0.5  # share of judge batches cropped off-centre + rescaled
+    # Extra judge data without a fixed layout (data/synthetic/procedural.py).
+    judge_procedural: int = 800  # random primitives and ramps, random roll
+    judge_dense_aerial: int = 600  # dense towns: heights carried by shading and shadows
+    # Depth stage: procedural scenes in the mix and augmented views of every image.
+    depth_procedural: int = 600
+    depth_views: int = 3  # the image + (views - 1) geometrically augmented copies
+    # Depth-following check: held-out scenes per domain (x 3 rotations) and captions per probe.
+    following_scenes: int = 6
+    following_probe_captions: int = 2
     base_steps: int = 1000
     depth_steps: int = 4000
     unet_batch: int = 16
@@ -140,6 +155,12 @@ class BuildConfig:
             vae_batch=4,
             judge_steps=30,
             judge_batch=4,
+            judge_procedural=16,
+            judge_dense_aerial=8,
+            depth_procedural=8,
+            depth_views=2,
+            following_scenes=3,
+            following_probe_captions=1,
             base_steps=30,
             depth_steps=30,
             unet_batch=8,

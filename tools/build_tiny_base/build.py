@@ -1,0 +1,451 @@
+"""Rebuild the shipped tiny depth2img base model (data/models/) from synthetic scenes, on CPU.
+
+Steps: render data (domains + layout-free procedural scenes) -> tokenizer + frozen random text
+encoder -> VAE -> 4-channel base UNet (or all three from ``--parent``) -> depth judge with
+geometric augmentation -> widen the base to 5 channels -> depth UNet on augmented views ->
+diffusers folders + checksums -> load checks -> judge report, depth following, samples.png ->
+README.md + build_info.json.
+
+Examples:
+    python -m tools.build_tiny_base --out /tmp/tiny --preset quick          # smoke (~3 min*)
+    python -m tools.build_tiny_base --out data/models --parent data/models/tiny-sd-base \\
+        --cache-dir /work/build_cache                                        # shipped (~45 min*)
+
+* one torch thread on a 2-core machine shared with other jobs.
+``--parent`` keeps an existing text-to-image parent (VAE, text encoder, tokenizer, base UNet)
+instead of training one, so fine-tuning recipes tuned on it stay valid. ``--cache-dir`` reuses
+trained stages (judge, depth UNet, and VAE/base without ``--parent``) whose data, settings and
+code are unchanged. ``--depth-unet DIR`` takes the depth UNet from an existing depth2img folder
+(rebuild only the judge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer, GLPNConfig, GLPNForDepthEstimation
+
+from depth2img.data.depth_spec import DepthSpec
+from depth2img.data.synthetic import DOMAINS
+from depth2img.data.synthetic.augment import apply_geometric, random_params
+from depth2img.depth_estimation import DepthEstimator
+from depth2img.evaluation.depth_metrics import batch_depth_metrics
+from depth2img.evaluation.priors import mean_depth_map
+from depth2img.inference.sampling import encode_prompts
+from depth2img.models.components import Components, load_components, sd_scheduler_config
+from depth2img.models.conversion import expand_unet_input_channels
+
+from . import configs, dataset, export, judge_eval, report, samples, training
+from .stage_cache import StageCache, fingerprint
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.build_tiny_base",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, default=Path("data/models"), help="output folder")
+    parser.add_argument(
+        "--preset",
+        choices=("quick", "draft", "full"),
+        default="full",
+        help="budget preset: quick (smoke test), draft, full (the shipped model)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy box)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="reuse trained stages from here when their inputs, settings and code are unchanged",
+    )
+    parser.add_argument(
+        "--parent",
+        type=Path,
+        default=None,
+        help="existing text-to-image folder (e.g. data/models/tiny-sd-base) whose VAE, text "
+        "encoder, tokenizer and UNet are kept instead of trained",
+    )
+    parser.add_argument(
+        "--depth-unet",
+        type=Path,
+        default=None,
+        help="existing depth2img folder whose depth UNet is kept (rebuild only the judge)",
+    )
+    parser.add_argument(
+        "--steps-scale",
+        type=float,
+        default=1.0,
+        help="multiply every training step count (e.g. 0.5 on a slow machine)",
+    )
+    return parser.parse_args(argv)
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _fields(cfg: configs.BuildConfig, *names: str) -> dict:
+    """The BuildConfig fields a stage depends on (part of its cache key)."""
+    values = cfg.to_dict()
+    return {name: values[name] for name in names}
+
+
+def _check_folder(path: Path | None, what: str, parts: tuple[str, ...]) -> str | None:
+    """An error line when ``path`` lacks one of the diffusers subfolders ``parts``."""
+    if path is None:
+        return None
+    missing = [p for p in parts if not (path / p).is_dir()]
+    if missing:
+        return f"error: {what} {path} lacks {', '.join(missing)}/: pass a diffusers model folder"
+    return None
+
+
+def augmented_views(
+    images: torch.Tensor, depth: torch.Tensor, views: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and ``views - 1`` geometrically augmented copies (rotation, mirror, off-centre
+    crop + rescale; image and depth together).
+
+    Args:
+        images: (N, 3, H, W) in [-1, 1]; depth: (N, 1, H, W) in [-1, 1].
+
+    Returns:
+        (V, N, 3, H, W) images and (V, N, 1, H, W) depth; view 0 is the input.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out_images, out_depth = [images], [depth]
+    for _ in range(views - 1):
+        params = [random_params(images.shape[-1], gen) for _ in range(len(images))]
+        out_images.append(torch.stack([apply_geometric(x, p) for x, p in zip(images, params)]))
+        out_depth.append(torch.stack([apply_geometric(d, p) for d, p in zip(depth, params)]))
+    return torch.stack(out_images), torch.stack(out_depth)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for message in (
+        "error: --steps-scale must be > 0" if args.steps_scale <= 0 else None,
+        "error: --threads must be >= 1" if args.threads < 1 else None,
+        _check_folder(args.parent, "--parent", ("vae", "text_encoder", "tokenizer", "unet")),
+        _check_folder(args.depth_unet, "--depth-unet", ("unet",)),
+    ):
+        if message:
+            print(message, file=sys.stderr)
+            return 2
+    cfg = getattr(configs.BuildConfig, args.preset)(args.seed)
+    cfg.num_threads = args.threads
+    for name in ("vae_steps", "judge_steps", "base_steps", "depth_steps"):
+        setattr(cfg, name, max(1, round(getattr(cfg, name) * args.steps_scale)))
+    torch.set_num_threads(cfg.num_threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = tick = time.time()
+
+    def lap(name: str) -> None:
+        nonlocal tick
+        timings[name] = round(time.time() - tick, 1)
+        tick = time.time()
+        print(f"[build] {name}: {timings[name]:.0f} s", flush=True)
+
+    # 1. data, rendered once into memory
+    train = dataset.render_set(cfg.train_samples, cfg.image_size, cfg.seed, desc="render train")
+    n_procedural = max(cfg.judge_procedural, cfg.depth_procedural)
+    procedural = dataset.render_extra("procedural", n_procedural, cfg.image_size, cfg.seed)
+    dense = dataset.render_extra("aerial-dense", cfg.judge_dense_aerial, cfg.image_size, cfg.seed)
+    held = dataset.render_heldout(cfg.heldout_samples, cfg.image_size, cfg.seed)
+    lap("render")
+    images, depth = train.images_tensor(), train.depth_tensor()  # [N,3,H,W], [N,1,H,W]
+    held_images, held_depth = held.images_tensor(), held.depth_tensor()
+    cache = StageCache(args.cache_dir)
+    reused: dict[str, bool] = {}  # stage -> loaded from the cache instead of trained
+    data_key = fingerprint(images, depth, train.captions, cfg.seed)
+
+    # 2-4. text, VAE, base UNet: kept from --parent, or trained
+    mix = dataset.unet_mix_index(train.domains, cfg.unet_aerial_fraction, cfg.seed)
+    scheduler = DDPMScheduler(**sd_scheduler_config())
+    unet_kwargs = dict(batch=cfg.unet_batch, ema_decay=cfg.ema_decay)
+    if args.parent is not None:
+        vae = AutoencoderKL.from_pretrained(args.parent, subfolder="vae").eval()
+        tokenizer = CLIPTokenizer.from_pretrained(args.parent, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(args.parent, subfolder="text_encoder").eval()
+        base_unet = UNet2DConditionModel.from_pretrained(args.parent, subfolder="unet").eval()
+        for module in (vae, text_encoder, base_unet):
+            module.requires_grad_(False)
+        scaling = float(vae.config.scaling_factor)
+        base_key = fingerprint("parent", [p.detach() for p in base_unet.parameters()])
+        lap("parent")
+    else:
+        tokenizer, text_encoder = training.build_text_model(
+            train.captions + procedural.captions, cfg.seed
+        )
+        lap("text")
+        vae_key = fingerprint(
+            "vae",
+            data_key,
+            _fields(cfg, "vae_steps", "vae_batch", "vae_crop", "vae_lr"),
+            [training.train_vae, training._optimizer, configs.vae_config],
+        )
+        vae, reused["vae"] = cache.run(
+            "vae",
+            vae_key,
+            build=lambda: AutoencoderKL(**configs.vae_config()),
+            train=lambda: training.train_vae(images, cfg)[0],
+        )
+        scaling = training.set_scaling_factor(vae, training.encode_latents(vae, images))
+        lap("vae")
+    components = Components(
+        vae, text_encoder, tokenizer, base_unet if args.parent else None, scheduler
+    )
+    psnr = training.psnr(training.reconstruct(vae, held_images), held_images)
+    vae_psnr = {
+        d: float(psnr[[i for i, x in enumerate(held.domains) if x == d]].mean()) for d in DOMAINS
+    }
+    print(f"[build] VAE PSNR {vae_psnr}, scaling_factor {scaling:.4f}", flush=True)
+
+    # UNet data: the domain mix (+ a few aerial) and procedural scenes, each as `depth_views`
+    # views (the image and geometrically augmented copies), encoded once.
+    unet_set = dataset.concat(train.subset(mix), procedural.subset(np.arange(cfg.depth_procedural)))
+    view_images, view_depth = augmented_views(
+        unet_set.images_tensor(), unet_set.depth_tensor(), cfg.depth_views, cfg.seed + 7
+    )
+    latents = torch.stack([training.encode_latents(vae, v) for v in view_images]) * scaling
+    latent_hw = tuple(latents.shape[-2:])
+    depth_cond = torch.stack([DepthSpec().to_latent_condition(d, latent_hw) for d in view_depth])
+    text_emb = encode_prompts(components, unet_set.captions)
+    uncond = encode_prompts(components, [""])
+    unet_code = [training.train_unet, training.unet_prediction, training._optimizer]
+    unet_code += [configs.unet_config]
+    if args.parent is None:
+        n_base = len(mix)  # the base UNet sees the domain mix only (no augmentation, as before)
+        base_key = fingerprint(
+            "base",
+            [latents[:, :n_base], text_emb[:n_base], uncond, sd_scheduler_config()],
+            _fields(cfg, "seed", "base_steps", "unet_lr", "unet_batch", "caption_dropout"),
+            _fields(cfg, "ema_decay"),
+            unet_code + [training.build_base_unet],
+        )
+        base_unet, reused["base_unet"] = cache.run(
+            "base_unet",
+            base_key,
+            build=lambda: UNet2DConditionModel(**configs.unet_config(in_channels=4)),
+            train=lambda: training.train_unet(
+                training.build_base_unet(cfg.seed + 4),
+                latents[:1, :n_base],
+                text_emb[:n_base],
+                uncond,
+                scheduler,
+                steps=cfg.base_steps,
+                lr=cfg.unet_lr,
+                seed=cfg.seed + 5,
+                caption_dropout=cfg.caption_dropout,
+                desc="train base UNet",
+                **unet_kwargs,
+            )[0],
+        )
+        lap("base")
+    else:
+        lap("encode")
+
+    # 5. depth judge: every domain + procedural scenes + dense towns, augmented per batch
+    judge_set = dataset.concat(train, procedural.subset(np.arange(cfg.judge_procedural)), dense)
+    judge_images, judge_depth = judge_set.images_tensor(), judge_set.depth_tensor()
+    judge_key = fingerprint(
+        "judge",
+        fingerprint(judge_images, judge_depth, cfg.seed),
+        {k: v for k, v in cfg.to_dict().items() if k.startswith("judge")},
+        [training.train_judge, training.build_judge, training.ssi_loss, configs.judge_config],
+        [training._median_mad_normalize, training._optimizer, training.resize_prediction],
+        [random_params, apply_geometric],
+    )
+    judge, reused["judge"] = cache.run(
+        "judge",
+        judge_key,
+        build=lambda: GLPNForDepthEstimation(GLPNConfig(**configs.judge_config())),
+        train=lambda: training.train_judge(judge_images, judge_depth, cfg)[0],
+    )
+    pred = training.predict_depth(judge, held_images)
+    judge_metrics = {}
+    for d in DOMAINS:
+        sel = [i for i, x in enumerate(held.domains) if x == d]
+        rows = batch_depth_metrics(list(pred[sel].numpy()), list(held_depth[sel, 0].numpy()))
+        judge_metrics[d] = {
+            k: round(float(np.nanmean([r[f"depth_{k}"] for r in rows])), 4)
+            for k in ("absrel", "delta1", "spearman")
+        }
+    print(f"[build] judge (upright held-out) {judge_metrics}", flush=True)
+    lap("judge")
+
+    # 6. widen to latents + depth (zero-init, bias kept) and train on the augmented views
+    if args.depth_unet is not None:
+        depth_unet = UNet2DConditionModel.from_pretrained(args.depth_unet, subfolder="unet")
+        depth_unet = depth_unet.eval().requires_grad_(False)
+        reused["depth_unet"] = True
+    else:
+        depth_key = fingerprint(
+            "depth",
+            base_key,
+            [latents, depth_cond, text_emb, uncond, sd_scheduler_config()],
+            _fields(cfg, "seed", "depth_steps", "depth_lr", "depth_caption_dropout"),
+            _fields(cfg, "unet_batch", "ema_decay"),
+            unet_code + [expand_unet_input_channels, augmented_views],
+        )
+        depth_unet, reused["depth_unet"] = cache.run(
+            "depth_unet",
+            depth_key,
+            build=lambda: UNet2DConditionModel(**configs.unet_config(in_channels=5)),
+            train=lambda: training.train_unet(
+                expand_unet_input_channels(copy.deepcopy(base_unet).requires_grad_(True), 1),
+                latents,
+                text_emb,
+                uncond,
+                scheduler,
+                steps=cfg.depth_steps,
+                lr=cfg.depth_lr,
+                seed=cfg.seed + 6,
+                depth=depth_cond,
+                caption_dropout=cfg.depth_caption_dropout,
+                desc="train depth UNet",
+                **unet_kwargs,
+            )[0],
+        )
+    lap("depth")
+
+    # 7. diffusers folders + checksums + vanilla load checks
+    depth_dir, base_dir = export.save_pipelines(
+        args.out, vae, text_encoder, tokenizer, base_unet, depth_unet, judge
+    )
+    checks = export.check_folders(depth_dir, base_dir)
+    lap("export")
+
+    # 8. judge report, depth following, samples grid: from the saved folder (what users get)
+    shipped_judge = DepthEstimator.from_pretrained(str(depth_dir), batch_size=64)
+    judge_rows = judge_eval.judge_report(
+        lambda ims: shipped_judge(list(ims)),
+        scenes=cfg.heldout_samples,
+        size=cfg.image_size,
+        seed=cfg.seed,
+    )
+    print(judge_eval.format_table(judge_rows), flush=True)
+    lap("judge_report")
+    loaded = load_components(str(depth_dir))
+    domain_means = {
+        d: mean_depth_map(
+            [(x + 1) / 2 for x, dom in zip(train.depth, train.domains) if dom == d],
+            cfg.image_size,
+            cfg.image_size,
+        )
+        for d in DOMAINS
+    }
+    conditions = samples.following_conditions(
+        held, DOMAINS, cfg.following_scenes, cfg.following_probe_captions
+    )
+    following = samples.depth_following(loaded, shipped_judge.model, conditions, domain_means)
+    print(f"[build] depth following {report.following_table(following)}", flush=True)
+    gen_sel = np.flatnonzero(np.isin(held.domains, ["street", "endoscopy"]))
+    reliance = samples.depth_reliance(
+        loaded,
+        held_images[gen_sel],
+        held_depth[gen_sel],
+        [held.captions[i] for i in gen_sel],
+        [held.domains[i] for i in gen_sel],
+    )
+    print(f"[build] depth reliance {reliance}", flush=True)
+    lap("following")
+    grid_rows = _grid_rows(held, conditions)
+    grid = samples.sample_grid(loaded, *grid_rows[:3])
+    grid.save(args.out / "samples.png")
+    lap("samples")
+    timings["total"] = round(time.time() - start, 1)
+
+    info = {
+        "preset": args.preset,
+        "command": "python -m tools.build_tiny_base "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "config": cfg.to_dict(),
+        "parent": str(args.parent) if args.parent else None,
+        "depth_unet_from": str(args.depth_unet) if args.depth_unet else None,
+        "timings_s": timings,
+        "reused_stages": [stage for stage, hit in reused.items() if hit],
+        "params": {
+            "vae": _count(vae),
+            "text_encoder": _count(text_encoder),
+            "judge": _count(judge),
+            "base_unet": _count(base_unet),
+            "depth_unet": _count(depth_unet),
+        },
+        "data": {
+            "train": {d: int(sum(x == d for x in train.domains)) for d in DOMAINS},
+            "judge_extra": {"procedural": cfg.judge_procedural, "aerial-dense": len(dense)},
+            "unet": {d: int(sum(train.domains[i] == d for i in mix)) for d in DOMAINS}
+            | {"procedural": cfg.depth_procedural, "views_per_image": cfg.depth_views},
+        },
+        "latent_shape": list(latents.shape[2:]),
+        "vae_scale_factor": cfg.image_size // latent_hw[0],
+        "scaling_factor": scaling,
+        "vocab_size": len(tokenizer),
+        "max_length": tokenizer.model_max_length,
+        "sampling": {"steps": samples.STEPS, "guidance": samples.GUIDANCE},
+        "grid_rows": grid_rows[3],
+        "metrics": {
+            "vae_psnr": vae_psnr,
+            "judge_upright": judge_metrics,
+            "judge_report": judge_rows,
+            "depth_following": following,
+            "depth_reliance": reliance,
+        },
+        "checks": checks,
+        "versions": {"torch": torch.__version__},
+    }
+    report.write_build_info(args.out, info)
+    report.write_readme(args.out, info)
+    print(f"[build] done in {timings['total'] / 60:.1f} min -> {args.out}", flush=True)
+    return 0
+
+
+def _grid_rows(held: dataset.RenderedSet, conditions: dict):
+    """samples.png rows: 2 upright street, 2 upright endoscopy, 1 aerial (with their renders),
+    then rotated held-out maps and probe maps (no render).
+
+    Returns:
+        (images (N, 3, H, W) with NaN rows where there is no render, depth (N, 1, H, W),
+        captions, row names).
+    """
+    images, depth, captions, names = [], [], [], []
+    held_images, held_depth = held.images_tensor(), held.depth_tensor()
+    for domain, count in (("street", 2), ("endoscopy", 2), ("aerial", 1)):
+        for i in [i for i, d in enumerate(held.domains) if d == domain][:count]:
+            images.append(held_images[i])
+            depth.append(held_depth[i])
+            captions.append(held.captions[i])
+            names.append(f"{held.scene_ids[i]} upright")
+    wanted = ("rot90", "rot180", "rot270", "ramp_right", "ramp_up", "sphere", "steps")
+    picked = set()
+    for i, name in enumerate(conditions["names"]):
+        key = next((w for w in wanted if w in name), None)
+        domain = conditions["domains"][i]
+        if key is None or (key, domain) in picked or domain == "aerial":
+            continue
+        if len([p for p in picked if p[0] == key]) >= 1:
+            continue
+        picked.add((key, domain))
+        images.append(torch.full_like(held_images[0], float("nan")))
+        depth.append(conditions["depth"][i])
+        captions.append(conditions["captions"][i])
+        names.append(name)
+    return torch.stack(images), torch.stack(depth), captions, names
+
+
+if __name__ == "__main__":
+    sys.exit(main())

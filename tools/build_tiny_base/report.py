@@ -1,0 +1,220 @@
+"""Write data/models/README.md (and build_info.json) from the build's measured numbers.
+
+``python -m tools.build_tiny_base.report data/models`` re-renders the README from an existing
+``build_info.json`` (e.g. after editing this text) without rebuilding anything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .judge_eval import format_table
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def _ci(d: dict) -> str:
+    return f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+
+
+def following_table(following: dict) -> str:
+    """Markdown table of the depth-following check (one line per domain x set)."""
+    lines = [
+        "| domain | depth maps | N (clusters) | own | chance | domain mean | lower rows "
+        "| periphery | own - chance [95 % CI] | own - best prior [95 % CI] | passes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for domain, sets in following.items():
+        for name, e in sets.items():
+            priors = [k for k in ("domain_mean", "lower_rows_near", "periphery_near") if k in e]
+            best = max(priors, key=lambda k: e[k])
+            lines.append(
+                f"| {domain} | {name} | {e['n_images']} ({e['n_clusters']}) | {e['own']:.2f} | "
+                f"{e['chance']:.2f} | "
+                + " | ".join(f"{e[k]:.2f}" if k in e else "-" for k in priors)
+                + f" | {_ci(e['own_minus_chance'])} | {_ci(e[f'own_minus_{best}'])} | "
+                f"{'yes' if e['passes'] else 'NO'} |"
+            )
+    return "\n".join(lines)
+
+
+def _reliance_lines(reliance: dict) -> str:
+    return "\n".join(
+        f"  - {band}: {row['matched']:.4f} with the matching depth vs {row['mismatched']:.4f} "
+        f"with another scene's (x{row['ratio']:.2f})"
+        for band, row in reliance.items()
+    )
+
+
+def _reuse_note(info: dict) -> str:
+    """Say which stages came from ``--cache-dir`` (their training time is not in the total)."""
+    reused = info.get("reused_stages") or []
+    if not reused:
+        return ""
+    return (
+        f" (stages {', '.join(reused)} were loaded from `--cache-dir` or an existing folder, "
+        "trained earlier by the same code and settings, so their training time is not in this "
+        "total; from-scratch stage times are below)"
+    )
+
+
+def write_build_info(out: Path, info: dict) -> Path:
+    path = out / "build_info.json"
+    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_readme(out: Path, info: dict) -> Path:
+    """Render the README from ``info`` (the dict also written to ``build_info.json``)."""
+    cfg = info["config"]
+    p = info["params"]
+    m = info["metrics"]
+    t = info["timings_s"]
+    mix = info["data"]
+    stage_times = info.get("stage_times_from_scratch_s", {})
+    quick_note = {
+        "quick": "\n> **This is a `--preset quick` smoke build** (tiny data, a few dozen steps): "
+        "the folders load and run, but the model has not learned anything useful.\n",
+        "draft": "\n> **This is a `--preset draft` build** (less data, a fraction of the steps).\n",
+    }.get(info.get("preset", "full"), "")
+    parent = info.get("parent")
+    parent_note = (
+        f"kept from the previous build (`--parent {parent}`; trained by the same tool, see git "
+        "history of this README for its recipe)"
+        if parent
+        else "trained by this build"
+    )
+    text = f"""# Shipped tiny base models
+
+Two small diffusers folders, trained by this project on its own synthetic scenes
+(`depth2img.data.synthetic`), so that the demo, tests, notebook and evaluation run offline:
+{quick_note}
+| folder | what | loads with |
+|---|---|---|
+| `tiny-depth2img/` | depth model: VAE, text encoder, tokenizer, **5-channel UNet** (4 latents + 1 depth), DDIM scheduler, tiny GLPN depth judge (`depth_estimator/`, `feature_extractor/`) | `StableDiffusionDepth2ImgPipeline.from_pretrained`, `load_components("shipped")`, `DepthEstimator.from_pretrained("shipped")` |
+| `tiny-sd-base/` | its 4-channel text-to-image parent (same VAE/text encoder) | `StableDiffusionImg2ImgPipeline.from_pretrained`; `load_components("shipped-base", convert_to_depth=True)` widens it to 4 + 1 channels (zero-init) |
+
+Each folder has a `checksums.json` (SHA-256 of every weight file, verify with
+`depth2img.models.checksums.verify_manifest`). Images are {cfg["image_size"]}x{cfg["image_size"]} px;
+latents are {info["latent_shape"]} (VAE factor {info["vae_scale_factor"]}).
+Sizes: {", ".join(f"`{k}` {v} MB" for k, v in info["checks"]["size_mb"].items())}.
+
+`samples.png`: one row per conditioning depth map, never seen in training: {len(info.get("grid_rows", []))} rows
+({", ".join(info.get("grid_rows", []))}); columns: depth (near = white) | the real render
+of that depth (gray for probe maps, which have none) | generations at seeds 0, 1, 2 (prompt = a
+held-out scene's caption, depth only, pure-noise start, {info["sampling"]["steps"]} DDIM steps,
+guidance {info["sampling"]["guidance"]}; the library sampler `depth2img.inference.sampling.generate`).
+
+## How it was made
+
+```
+{info["command"]}
+```
+
+Built by `tools/build_tiny_base/` (outside the library; it trains with the library's losses,
+EMA, optimizer and LR schedule and samples with the library's sampler).
+Wall time {t["total"] / 60:.1f} min with {cfg["num_threads"]} torch CPU thread(s) on a shared 2-core machine, seed {cfg["seed"]}{_reuse_note(info)}.
+{_stage_time_line(stage_times)}
+Deterministic given the seed and the software versions. Same recipe as SD2-depth from SD2-base:
+
+1. **Data**: renders at {cfg["image_size"]} px, every scene under all its conditions:
+   {", ".join(f"{k} {v}" for k, v in mix["train"].items())} training samples, plus layout-free
+   scenes from `depth2img.data.synthetic.procedural`: {cfg["judge_procedural"]} procedural scenes (random
+   spheres, boxes, cylinders and tilted planes at random orientations, random camera roll,
+   Lambert shading, cast shadows, ambient occlusion, some haze) and {mix["judge_extra"]["aerial-dense"]} dense
+   aerial towns (height carried by shading and cast shadows); held-out: {cfg["heldout_samples"]} per domain
+   from unseen scenes.
+2. **Tokenizer, text encoder** (`CLIPTextModel`, {_fmt_params(p["text_encoder"])} parameters, randomly
+   initialized and frozen), **VAE** (`AutoencoderKL`, {_fmt_params(p["vae"])} parameters,
+   `scaling_factor` {info["scaling_factor"]:.4f}) and **base UNet** (4 channels, {_fmt_params(p["base_unet"])}
+   parameters): {parent_note}.
+3. **Depth judge**: `GLPNForDepthEstimation`, {_fmt_params(p["judge"])} parameters (hierarchical
+   encoder with overlapping convolutional patch embeddings and no absolute position embedding),
+   input {cfg["image_size"]} px, {cfg["judge_steps"]} steps, batch {cfg["judge_batch"]}, scale-and-shift-invariant L1 + gradient
+   loss on near-is-high depth of all three domains + the procedural scenes. Every batch is
+   **rotated by multiples of 90 deg, mirrored, and {cfg["judge_crop_probability"]:.0%} of it cropped off-centre (50-100 %
+   of the side) and rescaled**, image and depth together (`depth2img.data.synthetic.augment`).
+   The first shipped judge (a tiny DPT trained on upright renders) had learned each domain's
+   layout: Spearman -0.60 on street scenes rotated 180 deg, -0.18 on an off-centre endoscopy crop.
+4. **Depth UNet**: the base UNet widened to 5 input channels with
+   `depth2img.models.conversion.expand_unet_input_channels` (new channel zero-initialized, bias
+   kept), then {cfg["depth_steps"]} steps with the depth channel on {", ".join(f"{k} {v}" for k, v in mix["unet"].items() if k != "views_per_image")}
+   images, each as {mix["unet"]["views_per_image"]} views (the image + geometrically augmented copies: rotations,
+   mirror, off-centre crop + rescale, image and depth together), min-SNR-5 epsilon loss, EMA
+   {cfg["ema_decay"]}, learning rate {cfg["depth_lr"]:g}, {cfg["depth_caption_dropout"]:.0%} caption dropout
+   (aerial kept at <= {cfg["unet_aerial_fraction"]:.0%} of the domain mix, so fine-tuning on aerial has something to show).
+
+## Numbers (held-out scenes)
+
+- VAE reconstruction PSNR: {", ".join(f"{k} {v:.2f} dB" for k, v in m["vae_psnr"].items())}.
+- **Judge** (`python scripts/judge_report.py`): Spearman and aligned AbsRel vs exact depth per
+  domain x view (rotations counter-clockwise; `crop_tl`/`crop_br`: 60 % of the side at the
+  top-left / bottom-right corner, rescaled), next to layout priors
+  (`depth2img.evaluation.priors`; domain mean of training depth maps, lower rows near,
+  periphery near) scored identically; {m["judge_report"]["settings"]["scenes_per_domain"]} held-out scenes per domain and view.
+  Goal: Spearman >= 0.85 (street, endoscopy) / 0.7 (aerial) in every row and >= 0.2 above the
+  best prior.
+
+{format_table(m["judge_report"])}
+
+- **Depth following** of the depth UNet: one generation per depth map (seed = row index), judged
+  by the shipped judge; per image Spearman of the judged depth vs the conditioning depth (own),
+  vs another depth map (chance: another held-out scene at the same rotation; for probe maps an
+  upright held-out scene), and each layout prior vs the conditioning depth. `rotated`: held-out
+  scenes rotated 90/180/270 deg; `probe`: ramps in four directions, a sphere, steps
+  (`procedural.probe_depth_maps`) with the domain's captions. Differences are paired, with
+  95 % bootstrap intervals over clusters (held-out scene or probe map;
+  `depth2img.evaluation.bootstrap.paired_difference`); passes = every difference (vs chance and
+  vs each prior) is positive with its interval excluding zero.
+
+{following_table(m["depth_following"])}
+
+- Depth reliance (judge-free): the depth UNet's denoising MSE on held-out street and endoscopy
+  latents (8 noise draws each, same noise and timesteps for both maps), with the scene's own
+  depth map vs another scene's of the same domain; x1.00 would mean the depth channel is ignored:
+{_reliance_lines(m.get("depth_reliance", {}))}
+
+Spearman uses average ranks for ties; AbsRel follows `depth2img.evaluation.depth_metrics`
+(reference min-max to [0.1, 1] near-is-high, prediction aligned by least-squares scale and
+non-negative shift).
+
+## License and limits
+
+Weights and code: same license as this repository. Trained only on procedurally generated
+scenes; no third-party images or weights are involved.
+
+This is a test and demo model, not an image generator: {cfg["image_size"]} px, a few million parameters,
+minutes of CPU training. Generations are blurry, textures are crude, the text encoder is random
+(prompts steer only through what the UNet learned from caption tokens), and the depth judge only
+knows the synthetic scenes (it is not meant for photographs). Aerial scenes are almost unseen by
+the UNets on purpose.
+"""
+    path = out / "README.md"
+    path.write_text(text)
+    return path
+
+
+def _stage_time_line(stage_times: dict) -> str:
+    if not stage_times:
+        return ""
+    parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_times.items())
+    return f"From-scratch stage times (same machine, 1 thread): {parts}."
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not (Path(args[0]) / "build_info.json").is_file():
+        print("usage: python -m tools.build_tiny_base.report MODELS_DIR (with build_info.json)")
+        return 2
+    out = Path(args[0])
+    write_readme(out, json.loads((out / "build_info.json").read_text()))
+    print(f"wrote {out / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
