@@ -16,7 +16,7 @@ CELLS = [
         """# depth2img quickstart
 
 Everything here runs offline on a CPU in a few minutes, on the **tiny depth2img base model**
-shipped in `data/models/` (trained by `scripts/build_tiny_base.py` on synthetic scenes):
+shipped in `data/models/` (trained by `python -m tools.build_tiny_base` on synthetic scenes):
 
 1. load the model and generate from a synthetic depth map;
 2. show depth next to the generated images;

@@ -66,7 +66,7 @@ def _resolve(source: str) -> tuple[str, str, str]:
         if not (folder / DEPTH_ESTIMATOR_SUBFOLDER).is_dir():
             raise FileNotFoundError(
                 f"the shipped depth judge is missing at {folder / DEPTH_ESTIMATOR_SUBFOLDER}. "
-                "Rebuild it with `python scripts/build_tiny_base.py` or set DEPTH2IMG_MODELS_DIR."
+                "Rebuild it with `python -m tools.build_tiny_base` or set DEPTH2IMG_MODELS_DIR."
             )
         model = folder / DEPTH_ESTIMATOR_SUBFOLDER
         return str(model), str(folder / FEATURE_EXTRACTOR_SUBFOLDER), "shipped-tiny-judge"

@@ -84,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="existing depth2img folder whose depth UNet is kept (rebuild only the judge)",
     )
     parser.add_argument(
+        "--depth-init",
+        type=Path,
+        default=None,
+        help="existing depth2img folder whose depth UNet the depth stage continues from "
+        "(instead of the widened parent): more steps' worth of depth training on a small budget",
+    )
+    parser.add_argument(
         "--steps-scale",
         type=float,
         default=1.0,
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "error: --threads must be >= 1" if args.threads < 1 else None,
         _check_folder(args.parent, "--parent", ("vae", "text_encoder", "tokenizer", "unet")),
         _check_folder(args.depth_unet, "--depth-unet", ("unet",)),
+        _check_folder(args.depth_init, "--depth-init", ("unet",)),
     ):
         if message:
             print(message, file=sys.stderr)
@@ -293,9 +301,21 @@ def main(argv: list[str] | None = None) -> int:
         depth_unet = depth_unet.eval().requires_grad_(False)
         reused["depth_unet"] = True
     else:
+        if args.depth_init is not None:
+            init = UNet2DConditionModel.from_pretrained(args.depth_init, subfolder="unet")
+            init_key = fingerprint("depth-init", [p.detach() for p in init.parameters()])
+        else:
+            init, init_key = None, "widened-parent"
+
+        def start_unet() -> UNet2DConditionModel:
+            if init is not None:
+                return init.train().requires_grad_(True)
+            return expand_unet_input_channels(copy.deepcopy(base_unet).requires_grad_(True), 1)
+
         depth_key = fingerprint(
             "depth",
             base_key,
+            init_key,
             [latents, depth_cond, text_emb, uncond, sd_scheduler_config()],
             _fields(cfg, "seed", "depth_steps", "depth_lr", "depth_caption_dropout"),
             _fields(cfg, "unet_batch", "ema_decay"),
@@ -306,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             depth_key,
             build=lambda: UNet2DConditionModel(**configs.unet_config(in_channels=5)),
             train=lambda: training.train_unet(
-                expand_unet_input_channels(copy.deepcopy(base_unet).requires_grad_(True), 1),
+                start_unet(),
                 latents,
                 text_emb,
                 uncond,
@@ -376,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.to_dict(),
         "parent": str(args.parent) if args.parent else None,
         "depth_unet_from": str(args.depth_unet) if args.depth_unet else None,
+        "depth_init": str(args.depth_init) if args.depth_init else None,
         "timings_s": timings,
         "reused_stages": [stage for stage, hit in reused.items() if hit],
         "params": {

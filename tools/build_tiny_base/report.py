@@ -140,9 +140,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
    of the side) and rescaled**, image and depth together (`depth2img.data.synthetic.augment`).
    The first shipped judge (a tiny DPT trained on upright renders) had learned each domain's
    layout: Spearman -0.60 on street scenes rotated 180 deg, -0.18 on an off-centre endoscopy crop.
-4. **Depth UNet**: the base UNet widened to 5 input channels with
-   `depth2img.models.conversion.expand_unet_input_channels` (new channel zero-initialized, bias
-   kept), then {cfg["depth_steps"]} steps with the depth channel on {", ".join(f"{k} {v}" for k, v in mix["unet"].items() if k != "views_per_image")}
+4. **Depth UNet**: {_depth_start(info)}, then {cfg["depth_steps"]} steps with the depth channel on {", ".join(f"{k} {v}" for k, v in mix["unet"].items() if k != "views_per_image")}
    images, each as {mix["unet"]["views_per_image"]} views (the image + geometrically augmented copies: rotations,
    mirror, off-centre crop + rescale, image and depth together), min-SNR-5 epsilon loss, EMA
    {cfg["ema_decay"]}, learning rate {cfg["depth_lr"]:g}, {cfg["depth_caption_dropout"]:.0%} caption dropout
@@ -196,6 +194,21 @@ the UNets on purpose.
     path = out / "README.md"
     path.write_text(text)
     return path
+
+
+def _depth_start(info: dict) -> str:
+    if info.get("depth_init"):
+        return (
+            "continued from the previously shipped depth UNet (`--depth-init`; that one is the "
+            "base UNet widened to 5 input channels with "
+            "`depth2img.models.conversion.expand_unet_input_channels` and trained 4000 steps on "
+            "upright renders of the three domains, see this README in git history)"
+        )
+    return (
+        "the base UNet widened to 5 input channels with "
+        "`depth2img.models.conversion.expand_unet_input_channels` (new channel zero-initialized, "
+        "bias kept)"
+    )
 
 
 def _stage_time_line(stage_times: dict) -> str:
