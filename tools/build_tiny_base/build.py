@@ -451,20 +451,21 @@ def _grid_rows(held: dataset.RenderedSet, conditions: dict):
             depth.append(held_depth[i])
             captions.append(held.captions[i])
             names.append(f"{held.scene_ids[i]} upright")
-    wanted = ("rot90", "rot180", "rot270", "ramp_right", "ramp_up", "sphere", "steps")
-    picked = set()
-    for i, name in enumerate(conditions["names"]):
-        key = next((w for w in wanted if w in name), None)
-        domain = conditions["domains"][i]
-        if key is None or (key, domain) in picked or domain == "aerial":
-            continue
-        if len([p for p in picked if p[0] == key]) >= 1:
-            continue
-        picked.add((key, domain))
+    # (what, caption domain): rotated streets (street layout is the strongest prior) and probe
+    # maps with street and endoscopy captions.
+    wanted = [("rot90", "street"), ("rot180", "street"), ("rot270", "endoscopy")]
+    wanted += [("ramp_right", "street"), ("ramp_up", "endoscopy"), ("sphere", "street")]
+    wanted += [("steps", "endoscopy")]
+    for key, domain in wanted:
+        i = next(
+            i
+            for i, name in enumerate(conditions["names"])
+            if key in name and conditions["domains"][i] == domain
+        )
         images.append(torch.full_like(held_images[0], float("nan")))
         depth.append(conditions["depth"][i])
         captions.append(conditions["captions"][i])
-        names.append(name)
+        names.append(f"{conditions['names'][i]} ({domain} caption)")
     return torch.stack(images), torch.stack(depth), captions, names
 
 
