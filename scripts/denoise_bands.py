@@ -21,7 +21,7 @@ from diffusers import DDPMScheduler
 
 from depth2img.data.datamodule import ShardDataModule
 from depth2img.inference.loading import load_generator_components
-from depth2img.inference.sampling import encode_prompts
+from depth2img.models.denoiser import Denoiser
 from depth2img.models.losses import training_target
 
 BANDS = ((0, 200), (200, 600), (600, 1000))
@@ -65,8 +65,9 @@ def band_errors(source: str, batch: dict, draws: int, seed: int) -> dict[str, fl
     scheduler = DDPMScheduler.from_config(components.scheduler.config)
     # Posterior mean (no sampling noise), like the demo's latent cache.
     latents = components.vae.encode(batch["image"]).latent_dist.mean * components.scaling_factor
-    depth = spec.to_latent_condition(batch["depth"], tuple(latents.shape[-2:]))
-    text = encode_prompts(components, batch["caption"])
+    denoiser = Denoiser(components)
+    condition = denoiser.condition(batch["depth"], tuple(latents.shape[-2:]), spec=spec)
+    embeds = denoiser.encode_prompts(batch["caption"])
     generator = torch.Generator().manual_seed(seed)
     errors = {}
     for lo, hi in BANDS:
@@ -76,8 +77,8 @@ def band_errors(source: str, batch: dict, draws: int, seed: int) -> dict[str, fl
             t = torch.randint(lo, hi, (len(latents),), generator=generator)
             noisy = scheduler.add_noise(latents, noise, t)
             target = training_target(scheduler, latents, noise, t)
-            pred = components.unet(torch.cat([noisy, depth], 1), t, encoder_hidden_states=text)
-            total += float((pred.sample - target).pow(2).mean())
+            pred = denoiser.predict(noisy, t, embeds, condition)
+            total += float((pred - target).pow(2).mean())
         errors[f"{lo}-{hi}"] = round(total / draws, 5)
     return errors
 

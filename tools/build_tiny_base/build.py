@@ -40,8 +40,10 @@ from depth2img.depth_estimation import DepthEstimator
 from depth2img.evaluation.depth_metrics import batch_depth_metrics
 from depth2img.evaluation.priors import mean_depth_map
 from depth2img.inference.sampling import encode_prompts
-from depth2img.models.components import Components, load_components, sd_scheduler_config
-from depth2img.models.conversion import expand_unet_input_channels
+from depth2img.models.components import Components
+from depth2img.models.conditioning.concat import expand_unet_input_channels
+from depth2img.models.loading import load_components
+from depth2img.models.tiny import sd_scheduler_config
 
 from . import configs, dataset, export, judge_eval, report, samples, training
 from .stage_cache import StageCache, fingerprint

@@ -132,7 +132,7 @@ class BuildConfig:
     following_scenes: int = 6
     following_probe_captions: int = 2
     base_steps: int = 1000
-    depth_steps: int = 1000  # continued from the previous depth UNet (--depth-init)
+    depth_steps: int = 800  # continued from the previous depth UNet (--depth-init)
     unet_batch: int = 16
     unet_lr: float = 1e-3
     # From a freshly widened UNet (zero-initialized depth weights) use 1e-3: Adam moves a weight

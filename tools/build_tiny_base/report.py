@@ -99,7 +99,7 @@ Two small diffusers folders, trained by this project on its own synthetic scenes
 | `tiny-sd-base/` | its 4-channel text-to-image parent (same VAE/text encoder) | `StableDiffusionImg2ImgPipeline.from_pretrained`; `load_components("shipped-base", convert_to_depth=True)` widens it to 4 + 1 channels (zero-init) |
 
 Each folder has a `checksums.json` (SHA-256 of every weight file, verify with
-`depth2img.models.checksums.verify_manifest`). Images are {cfg["image_size"]}x{cfg["image_size"]} px;
+`depth2img.artifacts.checksums.verify_manifest`). Images are {cfg["image_size"]}x{cfg["image_size"]} px;
 latents are {info["latent_shape"]} (VAE factor {info["vae_scale_factor"]}).
 Sizes: {", ".join(f"`{k}` {v} MB" for k, v in info["checks"]["size_mb"].items())}.
 
@@ -201,12 +201,12 @@ def _depth_start(info: dict) -> str:
         return (
             "continued from the previously shipped depth UNet (`--depth-init`; that one is the "
             "base UNet widened to 5 input channels with "
-            "`depth2img.models.conversion.expand_unet_input_channels` and trained 4000 steps on "
+            "`depth2img.models.conditioning.concat.expand_unet_input_channels` and trained 4000 steps on "
             "upright renders of the three domains, see this README in git history)"
         )
     return (
         "the base UNet widened to 5 input channels with "
-        "`depth2img.models.conversion.expand_unet_input_channels` (new channel zero-initialized, "
+        "`depth2img.models.conditioning.concat.expand_unet_input_channels` (new channel zero-initialized, "
         "bias kept)"
     )
 

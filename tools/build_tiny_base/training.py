@@ -6,8 +6,8 @@ a fine-tune: ``depth2img.models.losses`` (noise, min-SNR weights, regression tar
 loops take in-memory tensors (see ``dataset.RenderedSet``), draw batches with their own
 ``torch.Generator`` and show a tqdm bar with the running loss.
 
-Every UNet call of the build goes through :func:`unet_prediction` (one place to swap when the
-library's denoiser takes over).
+Every UNet call of the build goes through :func:`unet_prediction`, which calls the library's
+``depth2img.models.denoiser.Denoiser.predict`` (the project's only UNet call).
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from transformers import (
 )
 
 from depth2img.data.synthetic.augment import augment_pair
+from depth2img.models.components import Components
+from depth2img.models.denoiser import Denoiser
 from depth2img.models.ema import EMA
+from depth2img.models.families import PromptEmbeds
 from depth2img.models.losses import (
     compute_snr,
     min_snr_weights,
@@ -257,16 +260,21 @@ def unet_prediction(
     text: torch.Tensor,
     depth: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The build's only UNet call: noise (or v) prediction for ``noisy`` latents.
+    """The build's only UNet call, through ``Denoiser.predict`` (SD family; ``concat``
+    conditioning with a depth map, ``none`` without).
 
     Args:
         noisy: (B, 4, h, w) noised scaled latents; timesteps: (B,) ints.
         text: (B, L, D) caption embeddings.
         depth: (B, 1, h, w) depth condition in [-1, 1] (``DepthSpec.to_latent_condition``) for a
             5-channel UNet; None for the 4-channel parent.
+
+    Returns:
+        (B, 4, h, w) prediction in the scheduler's ``prediction_type``.
     """
-    model_in = noisy if depth is None else torch.cat([noisy, depth], dim=1)
-    return unet(model_in, timesteps, encoder_hidden_states=text).sample
+    conditioning = "none" if depth is None else "concat"
+    networks = Components(None, None, None, unet, None, conditioning=conditioning)
+    return Denoiser(networks).predict(noisy, timesteps, PromptEmbeds(text), depth)
 
 
 def train_unet(
