@@ -132,13 +132,14 @@ class BuildConfig:
     following_scenes: int = 6
     following_probe_captions: int = 2
     base_steps: int = 1000
-    depth_steps: int = 800  # continued from the previous depth UNet (--depth-init)
+    depth_steps: int = 2400  # the shipped build continues from the previous depth UNet
     unet_batch: int = 16
     unet_lr: float = 1e-3
-    # From a freshly widened UNet (zero-initialized depth weights) use 1e-3: Adam moves a weight
-    # ~lr per step and 5e-4 left the depth channel with almost no effect after a few hundred
-    # steps. 5e-4 is for continuing from a trained depth UNet (--depth-init).
-    depth_lr: float = 5e-4
+    # A freshly widened UNet has zero-initialized depth weights and Adam moves a weight ~lr per
+    # step: 5e-4 left the depth channel with almost no effect after a few hundred steps. Also
+    # used when continuing from a trained depth UNet (--depth-init): 800 steps at 5e-4 did not
+    # teach it to follow rotated depth maps.
+    depth_lr: float = 1e-3
     caption_dropout: float = 0.1
     # Depth stage: the caption alone already tells the domain (street vs tube), so with 10 %
     # dropout a first build ignored the depth channel after 1000 steps. Dropping half of the

@@ -117,7 +117,8 @@ guidance {info["sampling"]["guidance"]}; the library sampler `depth2img.inferenc
 
 Built by `tools/build_tiny_base/` (outside the library; it trains with the library's losses,
 EMA, optimizer and LR schedule and samples with the library's sampler).
-Wall time {t["total"] / 60:.1f} min with {cfg["num_threads"]} torch CPU thread(s) on a shared 2-core machine, seed {cfg["seed"]}{_reuse_note(info)}.
+{_previous_note(info)}Wall time {t["total"] / 60:.1f} min with {cfg["num_threads"]} torch CPU thread(s) on a shared 2-core machine, seed {cfg["seed"]}{_reuse_note(info)}:
+{", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total")}.{(" " + info["machine_note"]) if info.get("machine_note") else ""}
 {_stage_time_line(stage_times)}
 Deterministic given the seed and the software versions. Same recipe as SD2-depth from SD2-base:
 
@@ -159,6 +160,8 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
 
 {format_table(m["judge_report"])}
 
+{_judge_verdict(m["judge_report"])}
+
 - **Depth following** of the depth UNet: one generation per depth map (seed = row index), judged
   by the shipped judge; per image Spearman of the judged depth vs the conditioning depth (own),
   vs another depth map (chance: another held-out scene at the same rotation; for probe maps an
@@ -170,6 +173,8 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
   vs each prior) is positive with its interval excluding zero.
 
 {following_table(m["depth_following"])}
+
+{_following_verdict(m["depth_following"])}
 
 - Depth reliance (judge-free): the depth UNet's denoising MSE on held-out street and endoscopy
   latents (8 noise draws each, same noise and timesteps for both maps), with the scene's own
@@ -194,6 +199,44 @@ the UNets on purpose.
     path = out / "README.md"
     path.write_text(text)
     return path
+
+
+def _judge_verdict(report: dict) -> str:
+    rows = report["rows"]
+    spearman = [r for r in rows if r["meets_spearman_goal"]]
+    both = [r for r in rows if r["meets_goal"]]
+    missed = ", ".join(f"{r['domain']}/{r['view']}" for r in rows if not r["meets_spearman_goal"])
+    return (
+        f"Spearman goal met in {len(spearman)}/{len(rows)} rows (missed: {missed or 'none'}); "
+        f"Spearman and margin goal together in {len(both)}/{len(rows)}. Where the best prior "
+        "scores above 0.8 (upright rows, endoscopy in any rotation) a margin of 0.2 cannot be "
+        "reached. Aerial Spearman is bounded by its tie ceiling: ~90 % of an aerial height map "
+        "is flat ground (tied ranks), and a judge whose output is not exactly constant there "
+        "loses correlation however small its noise; read aerial AbsRel against the priors."
+    )
+
+
+def _following_verdict(following: dict) -> str:
+    passed = [f"{d}/{s}" for d, sets in following.items() for s, e in sets.items() if e["passes"]]
+    failed = [
+        f"{d}/{s}" for d, sets in following.items() for s, e in sets.items() if not e["passes"]
+    ]
+    return (
+        f"Passes (every paired difference > 0 with its interval excluding zero): "
+        f"{', '.join(passed) or 'none'}; fails: {', '.join(failed) or 'none'}."
+    )
+
+
+def _previous_note(info: dict) -> str:
+    """Where the ``--parent`` / ``--depth-init`` folders came from."""
+    commit = info.get("previous_build_commit")
+    if not (info.get("parent") or info.get("depth_init")) or not commit:
+        return ""
+    return (
+        f"`--parent` and `--depth-init` are `data/models/tiny-sd-base` and "
+        f"`data/models/tiny-depth2img` of the previous build (commit `{commit}`), copied out "
+        "before this build overwrote them.\n"
+    )
 
 
 def _depth_start(info: dict) -> str:
