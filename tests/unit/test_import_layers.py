@@ -33,10 +33,7 @@ LAYER_RANK = {
     "cli": 5,
 }
 # Upward imports that exist today, each with the reason it is tolerated. Remove when fixed.
-KNOWN_UPWARD = {
-    # The tiny-base builder leaves the library (issue 11); it reuses the judge metrics.
-    ("depth2img.models.tiny_base.metrics", "depth2img.evaluation.depth_metrics"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:
