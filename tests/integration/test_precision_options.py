@@ -102,3 +102,18 @@ def test_memory_and_speed_options_compose_on_cpu():
 def test_bad_dtype_name_is_one_clear_error():
     with pytest.raises(ValueError, match="unknown dtype 'bf17'"):
         Depth2ImgModule(model_source="tiny", frozen_dtype="bf17")
+
+
+def test_controlnet_with_a_frozen_bf16_unet_trains_in_fp32():
+    module = Depth2ImgModule(
+        model_source="tiny",
+        conditioning="controlnet",
+        frozen_dtype="bfloat16",
+        lr_warmup_steps=0,
+        learning_rate=1e-3,
+        ema_decay=None,
+    )
+    assert module.unet.dtype == torch.bfloat16 and module.controlnet.dtype == torch.float32
+    before = [p.detach().clone() for p in module.trainable_parameters()]
+    _fit(module, "32-true")
+    assert any(not torch.equal(a, p) for a, p in zip(before, module.trainable_parameters()))

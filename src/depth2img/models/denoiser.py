@@ -90,6 +90,30 @@ class Denoiser:
         )
         if added_cond is not None:
             extra["added_cond_kwargs"] = added_cond
-        return self.unet(
-            unet_in, timesteps, encoder_hidden_states=embeds.hidden, return_dict=False, **extra
+        hidden = embeds.hidden
+        dtype = self.unet.dtype
+        if unet_in.dtype == dtype:
+            return self.unet(
+                unet_in, timesteps, encoder_hidden_states=hidden, return_dict=False, **extra
+            )[0]
+        # A frozen low-precision UNet (frozen_dtype) under a float32 step: bridge the dtypes
+        # here, once, and hand the prediction back in the step's dtype.
+        prediction = self.unet(
+            unet_in.to(dtype),
+            timesteps,
+            encoder_hidden_states=hidden.to(dtype),
+            return_dict=False,
+            **_cast_tensors(extra, dtype),
         )[0]
+        return prediction.to(sample.dtype)
+
+
+def _cast_tensors(value, dtype: torch.dtype):
+    """Floating tensors in nested dicts/lists cast to ``dtype`` (others unchanged)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast_tensors(v, dtype) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cast_tensors(v, dtype) for v in value)
+    return value
