@@ -113,7 +113,9 @@ def checkpoint_unet_state(ckpt: dict, use_ema: bool = True) -> tuple[dict, bool]
     return trained_state(ckpt, UNET_PREFIX, use_ema)
 
 
-def _base_components(meta: CheckpointMeta, base_model: str | None, load_depth_estimator: bool):
+def _base_components(
+    meta: CheckpointMeta, base_model: str | None, load_depth_estimator: bool, unet_weights: bool
+):
     source = base_model or meta.model_source
     try:
         components = build_components(
@@ -124,6 +126,7 @@ def _base_components(meta: CheckpointMeta, base_model: str | None, load_depth_es
             checksums=None if base_model else meta.checksums,
             prediction_type=meta.prediction_type_override,
             seed=meta.seed,
+            unet_weights=unet_weights,
         )
     except (OSError, FileNotFoundError) as err:
         raise FileNotFoundError(
@@ -141,6 +144,8 @@ def _base_components(meta: CheckpointMeta, base_model: str | None, load_depth_es
 
 
 def _load_trained_weights(module, state: dict, path: Path, full: bool) -> None:
+    """Load ``state`` into ``module``; a module on the meta device (built without its base
+    weights) takes the checkpoint's memory-mapped tensors as they are (``assign``: no copy)."""
     conv_in = getattr(module, "conv_in", None)
     given = state.get("conv_in.weight")
     if (
@@ -153,7 +158,10 @@ def _load_trained_weights(module, state: dict, path: Path, full: bool) -> None:
             f"{tuple(conv_in.weight.shape)}; pass the base model the checkpoint was trained from "
             "(--base-model)"
         )
-    result = module.load_state_dict(state, strict=False)
+    on_meta = any(p.is_meta for p in module.parameters())
+    if on_meta:  # assigned tensors become the weights: one dtype (bf16 EMA copies are cast)
+        state = {k: v if v.dtype == torch.float32 else v.float() for k, v in state.items()}
+    result = module.load_state_dict(state, strict=False, assign=on_meta)
     if result.unexpected_keys:
         raise CheckpointError(
             f"{path}: {len(result.unexpected_keys)} weights do not exist in the base model (e.g. "
@@ -169,8 +177,13 @@ def _load_trained_weights(module, state: dict, path: Path, full: bool) -> None:
 
 def _load_checkpoint(path: Path, use_ema: bool, base_model, load_depth_estimator):
     ckpt, meta = read_checkpoint(path)
-    components, base = _base_components(meta, base_model, load_depth_estimator)
     conditioner = get_conditioner(meta.conditioning)
+    # A full fine-tune of the UNet replaces every base UNet weight: skip reading them (the peak
+    # memory would otherwise hold the base's and the checkpoint's copy at once).
+    full_unet = meta.train_mode == "full" and conditioner.trained_module == "unet"
+    components, base = _base_components(
+        meta, base_model, load_depth_estimator, unet_weights=not full_unet
+    )
     module = getattr(components, conditioner.trained_module)
     lora = meta.train_mode == "lora"
     if lora:

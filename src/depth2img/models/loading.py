@@ -61,6 +61,7 @@ def load_components(
     load_depth_estimator: bool = False,
     prediction_type: str | None = None,
     dtype: torch.dtype = torch.float32,
+    unet_weights: bool = True,
 ) -> Components:
     """Load components from a diffusers folder, a hub id, or a shipped alias.
 
@@ -78,6 +79,8 @@ def load_components(
             ``extras`` when the folder has them.
         prediction_type: override the scheduler's prediction type (e.g. "v_prediction").
         dtype: dtype of every network after loading (fp16 files become fp32 by default).
+        unet_weights: False = build the UNet on the meta device without reading its weights
+            (the caller assigns every weight, e.g. from a full fine-tune checkpoint).
 
     Raises:
         FileNotFoundError / OSError: with the folder and what is missing.
@@ -95,7 +98,9 @@ def load_components(
         verify_manifest(path, checksums)
     spec = get_family(family) if family else detect_family(read_model_index(path))
     try:
-        components = spec.load(path, revision=revision, local_files_only=local_only)
+        components = spec.load(
+            path, unet_weights=unet_weights, revision=revision, local_files_only=local_only
+        )
     except OSError as err:
         raise OSError(
             f"could not load a diffusers model from {path!r}: {err}\n"
@@ -135,6 +140,7 @@ def build_components(
     checksums: str | None = None,
     prediction_type: str | None = None,
     seed: int = 0,
+    unet_weights: bool = True,
 ) -> Components:
     """``"tiny"`` / ``"tiny-sdxl"`` -> random tiny SD / SDXL components (seeded); anything else
     -> :func:`load_components`.
@@ -160,6 +166,7 @@ def build_components(
         family=family,
         checksums=checksums,
         prediction_type=prediction_type,
+        unet_weights=unet_weights,
     )
 
 

@@ -61,6 +61,20 @@ class ImageGeometry:
         return cls(size, torch.zeros(batch, 2, dtype=torch.long), tuple(size_hw))
 
 
+def load_unet(path: str, weights: bool = True, **hub_kwargs):
+    """A folder's ``unet/``; ``weights=False`` builds it from its config on the meta device (no
+    memory, no file reads) for callers that load every weight themselves (a full fine-tune
+    checkpoint: its weights replace the base's, so reading the base's would only raise the peak).
+    """
+    from diffusers import UNet2DConditionModel
+
+    if weights:
+        return UNet2DConditionModel.from_pretrained(path, subfolder="unet", **hub_kwargs)
+    config = UNet2DConditionModel.load_config(path, subfolder="unet", **hub_kwargs)
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(config)
+
+
 class Family:
     """Base class of a base-model family. Subclasses set ``name`` and implement the methods.
 
@@ -78,8 +92,9 @@ class Family:
         """True when a folder's ``model_index.json`` describes this family."""
         raise NotImplementedError
 
-    def load(self, path: str, **hub_kwargs) -> Components:
-        """Load the parts from a diffusers folder or hub id (no conditioner applied yet)."""
+    def load(self, path: str, unet_weights: bool = True, **hub_kwargs) -> Components:
+        """Load the parts from a diffusers folder or hub id (no conditioner applied yet);
+        ``unet_weights=False``: the UNet on the meta device (see :func:`load_unet`)."""
         raise NotImplementedError
 
     def save(self, components: Components, folder: str | Path) -> Path:

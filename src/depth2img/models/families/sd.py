@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from depth2img.models.components import Components
-from depth2img.models.families.base import Family, PromptEmbeds
+from depth2img.models.families.base import Family, PromptEmbeds, load_unet
 
 SD_PIPELINES = (
     "StableDiffusionPipeline",
@@ -56,11 +56,11 @@ class SDFamily(Family):
             model_index.get("_class_name") in SD_PIPELINES or "unet" in model_index
         )
 
-    def load(self, path: str, **hub_kwargs) -> Components:
+    def load(self, path: str, unet_weights: bool = True, **hub_kwargs) -> Components:
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **hub_kwargs)
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **hub_kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **hub_kwargs)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **hub_kwargs)
+        unet = load_unet(path, unet_weights, **hub_kwargs)
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **hub_kwargs)
         return Components(vae, text_encoder, tokenizer, unet, scheduler, family=self.name)
 

@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from depth2img.models.components import Components
-from depth2img.models.families.base import Family, ImageGeometry, PromptEmbeds
+from depth2img.models.families.base import Family, ImageGeometry, PromptEmbeds, load_unet
 from depth2img.models.families.sd import tokenize
 
 FORCE_ZEROS = "force_zeros_for_empty_prompt"
@@ -65,7 +65,7 @@ class SDXLFamily(Family):
         return model_index.get("text_encoder_2") is not None or name.startswith("StableDiffusionXL")
 
     # --- folders -----------------------------------------------------------------------------
-    def load(self, path: str, **hub_kwargs) -> Components:
+    def load(self, path: str, unet_weights: bool = True, **hub_kwargs) -> Components:
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **hub_kwargs)
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **hub_kwargs)
         text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
@@ -73,7 +73,7 @@ class SDXLFamily(Family):
         )
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **hub_kwargs)
         tokenizer_2 = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **hub_kwargs)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **hub_kwargs)
+        unet = load_unet(path, unet_weights, **hub_kwargs)
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **hub_kwargs)
         index_file = Path(path) / "model_index.json"
         index = json.loads(index_file.read_text()) if index_file.is_file() else {}
