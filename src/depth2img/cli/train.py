@@ -22,9 +22,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from depth2img.paths import REPO_ROOT
 from depth2img.training.run_dir import (
+    checkpoint_global_step,
     ensure_wandb_run_id,
     find_resume_checkpoint,
     register_resolvers,
+)
+from depth2img.training.run_lock import (
+    RunLock,
+    RunLockedError,
+    cleanup_stale_temps,
+    is_global_rank_zero,
 )
 
 log = logging.getLogger("depth2img.train")
@@ -46,8 +53,9 @@ def instantiate_dict(section: DictConfig | None) -> list:
     return [instantiate(cfg) for cfg in section.values() if cfg and "_target_" in cfg]
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """Loggers from ``cfg.logger``; W&B gets the run id persisted in the run dir."""
+def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
+    """Loggers from ``cfg.logger``; W&B gets the run id persisted in the run dir, the appending
+    CSV logger the step the run resumes from (its later rows are superseded)."""
     if not cfg.get("logger"):
         return []
     with open_dict(cfg):
@@ -55,18 +63,63 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             target = str((logger_cfg or {}).get("_target_", ""))
             if target.endswith("WandbLogger") and not logger_cfg.get("id"):
                 cfg.logger[name].id = ensure_wandb_run_id(run_dir)
+            if target.endswith("AppendingCSVLogger"):
+                cfg.logger[name].resume_step = resume_step
     return instantiate_dict(cfg.logger)
 
 
+def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``<run_dir>/.hydra/{config,overrides,hydra}.yaml``, written only once the start is valid.
+
+    Hydra's own copy is switched off (``hydra.output_subdir: null``): it wrote the folder before
+    any check, so a failed start rewrote the config of the run it was meant to resume.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.get()
+    files = {
+        "config.yaml": cfg,
+        "overrides.yaml": OmegaConf.create(list(hydra_cfg.overrides.task)),
+        "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+    }
+    for name, node in files.items():
+        tmp = folder / f"{name}.tmp-{os.getpid()}"
+        OmegaConf.save(node, tmp)
+        os.replace(tmp, folder / name)
+
+
+def _resolve_resume(cfg: DictConfig, run_dir: Path) -> tuple[str | None, int | None]:
+    """(checkpoint to resume from, its global step), checked to be a readable training ckpt."""
+    ckpt_path = find_resume_checkpoint(run_dir, cfg.get("ckpt_path"))
+    if not ckpt_path:
+        return None, None
+    origin = (
+        "ckpt_path"
+        if cfg.get("ckpt_path")
+        else f"the run dir's checkpoint (run_name={run_dir.name})"
+    )
+    return ckpt_path, checkpoint_global_step(ckpt_path, origin=origin)
+
+
 def train(cfg: DictConfig) -> dict:
-    """Run one training job from a composed config; returns the final callback metrics."""
+    """Run one training job from a composed config; returns the final callback metrics.
+
+    Order matters: every input is checked (checkpoint, data, model, trainer values) before the
+    run dir is touched; then the run dir is locked, debris of dead jobs removed, the config
+    saved and the loggers (CSV, W&B) started.
+    """
     import lightning.pytorch as pl
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     from depth2img.models.checkpointing import AtomicCheckpointIO
+    from depth2img.training.slurm_requeue import install_early_handlers
 
+    # A signal during start-up must not kill the job (SIGUSR1) before the requeue logic runs.
+    install_early_handlers()
     # The Hydra output dir is the single source of truth for the run dir (a DDP child process
     # gets it as hydra.run.dir from Lightning), so every path below derives from it.
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
@@ -80,36 +133,59 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.get("data"):
         raise ConfigError("no data config: pass data=<name> (see configs/data/) and its shards")
     try:
-        # Everything that can fail because of user input happens here, before training starts.
+        # Everything that can fail because of user input happens here, before the run dir is
+        # touched and before training starts.
+        ckpt_path, resume_step = _resolve_resume(cfg, run_dir)
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
         callbacks = instantiate_dict(cfg.get("callbacks"))
-        loggers = build_loggers(cfg, run_dir)
         trainer = instantiate(
             cfg.trainer,
             callbacks=callbacks,
-            logger=loggers or False,
+            logger=False,  # set below, once the run dir is ours
             plugins=[AtomicCheckpointIO()],
         )
-        ckpt_path = find_resume_checkpoint(run_dir, cfg.get("ckpt_path"))
     except (InstantiationException, ValueError, OSError) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
         raise ConfigError(f"{type(cause).__name__}: {cause}") from err
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
-    log.info("run dir: %s", run_dir)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    rank_zero = is_global_rank_zero()
+    lock = RunLock(run_dir)
+    if rank_zero:
+        try:
+            lock.acquire()
+        except RunLockedError as err:
+            raise ConfigError(str(err)) from None
+        cleanup_stale_temps(run_dir)
+        save_run_config(cfg, run_dir)
+    try:
+        loggers = build_loggers(cfg, run_dir, resume_step)
+        if loggers:
+            trainer.loggers = loggers
+        if ckpt_path:
+            log.info("resuming from %s (step %d)", ckpt_path, resume_step)
+        log.info("run dir: %s", run_dir)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        lock.release()
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         train(cfg)
     except ConfigError as err:
         # Bad input: one clear line, no traceback; exit code 2 like argparse.
         print(f"depth2img-train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        # Preemption / requeue / scancel: the checkpoint is saved by the callbacks; this is a
+        # normal way for a job to end, not an error worth a traceback.
+        log.warning("stopped by SIGTERM; rerun (or the requeued job) resumes from last.ckpt")
+        sys.exit(143)
 
 
 def main() -> None:

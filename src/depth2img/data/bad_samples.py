@@ -78,6 +78,9 @@ class BadSampleCounter:
         self.num_slots = int(num_workers) + 1
         # Lock-free: every slot has a single writer (its own worker), the main process only reads.
         self._array = mp.RawArray("q", self.num_slots * len(ALL_REASONS))
+        # Per process (not shared): a stream replaying batches it already delivered before a
+        # resume mutes its counter, so those samples are not counted twice.
+        self.muted = False
 
     def _matrix(self) -> np.ndarray:
         """(slots, reasons) int64 view on the shared memory (no copy)."""
@@ -90,6 +93,8 @@ class BadSampleCounter:
 
     def add(self, reason: str, count: int = 1) -> None:
         """Count ``count`` events of ``reason`` for the calling worker."""
+        if self.muted:
+            return
         slot = self._slot()
         if slot >= self.num_slots:
             raise RuntimeError(

@@ -164,10 +164,21 @@ class TrainStream(IterableDataset):
         self.counter = counter
         self.keep_constant_depth = keep_constant_depth
         self.epoch = 0
+        self.skip_batches = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Set before each epoch (in the main process): new shard draws and crops per epoch."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Set before each epoch (in the main process): new shard draws and crops per epoch.
+
+        ``skip_batches``: batches of this epoch already delivered on this rank before a resume;
+        they are replayed (not yielded) so the stream continues where it stopped.
+        """
         self.epoch = int(epoch)
+        self.skip_batches = int(skip_batches)
+
+    def worker_skip(self, worker: int, num_workers: int) -> int:
+        """Batches of ``skip_batches`` that came from ``worker`` (batch k from worker k % W)."""
+        base, extra = divmod(self.skip_batches, num_workers)
+        return base + (worker < extra)
 
     def __len__(self) -> int:
         return self.batches_per_rank
@@ -234,7 +245,11 @@ class TrainStream(IterableDataset):
         seq = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker])
         rng = np.random.default_rng(seq)
         samples = self._samples(rng)
-        for _ in range(n_batches):
+        skip = min(self.worker_skip(worker, num_workers), n_batches)
+        for index in range(n_batches):
+            # Replayed batches (before a resume point) draw the same samples and random numbers
+            # as the first time, but are neither counted nor yielded.
+            self.counter.muted = index < skip
             # Samples go into the batch as they are decoded (resampled right away when big,
             # a few at a time in one call when small: see transforms.BatchBuilder).
             builder = self.transform.builder(self.batch_size)
@@ -244,7 +259,9 @@ class TrainStream(IterableDataset):
             for sample_notes in notes:
                 for note in sample_notes:
                     self.counter.add(note)
-            yield batch
+            if index >= skip:
+                yield batch
+        self.counter.muted = False
 
 
 class ValSet(Dataset):
@@ -330,16 +347,23 @@ class _EpochLoader(DataLoader):
     """
 
     def __init__(
-        self, dataset: TrainStream, *args, epoch_fn: Callable[[], int] | None = None, **kwargs
+        self,
+        dataset: TrainStream,
+        *args,
+        epoch_fn: Callable[[], int] | None = None,
+        skip_fn: Callable[[int], int] | None = None,
+        **kwargs,
     ):
         super().__init__(dataset, *args, **kwargs)
         self.epoch_fn = epoch_fn  # public attribute: Lightning can re-create the loader
+        self.skip_fn = skip_fn  # epoch -> batches to replay (a resume inside that epoch)
         self._iterations = 0
 
     def __iter__(self):
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._iterations
         self._iterations += 1
-        self.dataset.set_epoch(epoch)
+        skip = self.skip_fn(epoch) if self.skip_fn is not None else 0
+        self.dataset.set_epoch(epoch, skip_batches=skip)
         return super().__iter__()
 
 
@@ -430,6 +454,7 @@ class ShardDataModule(L.LightningDataModule):
         self._counters: dict[str, BadSampleCounter] = {}
         self._val_set: ValSet | None = None
         self._manual_epoch = 0
+        self._resume_position: dict | None = None  # from load_state_dict, used once
 
     # ------------------------------------------------------------------ sizes and ranks
 
@@ -500,6 +525,9 @@ class ShardDataModule(L.LightningDataModule):
         # Lightning warns that __len__ of an IterableDataset may be wrong with several workers;
         # here it is exact by construction (worker_batches sums to len), so silence just that.
         warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+        # A mid-epoch resume replays the stream to its saved position (state_dict), so Lightning's
+        # "dataloader is not resumable" warning does not apply.
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
         log.info(
             "train data: %d shards, %d batches of %d per rank per epoch (rank %d/%d, %d workers)",
             len(urls),
@@ -512,12 +540,66 @@ class ShardDataModule(L.LightningDataModule):
         return _EpochLoader(
             stream,
             epoch_fn=self._current_epoch,
+            skip_fn=self._resume_skip,
             batch_size=None,
             collate_fn=_as_is,  # batches are complete; skip torch's default_convert walk
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
         )
+
+    # ------------------------------------------------------------------ stream position
+
+    def _stream_layout(self) -> dict:
+        """What, besides the epoch, determines the train streams (must match to replay)."""
+        _, world = self.rank_world()
+        return {
+            "seed": self.seed,
+            "world_size": world,
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "train_urls": len(self.train_urls or []),
+        }
+
+    def state_dict(self) -> dict:
+        """The train stream's position, saved by Lightning in every checkpoint.
+
+        ``batches_done``: batches of ``epoch`` whose training step finished on this rank (the
+        same on every rank); the per-worker offsets follow from it (module docstring).
+        """
+        trainer = self.trainer
+        if trainer is None or self.train_urls is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {
+            "stream_position": {
+                "epoch": int(trainer.current_epoch),
+                "batches_done": int(progress.processed),
+                **self._stream_layout(),
+            }
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Remember the position; the next train loader of that epoch replays up to it."""
+        self._resume_position = dict(state_dict.get("stream_position") or {}) or None
+
+    def _resume_skip(self, epoch: int) -> int:
+        position, self._resume_position = self._resume_position, None
+        if not position or int(position.get("epoch", -1)) != epoch:
+            return 0
+        done = int(position.get("batches_done", 0))
+        saved_layout = {k: position.get(k) for k in self._stream_layout()}
+        if saved_layout != self._stream_layout():
+            log.warning(
+                "cannot replay the data stream exactly (saved %s, now %s): epoch %d restarts",
+                saved_layout,
+                self._stream_layout(),
+                epoch,
+            )
+            return 0
+        if done:
+            log.info("resuming the data stream of epoch %d after %d batches", epoch, done)
+        return done
 
     def val_set(self) -> ValSet:
         """The fixed validation set of this rank (built once)."""

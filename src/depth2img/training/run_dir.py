@@ -5,8 +5,9 @@ lands in the same folder and finds ``checkpoints/last.ckpt``. Rules (``make_run_
 
 1. an explicit ``run_name=...`` wins (reuse it to resume a local run);
 2. under SLURM: ``<experiment_name>-<SLURM_JOB_ID>`` (a requeue keeps the job id);
-3. otherwise ``<experiment_name>-<YYYY-mm-dd_HH-MM-SS>``, fixed once per process tree through
-   ``$DEPTH2IMG_RUN_TIMESTAMP`` so re-resolving the config (or a DDP child) gives the same name.
+3. otherwise ``<experiment_name>-<YYYY-mm-dd_HH-MM-SS>-<4 hex>``, fixed once per process tree
+   through ``$DEPTH2IMG_RUN_TIMESTAMP`` so re-resolving the config (or a DDP child) gives the
+   same name; the random suffix keeps two runs started in the same second apart.
 """
 
 from __future__ import annotations
@@ -43,8 +44,13 @@ def run_timestamp(env: Mapping[str, str] | None = None) -> str:
     if env is None:
         env = os.environ
         if TIMESTAMP_ENV not in env:
-            os.environ[TIMESTAMP_ENV] = time.strftime("%Y-%m-%d_%H-%M-%S")
-    return env.get(TIMESTAMP_ENV) or time.strftime("%Y-%m-%d_%H-%M-%S")
+            os.environ[TIMESTAMP_ENV] = new_run_stamp()
+    return env.get(TIMESTAMP_ENV) or new_run_stamp()
+
+
+def new_run_stamp() -> str:
+    """``YYYY-mm-dd_HH-MM-SS-<4 hex>``: the time, plus a random part for same-second starts."""
+    return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{uuid.uuid4().hex[:4]}"
 
 
 def make_run_name(
@@ -80,6 +86,36 @@ def find_resume_checkpoint(run_dir: str | Path, ckpt_path: str | None = None) ->
         return str(path.resolve())
     last = last_checkpoint(run_dir)
     return str(last) if last.is_file() else None
+
+
+def checkpoint_global_step(path: str | Path, origin: str = "ckpt_path") -> int:
+    """Check that ``path`` is a training checkpoint of this project; return its global step.
+
+    Reads it memory-mapped (cheap even for GB files). ``origin`` names where the path came from
+    in the message.
+
+    Raises:
+        ValueError: unreadable, truncated, not a torch checkpoint, or not a Lightning training
+            checkpoint (no ``state_dict`` / ``global_step``).
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, text file, pickle of foreign classes, ...
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{origin}={path} is not a readable training checkpoint ({reason}). Pass a .ckpt "
+            "written by depth2img-train (checkpoints/last.ckpt or step=N.ckpt)"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(
+            f"{origin}={path} is not a depth2img-train checkpoint (has {keys}, needs state_dict "
+            "and global_step). To start from exported weights use model.model_source=<folder> instead"
+        )
+    return int(ckpt["global_step"])
 
 
 def ensure_wandb_run_id(run_dir: str | Path, env: Mapping[str, str] | None = None) -> str:

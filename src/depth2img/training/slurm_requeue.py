@@ -20,6 +20,13 @@ all-reduce of two integers) and then, together:
 
 Outside SLURM (or with ``enabled=False``) it does nothing. A signal that arrives during
 validation is acted on at the next training batch end.
+
+A signal during start-up (model loading, data indexing: before the callback's handlers exist)
+would kill the job (SIGUSR1's default action) or reach Lightning's in-handler save.
+``depth2img-train`` therefore calls :func:`install_early_handlers` before it builds anything;
+they record into the same flags, and the first step boundary acts on them (save + requeue).
+After a signal the run stops without the validation Lightning would otherwise run on stop
+(it could eat the grace period on a real model).
 """
 
 from __future__ import annotations
@@ -40,6 +47,36 @@ from depth2img.training.run_dir import last_checkpoint
 log = logging.getLogger("depth2img.slurm")
 
 _REQUEUE, _TERM = 0, 1  # indices into the per-rank flag vector
+# Signals seen by the early handlers (before the callback exists): [requeue, SIGTERM].
+_EARLY_FLAGS = [0, 0]
+_EARLY_HANDLERS: dict[signal.Signals, object] = {}
+
+
+def _record_early(signum: int, _frame) -> None:
+    # Only set a flag (see SlurmRequeueCallback._record).
+    if signum == signal.SIGTERM:
+        _EARLY_FLAGS[_TERM] = 1
+    else:
+        _EARLY_FLAGS[_REQUEUE] = 1
+
+
+def install_early_handlers(requeue_signal: str = "SIGUSR1", enabled: bool | None = None) -> bool:
+    """Record SIGUSR1/SIGTERM from now on (under SLURM, main thread only); True if installed.
+
+    Lightning does not install its own SIGUSR1 handler when one exists, so this also keeps its
+    in-handler save (the DDP deadlock above) out.
+    """
+    active = SLURMEnvironment.detect() if enabled is None else bool(enabled)
+    if not active or threading.current_thread() is not threading.main_thread():
+        return False
+    for signum in (signal.Signals[requeue_signal], signal.SIGTERM):
+        _EARLY_HANDLERS[signum] = signal.signal(signum, _record_early)
+    return True
+
+
+def early_signals() -> tuple[bool, bool]:
+    """(requeue signal seen, SIGTERM seen) by the early handlers so far."""
+    return bool(_EARLY_FLAGS[_REQUEUE]), bool(_EARLY_FLAGS[_TERM])
 
 
 def slurm_job_id(env: dict | None = None) -> str | None:
@@ -99,6 +136,12 @@ class SlurmRequeueCallback(pl.Callback):
         signums = [self.requeue_signal] + ([signal.SIGTERM] if self.save_on_sigterm else [])
         for signum in signums:
             self._previous[signum] = signal.signal(signum, self._record)
+        # Signals that arrived during start-up are acted on at the first step boundary.
+        self._flags[_REQUEUE] |= _EARLY_FLAGS[_REQUEUE]
+        self._flags[_TERM] |= _EARLY_FLAGS[_TERM] if self.save_on_sigterm else 0
+        _EARLY_FLAGS[:] = [0, 0]
+        if any(self._flags):
+            log.info("signal received during start-up: acting on it after the first step")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():
@@ -131,6 +174,9 @@ class SlurmRequeueCallback(pl.Callback):
         if requeue and trainer.is_global_zero:
             self._requeue()
         trainer.should_stop = True
+        # Lightning validates when a run is stopped early; here that would only spend the
+        # grace period (the checkpoint is saved), so validation is switched off for the rest.
+        trainer.limit_val_batches = 0
 
     def _requeue(self) -> None:
         job_id = slurm_job_id()

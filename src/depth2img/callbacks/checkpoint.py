@@ -1,0 +1,83 @@
+"""``ModelCheckpoint`` that keeps ``save_top_k`` true across resumes and crashes.
+
+Lightning only tracks the checkpoints it wrote in this process (plus those listed in the
+resumed checkpoint's callback state). A job killed after writing ``step=N.ckpt`` but before
+``last.ckpt`` leaves an orphan that no later run deletes, and a resumed run can keep more than
+``save_top_k`` files. With ``monitor="step"`` (the project default: keep the newest k),
+:class:`StepCheckpoint` reconciles the folder when training starts:
+
+- ``step=N.ckpt`` with ``N`` beyond the resumed step: written by an attempt whose progress was
+  lost; the resumed run will write it again, so it is removed now;
+- untracked ``step=N.ckpt`` up to the resumed step: adopted with score ``N``;
+- then the oldest are removed until ``save_top_k`` remain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger("depth2img.train")
+
+_STEP_FILE = re.compile(r"(?:^|[-_])step=(\d+)(?:-v\d+)?\.ckpt$")
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step in a ``step=N.ckpt``-style file name (None for ``last.ckpt`` and others)."""
+    match = _STEP_FILE.search(name)
+    return int(match.group(1)) if match else None
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` + the start-of-training reconciliation described above."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.monitor == "step" and self.dirpath and trainer.is_global_zero:
+            self.reconcile(int(trainer.global_step))
+
+    def reconcile(self, current_step: int) -> list[str]:
+        """Apply the rules above to ``self.dirpath``; returns the removed file names."""
+        folder = Path(self.dirpath)
+        if not folder.is_dir():
+            return []
+        tracked = {os.path.realpath(p): p for p in self.best_k_models}
+        removed: list[str] = []
+        for path in sorted(folder.glob("*.ckpt")):
+            step = checkpoint_step(path.name)
+            if step is None:
+                continue
+            key = os.path.realpath(path)
+            if step > current_step:
+                path.unlink(missing_ok=True)
+                self.best_k_models.pop(tracked.get(key, str(path)), None)
+                removed.append(path.name)
+            elif key not in tracked:
+                self.best_k_models[str(path)] = torch.tensor(float(step))
+        # Forget tracked files that are gone (deleted by hand).
+        for name in [p for p in self.best_k_models if not os.path.exists(p)]:
+            del self.best_k_models[name]
+        if self.save_top_k >= 0:
+            while len(self.best_k_models) > self.save_top_k:
+                oldest = min(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
+                del self.best_k_models[oldest]
+                Path(oldest).unlink(missing_ok=True)
+                removed.append(Path(oldest).name)
+        if self.best_k_models:
+            newest = max(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
+            oldest = min(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
+            self.best_model_path, self.best_model_score = newest, self.best_k_models[newest]
+            self.kth_best_model_path, self.kth_value = oldest, self.best_k_models[oldest]
+        if removed:
+            log.warning(
+                "checkpoints: removed %s (beyond step %d or save_top_k=%d)",
+                ", ".join(removed),
+                current_step,
+                self.save_top_k,
+            )
+        return removed
