@@ -183,6 +183,24 @@ def test_from_folder_nothing_written_exits_1(tmp_path):
     np.save(depths / "a.npy", np.ones((4, 4), np.float32))
     argv = ["--images", str(images), "--depths", str(depths), "--depth-kind", "inverse"]
     assert main(["from-folder", *argv, "--out", str(tmp_path / "out")]) == 1
+    # Nothing written: no manifest.json that would make the folder look like a shard set.
+    assert not list(tmp_path.rglob("manifest.json"))
+
+
+def test_from_folder_flags_invalid_and_flat_depth_and_prints_one_total(tmp_path, capsys):
+    images, depths = _photo_folder(tmp_path)
+    (images / "bad.jpg").unlink()
+    Image.fromarray(np.zeros((15, 20), np.uint16)).save(depths / "1.png")  # 0 = invalid
+    Image.fromarray(np.full((15, 20), 700, np.uint16)).save(depths / "2.png")  # flat
+    out = tmp_path / "out"
+    argv = ["--images", str(images), "--depths", str(depths), "--depth-kind", "depth"]
+    assert main(["from-folder", *argv, "--depth-invalid", "0", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "1.png: depth_all_invalid" in captured.err
+    assert "2.png: depth_constant" in captured.err
+    assert sorted(s["__key__"] for s in _samples(out)) == ["0", "3", "4"]
+    total = [line for line in captured.out.splitlines() if line.startswith("from-folder:")]
+    assert total == ["from-folder: wrote 3 samples (train 3), skipped 2 image(s)"]
 
 
 def test_cache_latents_matches_direct_vae_encoding(synth_dir, tmp_path):

@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--no-ema", action="store_true", help="export raw training weights, not EMA")
     p.add_argument(
-        "--dtype", default="float32", help="float32 | float16 | bfloat16 (default float32)"
+        "--dtype",
+        default="float32",
+        choices=("float32", "float16", "bfloat16"),
+        help="weights dtype (default float32)",
     )
     p.add_argument(
         "--base-model",
@@ -61,12 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SCHEDULER_NAMES,
         help="scheduler class saved in the folder (default: ddim)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out folder written by depth2img-export (never the input)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pathlib import Path
+
+    from depth2img.cli.arguments import check_output_path
+
+    if not Path(args.checkpoint).expanduser().exists() and Path(args.checkpoint).suffix == ".ckpt":
+        print(
+            f"depth2img-export: error: checkpoint {args.checkpoint} does not exist", file=sys.stderr
+        )
+        return 2
+    inputs = [args.checkpoint, args.base_model, args.depth_estimator]
+    refusal = check_output_path(args.out, inputs, args.overwrite, marker="model_index.json")
+    if refusal:
+        print(f"depth2img-export: error: {refusal}", file=sys.stderr)
+        return 2
     from tqdm.auto import tqdm
 
     from depth2img.inference.export import export_pipeline

@@ -393,11 +393,15 @@ def run_from_folder(args: argparse.Namespace) -> int:
             )  # fmt: skip
         except FileExistsError as err:
             raise UsageError(str(err)) from err
-    _print_problems("skipped unreadable files", [str(p) for p in result.problems])
+    _print_problems("skipped files", [str(p) for p in result.problems])
     for split, (count, manifest) in result.written.items():
-        print(f"{split}: {count} samples -> {manifest.parent}")
-        if count == 0:
-            print(f"warning: the {split} split is empty", file=sys.stderr)
+        if manifest is not None:
+            print(f"{split}: {count} samples -> {manifest.parent}")
+        else:
+            print(f"warning: the {split} split is empty (no manifest written)", file=sys.stderr)
+    skipped = len(result.problems) + len(pairing.images_without_depth) + len(pairing.ambiguous)
+    splits = ", ".join(f"{split} {count}" for split, (count, _) in result.written.items())
+    print(f"from-folder: wrote {result.total} samples ({splits}), skipped {skipped} image(s)")
     if result.total == 0:
         print("error: no sample was written", file=sys.stderr)
         return EXIT_FAILED

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark --out")
     p.add_argument(
         "--depth-model",
         default="shipped",
@@ -148,6 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
+    from depth2img.cli.arguments import check_output_path
+
+    for name in ("steps", "size", "batch_size"):
+        if getattr(args, name) < 1:
+            print(
+                f"depth2img-benchmark: error: --{name.replace('_', '-')} must be >= 1",
+                file=sys.stderr,
+            )
+            return 2
+    inputs = [args.depth_model, args.img2img_model, args.judge]
+    refusal = check_output_path(args.out, inputs, args.overwrite, marker="benchmark.md")
+    if refusal:
+        print(f"depth2img-benchmark: error: {refusal}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     tables = []
     try:

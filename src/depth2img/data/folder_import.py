@@ -15,6 +15,7 @@ list them all at the end.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -26,7 +27,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from depth2img.data.decoding import _to_rgb  # the reader's conversion rules, shared on purpose
+from depth2img.data.bad_samples import SampleError
+from depth2img.data.decoding import (
+    _to_rgb,  # the reader's conversion rules, shared on purpose
+    decode_sample,
+)
 from depth2img.data.shard_format import SampleMeta
 from depth2img.data.worker_pool import safe_pool
 from depth2img.data.writer import ShardWriter, encode_sample, sanitize_key
@@ -380,9 +385,17 @@ def _prepare(pair: Pair, context: tuple | None = None):
 def _encode_or_problem(pair: Pair, image: LoadedImage, depth: np.ndarray, context: tuple):
     images_dir, options, captions = context
     try:
-        return _encode(pair, image, depth, images_dir, options, captions)
+        sample = _encode(pair, image, depth, images_dir, options, captions)
     except ValueError as err:
         return Problem(str(pair.depth or pair.image), str(err))
+    # The reader's own checks, at conversion time: an all-invalid or constant depth map (wrong
+    # --depth-invalid/--depth-scale, a blank export) is reported here with its file, instead of
+    # being written and skipped later at every read.
+    try:
+        decode_sample(sample)
+    except SampleError as err:
+        return Problem(str(pair.depth or pair.image), f"{err.reason}: {err.detail}")
+    return sample
 
 
 def _estimate_missing(results: list, estimator, batch_size: int, context: tuple) -> None:
@@ -491,7 +504,7 @@ class FolderImportResult:
     """What :func:`write_folder_shards` wrote: ``{split: (samples, manifest path)}`` and the
     files it had to skip."""
 
-    written: dict[str, tuple[int, Path]]
+    written: dict[str, tuple[int, Path | None]]  # manifest None when nothing was written
     problems: list[Problem]
 
     @property
@@ -553,5 +566,12 @@ def write_folder_shards(
                     on_progress(1)
             if on_progress is not None:
                 on_progress(len(problems) - before)  # skipped pairs count as done
-        written[split] = (writer.num_samples, writer.manifest_path)
+        manifest = writer.manifest_path
+        if writer.num_samples == 0 and manifest is not None:
+            # An empty manifest would make the folder look like a (useless) shard set.
+            manifest.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                manifest.parent.rmdir()  # only when nothing else is in it
+            manifest = None
+        written[split] = (writer.num_samples, manifest)
     return FolderImportResult(written, problems)
