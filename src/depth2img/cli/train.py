@@ -21,6 +21,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from depth2img.paths import REPO_ROOT
+from depth2img.training.config_checks import (
+    ConfigValueError,
+    check_argument_types,
+    check_ranges,
+    origin_of,
+)
 from depth2img.training.run_dir import (
     checkpoint_global_step,
     ensure_wandb_run_id,
@@ -103,6 +109,46 @@ def _resolve_resume(cfg: DictConfig, run_dir: Path) -> tuple[str | None, int | N
     return ckpt_path, checkpoint_global_step(ckpt_path, origin=origin)
 
 
+def _instantiate_data(cfg: DictConfig, hydra_cfg) -> object:
+    """The datamodule; a missing shard path says where the path came from."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, (FileNotFoundError, ValueError)):
+            overrides = list(hydra_cfg.overrides.task)
+            choices = dict(hydra_cfg.runtime.choices)
+            origins = [
+                f"data.{key} {origin_of(f'data.{key}', overrides, choices)}"
+                for key in ("train_shards", "val_shards")
+                if cfg.data.get(key) and str(cfg.data.get(key)) in str(cause)
+            ]
+            hint = (
+                f" ({'; '.join(origins)}). Your own shards: data=shards "
+                "data.train_shards=DIR data.val_shards=DIR, or data=folder"
+                if origins
+                else ""
+            )
+            raise ConfigError(f"{type(cause).__name__}: {cause}{hint}") from err
+        raise
+
+
+def _check_batch_divides(datamodule, trainer) -> None:
+    """data.global_batch_size must split evenly over the ranks (checked before any launch)."""
+    world = int(trainer.num_devices) * int(trainer.num_nodes)
+    global_batch = getattr(datamodule, "global_batch_size", None)
+    per_rank_given = getattr(datamodule, "batch_size_override", None) is not None
+    if not per_rank_given and global_batch and world > 1 and global_batch % world:
+        raise ConfigValueError(
+            f"data.global_batch_size={global_batch} does not divide over {world} ranks "
+            f"(trainer.devices x trainer.num_nodes): use a multiple of {world} or set "
+            "data.batch_size per rank"
+        )
+
+
 def train(cfg: DictConfig) -> dict:
     """Run one training job from a composed config; returns the final callback metrics.
 
@@ -132,11 +178,15 @@ def train(cfg: DictConfig) -> dict:
 
     if not cfg.get("data"):
         raise ConfigError("no data config: pass data=<name> (see configs/data/) and its shards")
+    hydra_cfg = HydraConfig.get()
     try:
         # Everything that can fail because of user input happens here, before the run dir is
         # touched and before training starts.
+        for section in ("data", "model", "trainer"):
+            check_argument_types(cfg.get(section), section)
+        check_ranges(cfg)
         ckpt_path, resume_step = _resolve_resume(cfg, run_dir)
-        datamodule = instantiate(cfg.data)
+        datamodule = _instantiate_data(cfg, hydra_cfg)
         model = instantiate(cfg.model)
         callbacks = instantiate_dict(cfg.get("callbacks"))
         trainer = instantiate(
@@ -145,6 +195,11 @@ def train(cfg: DictConfig) -> dict:
             logger=False,  # set below, once the run dir is ours
             plugins=[AtomicCheckpointIO()],
         )
+        _check_batch_divides(datamodule, trainer)
+    except ConfigValueError as err:
+        key = str(err).split("=", 1)[0]
+        origin = origin_of(key, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+        raise ConfigError(f"{err} ({origin})") from None
     except (InstantiationException, ValueError, OSError) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
         raise ConfigError(f"{type(cause).__name__}: {cause}") from err
