@@ -47,7 +47,8 @@ def test_depth_only_outputs_metadata_and_seed_reproducibility(tiny_model_dir, in
     assert records[0]["depth_kind"] == "depth" and records[0]["strength"] is None
     for record in records:
         assert read_png_params(out / record["file"]) == record
-        assert Image.open(out / record["file"]).size == (48, 32)
+        # The tiny model's native 64 px as an area, the 48x32 input's aspect, grid of 4.
+        assert Image.open(out / record["file"]).size == (80, 52)
     # The second image alone, from its own seed, has the same pixels.
     again = tmp_path / "again"
     assert main([*args, *COMMON, "--seed", "11", "--out", str(again)]) == 0
@@ -116,6 +117,42 @@ def test_bad_inputs_exit_nonzero_with_message_and_no_outputs(
         assert not out.exists() or not any(out.iterdir()), f"partial outputs for {argv}"
 
 
+def test_size_options_in_every_mode_and_resize_back(tiny_model_dir, inputs, tmp_path):
+    from depth2img.inference.sizing import generation_size
+
+    # The rule: native area, aspect kept, latent grid; explicit sizes win.
+    assert generation_size((3024, 4032), 768, 8) == (664, 888)
+    assert generation_size((284, 468), 64, 4) == (48, 84)
+    assert generation_size((32, 48), 64, 4, size=32) == (28, 40)
+    assert generation_size((32, 48), 64, 4, height=40) == (40, 60)
+    assert generation_size((32, 48), 64, 4, height=30, width=50) == (32, 52)
+    # The from-folder layout: images/ + depth/.
+    layout = tmp_path / "layout"
+    (layout / "images").mkdir(parents=True)
+    (layout / "depth").mkdir()
+    Image.open(inputs / "wall.jpg").save(layout / "images" / "wall.jpg")
+    Image.open(inputs / "wall_depth.png").save(layout / "depth" / "wall.png")
+    model = ["--model", str(tiny_model_dir), "--depth-kind", "depth"]
+    modes = {
+        "image": ["--image", str(inputs / "wall.jpg"), "--depth", str(inputs / "wall_depth.png")],
+        "depth": ["--depth", str(inputs / "wall_depth.png")],
+        "dir": ["--input-dir", str(layout)],
+    }
+    for name, argv in modes.items():
+        for size_args, expected in (
+            (["--size", "32"], (40, 28)),
+            (["--height", "24", "--width", "40"], (40, 24)),
+            (["--resize-back"], (48, 32)),
+        ):
+            out = tmp_path / f"{name}-{'-'.join(size_args)}"
+            assert main([*model, *argv, *COMMON, *size_args, "--out", str(out)]) == 0
+            (record,) = read_jsonl(out / "generations.jsonl")
+            assert Image.open(out / record["file"]).size == expected, (name, size_args)
+            assert (record["width"], record["height"]) == expected
+            if name == "dir":
+                assert record["inputs"]["depth"].endswith("depth/wall.png")
+
+
 def test_help_documents_inputs(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -139,8 +176,8 @@ def test_generator_api_batches_and_reports(tiny_model_dir, inputs):
         num_inference_steps=2,
         guidance_scale=3.0,
     )
-    assert len(result.images) == 4 and result.images[0].size == (48, 32)
-    assert result.depth.shape == (4, 32, 48)
+    assert len(result.images) == 4 and result.images[0].size == (80, 52)
+    assert result.depth.shape == (4, 52, 80)
     assert result.depth.min() >= -1 and result.depth.max() <= 1
     # metric depth: small (near, left) must be high in the model convention
     assert result.depth[0, :, 0].mean() > result.depth[0, :, -1].mean()
@@ -178,4 +215,4 @@ def test_shipped_model_with_its_own_depth_estimator(inputs, tmp_path):
     assert main([*argv, *COMMON, "--strength", "1.0", "--out", str(out)]) == 0
     (record,) = read_jsonl(out / "generations.jsonl")
     assert record["depth_source"].startswith("estimated:") and record["strength"] == 1.0
-    assert Image.open(out / record["file"]).size == (48, 32)
+    assert Image.open(out / record["file"]).size == (80, 52)

@@ -89,14 +89,12 @@ def test_failed_starts_and_a_second_job_leave_the_run_untouched(shards, tmp_path
     before = _snapshot(run_dir)
     assert "csv/metrics.csv" in before and ".hydra/config.yaml" in before
 
-    text_ckpt = tmp_path / "notes.ckpt"
-    text_ckpt.write_text("not a checkpoint")
+    # (Truncated and foreign checkpoints: tests/unit/test_nothing_lost.py; each start here
+    # costs ~30 s of imports on a loaded machine.)
     truncated = tmp_path / "cut.ckpt"
     truncated.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:4096])
     cases = [
-        (["ckpt_path=" + str(text_ckpt)], "not a readable training checkpoint"),
         (["ckpt_path=" + str(truncated)], "not a readable training checkpoint"),
-        (["ckpt_path=" + str(tmp_path / "missing.ckpt")], "does not exist"),
         (["model.learning_rate=abc"], "learning_rate"),
     ]
     for overrides, pattern in cases:
@@ -134,10 +132,10 @@ def test_sigterm_saves_and_exits_without_traceback(shards, tmp_path):
 
     _wait_for(lambda: logged_steps() >= 3, proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    out_text, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
     assert "Traceback" not in err and "Error executing job" not in err
-    assert "stopped by SIGTERM" in err
+    assert "stopped by SIGTERM" in out_text + err
     ckpt = torch.load(out / "train/t/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] >= 3
     assert not (out / "train/t/run.lock").exists()

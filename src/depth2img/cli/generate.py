@@ -16,9 +16,15 @@ inputs (pick one):
               --image I --depth-from-image   depth estimated from the image
               --depth D                      depth-only generation (pure noise start)
   folder      --input-dir DIR                images and depth maps paired by file stem:
-                                             room.jpg + room_depth.png / room.npy / room.tif
+                                             room.jpg + room_depth.png / room.npy / room.tif,
+                                             or DIR/images/ + DIR/depth/ (from-folder layout)
   shards      --shards SPEC                  WebDataset shards (folder, brace pattern or glob);
                                              prompt = --prompt or each sample's caption
+
+output size: the model's native resolution (64 px tiny, 768 SD2-depth) as an area, with the
+input's aspect ratio, on the latent grid: a 4032x3024 photo on SD2 -> 888x664. --size S = about
+SxS pixels; --height/--width = exactly that (one of them: the other from the aspect ratio); in
+every mode. --resize-back returns each image at its input's size.
 
 depth files: 16-bit PNG (exact), 8-bit PNG, .npy, .tif/.tiff, one channel. --depth-kind says
 what the values mean: inverse (near is high: MiDaS, disparity), depth (metric distance, far
@@ -38,6 +44,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from depth2img.cli.arguments import positive_int
     from depth2img.data.depth_spec import DEPTH_KINDS
     from depth2img.inference.schedulers import SCHEDULER_NAMES
 
@@ -89,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--input-dir", default=None, help="folder of images/depth maps (by stem)")
     i.add_argument("--shards", default=None, help="WebDataset shard spec")
     i.add_argument(
-        "--max-samples", type=int, default=None, help="stop after this many inputs (folder/shards)"
+        "--max-samples",
+        type=positive_int,
+        default=None,
+        help="stop after this many inputs (folder/shards)",
     )
     i.add_argument(
         "--use-shard-images",
@@ -98,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     s = p.add_argument_group("sampling")
-    s.add_argument("--steps", type=int, default=20, help="inference steps (default: 20)")
+    s.add_argument("--steps", type=positive_int, default=20, help="inference steps (default: 20)")
     s.add_argument(
         "--guidance-scale",
         type=float,
@@ -139,9 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="ControlNet models: fraction of the steps after which it stops (default: 1)",
     )
-    s.add_argument("--num-images", type=int, default=1, help="images per input (default: 1)")
-    s.add_argument("--height", type=int, default=None, help="output height, depth-only mode")
-    s.add_argument("--width", type=int, default=None, help="output width, depth-only mode")
+    s.add_argument(
+        "--num-images", type=positive_int, default=1, help="images per input (default: 1)"
+    )
+    s.add_argument(
+        "--size",
+        type=positive_int,
+        default=None,
+        help="about SIZE x SIZE output pixels, input aspect kept (default: model native)",
+    )
+    s.add_argument("--height", type=positive_int, default=None, help="output height (pixels)")
+    s.add_argument("--width", type=positive_int, default=None, help="output width (pixels)")
+    s.add_argument(
+        "--resize-back",
+        action="store_true",
+        help="resize each result to its input's size (generation stays at the model's size)",
+    )
 
     o = p.add_argument_group("output")
     o.add_argument(
@@ -177,10 +200,8 @@ def _check_args(args, parser) -> str:
             parser.error(f"--{name} file not found: {value}")
     if args.input_dir and not Path(args.input_dir).is_dir():
         parser.error(f"--input-dir folder not found: {args.input_dir}")
-    if args.steps < 1 or args.num_images < 1:
-        parser.error("--steps and --num-images must be >= 1")
-    if (args.height is None) != (args.width is None):
-        parser.error("give both --height and --width (or neither: the input's size is used)")
+    if args.size is not None and (args.height is not None or args.width is not None):
+        parser.error("give --size, or --height/--width, not both")
     if not 0.0 < args.strength <= 1.0:
         parser.error(f"--strength must be in (0, 1], got {args.strength}")
     if args.controlnet_scale < 0 or not 0.0 <= args.control_start < args.control_end <= 1.0:
@@ -322,6 +343,8 @@ def run(args, parser) -> int:
             controlnet_conditioning_scale=args.controlnet_scale,
             control_guidance_start=args.control_start,
             control_guidance_end=args.control_end,
+            size=args.size,
+            resize_back=args.resize_back,
         )
         for k, (image, params) in enumerate(zip(result.images, result.params)):
             file = f"{item['name']}_{k}.png"

@@ -32,6 +32,7 @@ from depth2img.inference.io import (
 )
 from depth2img.inference.loading import load_generator_components
 from depth2img.inference.sampling import generate, output_size
+from depth2img.inference.sizing import generation_size, native_resolution
 from depth2img.models.components import Components
 
 
@@ -201,6 +202,8 @@ class Depth2ImgGenerator:
         controlnet_conditioning_scale: float = 1.0,
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
+        size: int | None = None,
+        resize_back: bool = False,
     ) -> GenerationResult:
         """Generate one batch.
 
@@ -218,7 +221,11 @@ class Depth2ImgGenerator:
                 ``pure_noise_at_full_strength`` the image then only fixes size and, when no depth
                 map is given, the estimated depth). Ignored without an image.
             num_images: images per input (prompts/images/depths are repeated).
-            height, width: output size for depth-only generation (default: the depth's size).
+            height, width, size: output size (``depth2img.inference.sizing``): by default the
+                model's native resolution with the input's aspect ratio; ``size`` = about
+                size x size pixels; ``height``/``width`` = exactly that (rounded to the latent
+                grid). Applies with and without an init image (which is resized to it).
+            resize_back: return the images at the input's own size (resized after sampling).
             controlnet_conditioning_scale, control_guidance_start, control_guidance_end: for
                 ControlNet models, the strength of the ControlNet and the fraction of the steps
                 it acts in (other models accept only the defaults 1.0, 0.0, 1.0).
@@ -251,11 +258,29 @@ class Depth2ImgGenerator:
         if pil_images[0] is not None:
             for i, (im, d) in enumerate(zip(pil_images, depth_tensors)):
                 check_depth_fits_image(d.shape[-2:], im.size[::-1], f"sample {i}")
+        input_hw = pil_images[0].size[::-1] if pil_images[0] is not None else sizes.pop()
+        try:
+            target_hw = self.output_size(input_hw, size=size, height=height, width=width)
+        except ValueError as err:
+            raise InputError(str(err)) from None
         init = None
         if pil_images[0] is not None:
-            init = torch.cat(repeat([image_to_tensor(im) for im in pil_images]))
+            resized = [
+                im if im.size[::-1] == target_hw else im.resize(target_hw[::-1], Image.BICUBIC)
+                for im in pil_images
+            ]
+            init = torch.cat(repeat([image_to_tensor(im) for im in resized]))
         depth_batch = torch.cat(repeat(depth_tensors))  # [B, 1, H, W]
         valid_batch = torch.cat(repeat(valids))
+        if tuple(depth_batch.shape[-2:]) != target_hw:
+            # To the output size first: rounding to the latent grid changes the aspect ratio
+            # slightly, which the sampler would take for a mismatched depth map.
+            depth_batch = F.interpolate(
+                depth_batch, size=target_hw, mode="bicubic", align_corners=False
+            ).clamp(-1.0, 1.0)
+            valid_batch = (
+                F.interpolate(valid_batch.float(), size=target_hw, mode="nearest") > 0.5
+            ).to(valid_batch.dtype)
         total = len(depth_batch)
 
         seeds = _resolve_seeds(seed, seeds, total)
@@ -265,8 +290,7 @@ class Depth2ImgGenerator:
             if len(negatives) == batch:
                 negatives = repeat(negatives)
         all_prompts = repeat(prompts)
-        if init is None and height is None and width is None:
-            height, width = depth_batch.shape[-2:]
+        height, width = target_hw
         control = {}
         if self.components.controlnet is not None:
             control = {
@@ -305,7 +329,10 @@ class Depth2ImgGenerator:
         )
         arrays = (out.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype("uint8")
         pil_out = [Image.fromarray(a) for a in arrays]
-        out_hw = tuple(out.shape[-2:])
+        generated_hw = tuple(out.shape[-2:])
+        out_hw = tuple(int(v) for v in input_hw) if resize_back else generated_hw
+        if out_hw != generated_hw:
+            pil_out = [im.resize(out_hw[::-1], Image.LANCZOS) for im in pil_out]
         used_depth = F.interpolate(depth_batch, size=out_hw, mode="bilinear", align_corners=False)
         shared = {
             "num_inference_steps": int(num_inference_steps),
@@ -315,6 +342,8 @@ class Depth2ImgGenerator:
             "pure_noise_at_full_strength": bool(pure_noise_at_full_strength),
             "height": out_hw[0],
             "width": out_hw[1],
+            "generated_height": generated_hw[0],
+            "generated_width": generated_hw[1],
             "depth_kind": depth_kind if depth_source == "given" else "inverse",
             "depth_source": depth_source,
             "depth_spec": self.depth_spec.to_dict(),
@@ -334,6 +363,28 @@ class Depth2ImgGenerator:
             for i in range(total)
         ]
         return GenerationResult(pil_out, used_depth[:, 0].float().cpu(), params)
+
+    @property
+    def native_resolution(self) -> int:
+        """The model's native side length in pixels (UNet sample size x VAE factor)."""
+        return native_resolution(self.components)
+
+    def output_size(
+        self,
+        input_hw: tuple[int, int],
+        size: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> tuple[int, int]:
+        """(H, W) this model generates at for an input of ``input_hw`` (see ``sizing``)."""
+        return generation_size(
+            input_hw,
+            self.native_resolution,
+            self.components.vae_scale_factor,
+            size=size,
+            height=height,
+            width=width,
+        )
 
     def _prepare_depths(self, depths, depth_kind, pil_images):
         """Given or estimated depth -> lists of (1,1,H,W) normalized depth and valid masks."""

@@ -230,12 +230,56 @@ def check_depth_fits_image(depth_hw, image_hw, name: str = "") -> None:
         raise InputError(str(err)) from err
 
 
+IMAGE_SUBFOLDERS = ("images", "image", "rgb")
+DEPTH_SUBFOLDERS = ("depth", "depths")
+
+
+def _layout_subfolders(folder: Path) -> tuple[Path, Path] | None:
+    """(images/, depth/) when ``folder`` uses the ``depth2img-shards from-folder`` layout."""
+    images = next((folder / n for n in IMAGE_SUBFOLDERS if (folder / n).is_dir()), None)
+    depths = next((folder / n for n in DEPTH_SUBFOLDERS if (folder / n).is_dir()), None)
+    return (images, depths) if images is not None and depths is not None else None
+
+
+def _find_split_inputs(images_dir: Path, depths_dir: Path) -> dict[str, dict]:
+    """images/<stem>.<ext> + depth/<stem>[_depth].<ext>, matched by relative stem."""
+    items: dict[str, dict] = {}
+
+    def add(path: Path, slot: str, root: Path) -> None:
+        stem = path.relative_to(root).with_suffix("").as_posix()
+        if slot == "depth":
+            marker = next((m for m in DEPTH_STEM_MARKERS if stem.endswith(m)), None)
+            stem = stem[: -len(marker)] if marker else stem
+        name = stem.replace("/", "_")
+        item = items.setdefault(name, {"name": name, "image": None, "depth": None})
+        if item[slot] is not None:
+            raise InputError(
+                f"{root}: two {slot} files for {stem!r} ({item[slot].name}, {path.name}); "
+                "keep one per stem"
+            )
+        item[slot] = path
+
+    for path in sorted(images_dir.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            add(path, "image", images_dir)
+    for path in sorted(depths_dir.rglob("*")):
+        if path.is_file() and path.suffix.lower() in set(DEPTH_SUFFIXES) | set(IMAGE_SUFFIXES):
+            add(path, "depth", depths_dir)
+    return items
+
+
 def find_inputs(folder: str | Path) -> list[dict]:
     """Pair images and depth maps in a folder by file stem.
 
-    A file is a depth map when its suffix is ``.npy``/``.tif``/``.tiff`` or its stem ends with
-    ``_depth``/``.depth``/``-depth`` (e.g. ``room.jpg`` + ``room_depth.png``); other images are
-    init images. Items can have an image, a depth map, or both.
+    Two layouts:
+
+    - ``images/`` + ``depth/`` (or ``depths/``) subfolders, as ``depth2img-shards from-folder``
+      takes: ``images/a/room.jpg`` pairs with ``depth/a/room.png`` (or ``room_depth.png``);
+    - one flat folder: a file is a depth map when its suffix is ``.npy``/``.tif``/``.tiff`` or
+      its stem ends with ``_depth``/``.depth``/``-depth`` (``room.jpg`` + ``room_depth.png``);
+      other images are init images.
+
+    Items can have an image, a depth map, or both.
 
     Returns:
         Sorted list of ``{"name": stem, "image": Path | None, "depth": Path | None}``.
@@ -246,8 +290,9 @@ def find_inputs(folder: str | Path) -> list[dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder not found: {folder}")
-    items: dict[str, dict] = {}
-    for path in sorted(folder.iterdir()):
+    layout = _layout_subfolders(folder)
+    items: dict[str, dict] = {} if layout is None else _find_split_inputs(*layout)
+    for path in sorted(folder.iterdir()) if layout is None else []:
         suffix = path.suffix.lower()
         if not path.is_file() or suffix not in set(IMAGE_SUFFIXES) | set(DEPTH_SUFFIXES):
             continue
@@ -267,7 +312,7 @@ def find_inputs(folder: str | Path) -> list[dict]:
     if not items:
         raise InputError(
             f"{folder} has no images or depth maps ({', '.join(IMAGE_SUFFIXES)}; depth maps as "
-            ".npy/.tif or <name>_depth.png)"
+            ".npy/.tif or <name>_depth.png, or images/ + depth/ subfolders)"
         )
     return [items[name] for name in sorted(items)]
 
