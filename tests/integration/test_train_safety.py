@@ -164,7 +164,7 @@ def test_sigusr1_before_the_first_step_still_requeues_under_slurm(shards, tmp_pa
         "trainer.val_check_interval=1",  # validation would follow every step
         "logger=csv",
         # The requeue command gets the job id appended: `touch <marker> 4242`.
-        f"callbacks.slurm_requeue.requeue_command=[touch,{marker}]",
+        f"+callbacks.slurm_requeue.requeue_command=[touch,{marker}]",
     )
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

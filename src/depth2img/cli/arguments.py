@@ -75,3 +75,8 @@ def check_output_path(
                 "replaces earlier outputs; choose another --out"
             )
     return None
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error message on one line (library messages may embed newlines and blank lines)."""
+    return " ".join(str(error).split())

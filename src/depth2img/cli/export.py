@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             bar.update(1)
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, OSError) as err:
-        print(f"depth2img-export: error: {err}", file=sys.stderr)
+        from depth2img.cli.arguments import one_line
+
+        print(f"depth2img-export: error: {one_line(err)}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} -> {out}")
     return 0

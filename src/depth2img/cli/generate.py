@@ -378,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, parser)
     except (InputError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"depth2img-generate: error: {err}", file=sys.stderr)
+        from depth2img.cli.arguments import one_line
+
+        print(f"depth2img-generate: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -545,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = COMMANDS[args.command](args)
     except UsageError as err:
-        parser.exit(EXIT_USAGE, f"depth2img-shards {args.command}: error: {err}\n")
+        from depth2img.cli.arguments import one_line
+
+        parser.exit(EXIT_USAGE, f"depth2img-shards {args.command}: error: {one_line(err)}\n")
     return code
 
 

@@ -234,7 +234,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         train(cfg)
     except ConfigError as err:
         # Bad input: one clear line, no traceback; exit code 2 like argparse.
-        print(f"depth2img-train: error: {err}", file=sys.stderr)
+        print(f"depth2img-train: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:
         # Preemption / requeue / scancel: the checkpoint is saved by the callbacks; this is a
