@@ -50,7 +50,7 @@ def settings_from_config(cfg: DictConfig, out_dir: str):
     if not cfg.get("shards"):
         raise EvalConfigError(
             "no eval shards: pass shards=<folder | file.tar | 'val-{000000..000003}.tar'> "
-            "(write some with `depth2img-shards synthetic ...`)"
+            "(write some with `depth2img-shards synth ...`)"
         )
     known = set(EvalSettings.__dataclass_fields__)
     preset = OmegaConf.to_container(cfg.eval, resolve=True)
