@@ -91,6 +91,34 @@ def test_check_good_and_all_bad_through_console_script(synth_dir, tmp_path):
     assert summary["skipped"]["tar_error"] == 1
 
 
+def test_check_names_bad_samples_and_draws_a_preview(synth_dir, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shard = sorted((synth_dir / "train").glob("*.tar"))[0]
+    dropped = set()
+    with tarfile.open(shard) as src, tarfile.open(bad / "bad-000000.tar", "w") as tar:
+        for member in src.getmembers():
+            key = member.name.split(".")[0]
+            if ".depth." in member.name and len(dropped) < 2:
+                dropped.add(key)  # the first two samples lose their depth map
+                continue
+            tar.addfile(member, src.extractfile(member))
+    (bad / "bad-000001.tar").write_bytes(b"\0garbage" * 100)
+    report = tmp_path / "report.json"
+    preview = tmp_path / "preview.png"
+    argv = ["check", str(bad), "--list-bad", "1", "--json-out", str(report)]
+    assert main([*argv, "--preview", str(preview), "--preview-count", "3"]) == 0
+    captured = capsys.readouterr()
+    listed = json.loads(report.read_text())["bad_samples"]
+    assert {b["key"] for b in listed if b["reason"] == "missing_depth"} == dropped
+    assert [b["reason"] for b in listed].count("tar_error") == 1
+    # stdout names the first one; the rest is counted and points at the JSON file.
+    assert len(json.loads(captured.out)["bad_samples"]) == 1
+    assert "missing_depth" in captured.err and "more bad samples; all in" in captured.err
+    sheet = Image.open(preview)
+    assert sheet.height >= 3 * 192 and np.asarray(sheet).std() > 0
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     for argv in (
         ["check", str(tmp_path / "nope")],

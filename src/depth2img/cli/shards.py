@@ -111,6 +111,7 @@ def _add_output_args(parser: argparse.ArgumentParser, default_depth_format: str)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from depth2img.cli.arguments import non_negative_int
     from depth2img.data.depth_spec import DEPTH_KINDS
 
     parser = argparse.ArgumentParser(
@@ -241,6 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--max-samples", type=_positive_int, default=None, metavar="N", help="stop after N samples"
     )
+    check.add_argument(
+        "--list-bad",
+        type=non_negative_int,
+        default=20,
+        metavar="N",
+        help="name the first N bad samples (shard, key, reason); all go to --json-out "
+        "(default: 20)",
+    )
+    check.add_argument(
+        "--preview",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also draw a contact sheet of random usable samples (image | depth | caption)",
+    )
+    check.add_argument(
+        "--preview-count", type=_positive_int, default=8, metavar="N", help="rows (default: 8)"
+    )
+    check.add_argument("--seed", type=int, default=0, help="which samples the preview shows")
     check.add_argument(
         "--keep-constant-depth",
         action="store_true",
@@ -461,11 +481,26 @@ def run_check(args: argparse.Namespace) -> int:
         summary = check_shards(
             urls, args.max_samples, bar.update, keep_constant_depth=args.keep_constant_depth
         )
-    text = json.dumps(summary, indent=2, sort_keys=True)
-    print(text)
+    bad = summary["bad_samples"]
+    # stdout: the summary with the first bad samples named; --json-out: all of them.
+    shown = {**summary, "bad_samples": bad[: args.list_bad]}
+    if len(bad) > args.list_bad:
+        shown["bad_samples_not_shown"] = len(bad) - args.list_bad
+    print(json.dumps(shown, indent=2, sort_keys=True))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(text + "\n")
+        args.json_out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    for item in bad[: args.list_bad]:
+        where = f"{item['shard']}:{item['key']}" if item["key"] else item["shard"]
+        print(f"bad sample {where}: {item['reason']} ({item['detail']})", file=sys.stderr)
+    if len(bad) > args.list_bad:
+        more = f"; all in {args.json_out}" if args.json_out else "; --json-out FILE lists all"
+        print(f"... and {len(bad) - args.list_bad} more bad samples{more}", file=sys.stderr)
+    if args.preview:
+        from depth2img.data.preview import contact_sheet
+
+        contact_sheet(urls, args.preview, count=args.preview_count, seed=args.seed)
+        print(f"preview: {args.preview}", file=sys.stderr)
     return EXIT_OK if summary["samples_usable"] > 0 else EXIT_FAILED
 
 

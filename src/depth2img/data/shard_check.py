@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from depth2img.data.bad_samples import NOTE_REASONS, SKIP_REASONS, BadSampleCounter
-from depth2img.data.decoding import decode_or_count, expand_shard_urls, iter_shard_samples
+from depth2img.data.bad_samples import NOTE_REASONS, SKIP_REASONS, BadSampleCounter, SampleError
+from depth2img.data.decoding import decode_sample, expand_shard_urls, iter_shard_samples
 from depth2img.data.shard_format import read_manifest
 
 MAX_LISTED_SIZES = 20
@@ -125,7 +125,9 @@ def check_shards(
     {kind: {min, max, mean, valid_fraction, units}}} of *physical* valid values),
     ``image_sizes`` ({"WxH": count}, the most common ones), ``captions_empty``,
     ``latents`` ({"C x h x w": count}), ``shards`` and ``manifest`` (per-shard counts checked
-    against each folder's manifest.json when every sample was read).
+    against each folder's manifest.json when every sample was read), ``bad_samples`` (every
+    skipped sample: ``{"shard", "key", "reason", "detail"}``, in read order; a broken tar is
+    one entry with key null).
     """
     counter = BadSampleCounter()
     total = usable = empty_captions = 0
@@ -134,9 +136,11 @@ def check_shards(
     sizes: Counter = Counter()
     latents: Counter = Counter()
     per_shard: dict[str, int] = {}
+    bad: list[dict] = []
     stopped = False
     for url in urls:
         per_shard[url] = 0
+        tar_errors = counter.counts().get("tar_error", 0)
         for raw in iter_shard_samples(url, counter):
             if max_samples is not None and total >= max_samples:
                 stopped = True
@@ -145,9 +149,15 @@ def check_shards(
             per_shard[url] += 1
             if on_sample is not None:
                 on_sample(1)
-            sample = decode_or_count(raw, counter, keep_constant_depth)
-            if sample is None:
+            try:
+                sample = decode_sample(raw, keep_constant_depth)
+            except SampleError as err:  # the reader's skip, with the sample named
+                counter.add(err.reason)
+                key = raw.get("__key__")
+                bad.append({"shard": url, "key": key, "reason": err.reason, "detail": err.detail})
                 continue
+            for note in sample.notes:
+                counter.add(note)
             usable += 1
             kind = sample.meta.depth_kind
             kinds[kind] += 1
@@ -157,6 +167,15 @@ def check_shards(
             empty_captions += not sample.caption
             if sample.latents is not None:
                 latents["x".join(map(str, sample.latents.shape))] += 1
+        if counter.counts().get("tar_error", 0) > tar_errors:
+            bad.append(
+                {
+                    "shard": url,
+                    "key": None,
+                    "reason": "tar_error",
+                    "detail": "truncated or unreadable tar: the rest of this shard was skipped",
+                }
+            )
         if stopped:
             break
     counts = counter.counts()
@@ -177,4 +196,5 @@ def check_shards(
         "shards_total": len(urls),
         "complete": not stopped,
         "manifest": _manifest_report(per_shard, complete=not stopped),
+        "bad_samples": bad,
     }
