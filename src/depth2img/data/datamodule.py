@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from depth2img.data.bad_samples import BadSampleCounter, SampleError
+from depth2img.data.bad_samples import SKIP_REASONS, BadSampleCounter, SampleError
 from depth2img.data.decoding import (
     DecodedSample,
     decode_or_count,
@@ -212,13 +212,31 @@ class TrainStream(IterableDataset):
                     "`depth2img-shards check`."
                 )
 
+    # Bad samples named in the log, per worker (a shard is re-read whenever it is drawn again,
+    # so each key is named once; the counts still count every read).
+    max_named_bad = 20
+
+    def _decode_named(self, raw: dict) -> DecodedSample | None:
+        """``decode_or_count``, also logging the first bad samples by shard and key."""
+        try:
+            decoded = decode_sample(raw, self.keep_constant_depth, self.transform.size)
+        except SampleError as exn:
+            self.counter.add(exn.reason)
+            named = self.__dict__.setdefault("_named_bad", set())
+            key = (raw.get("__url__"), raw.get("__key__"))
+            if not self.counter.muted and key not in named and len(named) < self.max_named_bad:
+                named.add(key)
+                log.warning("bad sample %s:%s skipped: %s", key[0], key[1], exn)
+            return None
+        for note in decoded.notes:
+            self.counter.add(note)
+        return decoded
+
     def _samples(self, rng: np.random.Generator) -> Iterator[DecodedSample]:
         """Endless decoded samples the transform can use; bad ones are counted and skipped."""
         misses = 0
         for raw in self._raw_samples(rng):
-            decoded = decode_or_count(
-                raw, self.counter, self.keep_constant_depth, self.transform.size
-            )
+            decoded = self._decode_named(raw)
             if decoded is not None:
                 try:
                     self.transform.check(decoded)
@@ -238,7 +256,11 @@ class TrainStream(IterableDataset):
             yield decoded
 
     def __iter__(self) -> Iterator[dict]:
-        worker, num_workers = _worker()
+        physical, num_workers = _worker()
+        # The DataLoader asks worker 0 first. After a resume at batch k of the epoch the next
+        # batch belongs to stream k % W, so physical worker p plays stream (p + k) % W (the
+        # identity when nothing is skipped).
+        worker = (physical + self.skip_batches) % num_workers
         n_batches = self.worker_batches(worker, num_workers)
         if n_batches == 0:
             return
@@ -658,11 +680,29 @@ class ShardDataModule(L.LightningDataModule):
                     totals[reason] = totals.get(reason, 0) + count
         return totals
 
-    def report_bad_samples(self) -> dict:
-        """Log a line per stage (and warn when samples were skipped). Returns the totals."""
-        for stage, counter in sorted(self._counters.items()):
-            counter.report(f"{stage} data (rank {self.rank_world()[0]})")
-        return self.bad_sample_counts()
+    def report_bad_samples(self, since: dict | None = None, label: str = "") -> dict:
+        """Log a line per stage (and warn when samples were skipped). Returns the totals.
+
+        ``since``: totals from an earlier call; then only what happened after it is reported
+        (per-epoch counts instead of ever-growing totals).
+        """
+        if since is None:
+            for stage, counter in sorted(self._counters.items()):
+                counter.report(f"{stage} data (rank {self.rank_world()[0]})")
+            return self.bad_sample_counts()
+        totals = self.bad_sample_counts()
+        new = {r: c - since.get(r, 0) for r, c in totals.items() if c > since.get(r, 0)}
+        skipped = {r: c for r, c in new.items() if r in SKIP_REASONS}
+        line = ", ".join(f"{r}={c}" for r, c in new.items()) or "none"
+        log.info("%s bad/odd sample reads: %s", label, line)
+        if skipped:
+            log.warning(
+                "%s: skipped %d bad sample reads (%s); `depth2img-shards check` names them",
+                label,
+                sum(skipped.values()),
+                line,
+            )
+        return totals
 
     def teardown(self, stage: str) -> None:
         if self._counters:
@@ -675,10 +715,16 @@ class BadSampleLogger(L.Callback):
     Add it to the trainer's callbacks when the datamodule is a :class:`ShardDataModule`.
     """
 
+    def __init__(self) -> None:
+        self._previous: dict[str, int] = {}
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = getattr(trainer, "datamodule", None)
         if not isinstance(datamodule, ShardDataModule):
             return
-        counts = datamodule.report_bad_samples()
+        # This epoch's reads only (the totals grow with every epoch that re-reads a shard).
+        label = f"epoch {trainer.current_epoch} (rank {trainer.global_rank})"
+        counts = datamodule.report_bad_samples(since=self._previous, label=label)
+        self._previous = dict(counts)
         for reason, count in counts.items():
             pl_module.log(f"data/bad_{reason}", float(count), rank_zero_only=True)
