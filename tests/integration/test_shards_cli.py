@@ -119,6 +119,49 @@ def test_check_names_bad_samples_and_draws_a_preview(synth_dir, tmp_path, capsys
     assert sheet.height >= 3 * 192 and np.asarray(sheet).std() > 0
 
 
+def test_from_folder_spec_with_two_sources(tmp_path, capsys):
+    (tmp_path / "phone").mkdir()
+    _photo_folder(tmp_path / "phone")  # 5 pairs (+ a broken jpg)
+    drone = tmp_path / "drone"
+    (drone / "rgb").mkdir(parents=True)
+    (drone / "ndsm").mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            drone / "rgb" / f"t{i}.png"
+        )
+        np.save(drone / "ndsm" / f"t{i}.npy", rng.random((16, 16)).astype(np.float32) * 30)
+    spec = tmp_path / "dataset.yaml"
+    spec.write_text(
+        "val_fraction: 0.25\nsources:\n"
+        "  - {name: phone, images: phone/images, depths: phone/depths, depth_kind: depth,\n"
+        "     depth_scale: 0.001, depth_units: m, captions: phone/caps.csv, caption: a photo}\n"
+        "  - {name: drone, images: drone/rgb, depths: drone/ndsm, depth_kind: height,\n"
+        "     depth_units: m, repeats: 3, caption: aerial view}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["from-folder", "--spec", str(spec), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    train = [decode_sample(s) for s in _samples(out / "train")]
+    val = [decode_sample(s) for s in _samples(out / "val")]
+    keys = sorted(s.key for s in train + val)
+    assert sum(k.startswith("phone-") for k in keys) == 5  # 6 pairs, the broken one skipped
+    # drone: 2 pairs -> 1 val + 1 train repeated 3 times (distinct keys)
+    drone_train = [s for s in train if s.key.startswith("drone-")]
+    assert len(drone_train) == 3 and len({s.key for s in drone_train}) == 3
+    assert all(s.meta.depth_kind == "height" and s.caption == "aerial view" for s in drone_train)
+    phone = {s.key: s for s in train + val if s.key.startswith("phone-")}
+    assert all(s.meta.depth_scale == 0.001 for s in phone.values())
+    assert phone["phone-0"].caption == "zero"
+    assert "from-folder: wrote" in captured.out
+    # A typo in a key is an error, not a silent default.
+    spec.write_text("sources:\n  - {images: drone/rgb, depths: drone/ndsm, depth_kind: height,"
+                    " depth_scal: 2}\n")  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(["from-folder", "--spec", str(spec), "--out", str(tmp_path / "o3")])
+    assert exc.value.code == 2 and "depth_scal" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     for argv in (
         ["check", str(tmp_path / "nope")],

@@ -111,6 +111,25 @@ def test_failed_starts_and_a_second_job_leave_the_run_untouched(shards, tmp_path
     assert _snapshot(run_dir) == before
 
 
+def test_short_run_validates_grids_and_checkpoints_at_its_end(shards, tmp_path):
+    out = tmp_path / "out"
+    cmd = _cmd(shards, out, "run_name=s", "trainer=cpu", "trainer.max_steps=3", "logger=csv")
+    cmd += ["callbacks.image_grid.every_n_steps=50", "model.lr_warmup_steps=10"]
+    proc = _run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = out / "train" / "s"
+    # val every 200, checkpoints every 500, grids every 50: all still happen at step 3.
+    rows = read_metrics(run_dir / "csv" / "metrics.csv")
+    assert [r for r in rows if r.get("val/loss")]
+    assert (run_dir / "checkpoints" / "step=3.ckpt").is_file()
+    assert (run_dir / "images" / "step=3.png").is_file()
+    text = proc.stdout + proc.stderr
+    assert "lr_warmup_steps=10 is longer than the run" in text
+    assert "data.size=32 (set on the command line) differs from the model's native" in text
+    assert "3/3" in text  # the bar counts the run's optimizer steps
+    assert "module(s) in eval mode" not in text
+
+
 def _wait_for(predicate, proc, timeout=120.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

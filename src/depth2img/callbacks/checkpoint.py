@@ -10,6 +10,10 @@ resumed checkpoint's callback state). A job killed after writing ``step=N.ckpt``
   lost; the resumed run will write it again, so it is removed now;
 - untracked ``step=N.ckpt`` up to the resumed step: adopted with score ``N``;
 - then the oldest are removed until ``save_top_k`` remain.
+
+It also saves at the run's last step (``trainer.max_steps``) when that step is not a multiple
+of ``every_n_train_steps``, so a 50-step run with checkpoints every 500 steps still ends with
+``step=50.ckpt``, not only ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,18 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         if self.monitor == "step" and self.dirpath and trainer.is_global_zero:
             self.reconcile(int(trainer.global_step))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step = trainer.global_step
+        final = trainer.max_steps is not None and step >= trainer.max_steps > 0
+        if not final or self._last_global_step_saved == step or self._every_n_train_steps < 1:
+            return
+        if (batch_idx + 1) % max(1, int(trainer.accumulate_grad_batches)):
+            return  # inside an accumulation: the step is not finished
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
 
     def reconcile(self, current_step: int) -> list[str]:
         """Apply the rules above to ``self.dirpath``; returns the removed file names."""

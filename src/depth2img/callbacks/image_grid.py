@@ -89,8 +89,9 @@ class ImageGridCallback(pl.Callback):
         if self._batch is None:
             self._keep(batch, from_val=False)
         step = trainer.global_step
-        if step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
-            return
+        final = trainer.max_steps is not None and step == trainer.max_steps > 0
+        if step == 0 or (step % self.every_n_steps and not final) or not trainer.is_global_zero:
+            return  # every n steps, and at the last step (short runs get a grid too)
         if getattr(self, "_last_step", None) == step:  # gradient accumulation: once per step
             return
         self._last_step = step

@@ -131,7 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Without --depths, depth is estimated with --depth-model (near-is-high, kind inverse). "
         "Captions: --captions table, else a sidecar <stem>.txt next to the image, else --caption.",
     )
-    folder.add_argument("--images", required=True, type=Path, help="folder of images (recursive)")
+    folder.add_argument("--images", type=Path, help="folder of images (recursive)")
+    folder.add_argument(
+        "--spec",
+        type=Path,
+        default=None,
+        help="dataset YAML with several sources (folders, depth kind, scale, units, captions, "
+        "repeats each; see depth2img.data.dataset_spec) instead of --images/--depths",
+    )
     folder.add_argument("--depths", type=Path, help="folder of depth maps with the same stems")
     folder.add_argument(
         "--depth-suffix",
@@ -330,6 +337,12 @@ def _print_problems(title: str, items: list, limit: int | None = None) -> None:
 
 
 def _check_from_folder_args(args: argparse.Namespace) -> None:
+    if args.spec is not None:
+        if args.images is not None or args.depths is not None:
+            raise UsageError("give --spec, or --images/--depths, not both")
+        return
+    if args.images is None:
+        raise UsageError("give --images DIR (with --depths DIR or --depth-model), or --spec YAML")
     if not args.images.is_dir():
         raise UsageError(f"--images {args.images} is not a folder")
     if args.depths is not None:
@@ -372,10 +385,37 @@ def _import_options(args: argparse.Namespace):
     )
 
 
+def run_from_spec(args: argparse.Namespace) -> int:
+    from depth2img.data.dataset_spec import load_dataset_spec, write_spec_shards
+
+    try:
+        spec = load_dataset_spec(args.spec)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from err
+    with tqdm(desc="from-folder", unit="img") as bar:
+        try:
+            result = write_spec_shards(spec, args.out, args.overwrite, on_progress=bar.update)
+        except FileExistsError as err:
+            raise UsageError(str(err)) from err
+    _print_problems("skipped files", [str(p) for p in result.problems])
+    _print_problems("images without a depth file, skipped", [str(p) for p in result.unpaired])
+    for name, counts in result.per_source.items():
+        print(f"{name}: " + ", ".join(f"{s} {c}" for s, c in counts.items()))
+    splits = ", ".join(f"{split} {count}" for split, (count, _) in result.written.items())
+    skipped = len(result.problems) + len(result.unpaired)
+    print(f"from-folder: wrote {result.total} samples ({splits}), skipped {skipped} image(s)")
+    if result.total == 0:
+        print("error: no sample was written", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def run_from_folder(args: argparse.Namespace) -> int:
     from depth2img.data import folder_import as fi
 
     _check_from_folder_args(args)
+    if args.spec is not None:
+        return run_from_spec(args)
     try:
         captions = fi.load_caption_table(args.captions) if args.captions else {}
         pairing = fi.pair_files(args.images, args.depths, args.depth_suffix)

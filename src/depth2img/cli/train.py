@@ -27,6 +27,7 @@ from depth2img.training.config_checks import (
     check_ranges,
     origin_of,
 )
+from depth2img.training.model_info import model_native_resolution
 from depth2img.training.run_dir import (
     checkpoint_global_step,
     ensure_wandb_run_id,
@@ -136,6 +137,47 @@ def _instantiate_data(cfg: DictConfig, hydra_cfg) -> object:
         raise
 
 
+def _fit_data_to_model(cfg: DictConfig, model, hydra_cfg) -> None:
+    """``data.size: null`` -> the model's native resolution; warn when a set size differs.
+
+    Also warns about schedules longer than the run (warm-up > max_steps).
+    """
+    native = model_native_resolution(model)
+    size = cfg.data.get("size")
+    if size is None:
+        if native is None:
+            raise ConfigValueError(
+                "data.size=None and the model's native resolution is unknown: set data.size"
+            )
+        with open_dict(cfg):
+            cfg.data.size = native
+        log.info("data.size follows the model's native resolution: %d px", native)
+    elif native is not None:
+        side = max(size) if isinstance(size, (list, tuple)) or OmegaConf.is_list(size) else size
+        if int(side) != native:
+            origin = origin_of(
+                "data.size", list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
+            )
+            log.warning(
+                "data.size=%s (%s) differs from the model's native resolution %d px: "
+                "training runs at %s px (slower and/or worse if far off); set data.size=null to "
+                "follow the model",
+                size,
+                origin,
+                native,
+                size,
+            )
+    warmup = cfg.model.get("lr_warmup_steps") or 0
+    max_steps = cfg.trainer.get("max_steps") or -1
+    if max_steps > 0 and warmup > max_steps:
+        log.warning(
+            "model.lr_warmup_steps=%d is longer than the run (trainer.max_steps=%d): the LR "
+            "never reaches model.learning_rate",
+            warmup,
+            max_steps,
+        )
+
+
 def _check_batch_divides(datamodule, trainer) -> None:
     """data.global_batch_size must split evenly over the ranks (checked before any launch)."""
     world = int(trainer.num_devices) * int(trainer.num_nodes)
@@ -186,8 +228,9 @@ def train(cfg: DictConfig) -> dict:
             check_argument_types(cfg.get(section), section)
         check_ranges(cfg)
         ckpt_path, resume_step = _resolve_resume(cfg, run_dir)
-        datamodule = _instantiate_data(cfg, hydra_cfg)
         model = instantiate(cfg.model)
+        _fit_data_to_model(cfg, model, hydra_cfg)
+        datamodule = _instantiate_data(cfg, hydra_cfg)
         callbacks = instantiate_dict(cfg.get("callbacks"))
         trainer = instantiate(
             cfg.trainer,
@@ -226,10 +269,28 @@ def train(cfg: DictConfig) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
+# Warnings that say nothing about this project's runs (checked, then silenced): the frozen VAE
+# and text encoder are in eval mode on purpose; Lightning's srun hint fires whenever srun is on
+# PATH; a torch-internal deprecation inside Lightning.
+IRRELEVANT_WARNINGS = (
+    r"Found \d+ module\(s\) in eval mode",
+    r"The `srun` command is available on your system",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+def _silence_irrelevant_warnings() -> None:
+    import warnings
+
+    for pattern in IRRELEVANT_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    _silence_irrelevant_warnings()
     try:
         train(cfg)
     except ConfigError as err:
