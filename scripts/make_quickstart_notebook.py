@@ -1,11 +1,17 @@
-"""Write notebooks/quickstart.ipynb (without outputs) from the cells below.
+"""Write notebooks/quickstart.ipynb from the cells below, executed, with its outputs.
 
-The notebook is generated so its code stays reviewable as plain Python; the tests execute it
-headless (tests/integration/test_notebook.py).
+The notebook is generated so its code stays reviewable as plain Python; it is committed with
+its outputs so a reader sees results without running it. The tests check the stored cells
+match this script and execute it headless (tests/integration/test_notebook.py).
 
-    python scripts/make_quickstart_notebook.py
+    python scripts/make_quickstart_notebook.py            # build + execute (CPU, minutes)
+    python scripts/make_quickstart_notebook.py --fast     # smaller settings (as the tests)
+    python scripts/make_quickstart_notebook.py --no-run   # cells only, no outputs
 """
 
+import argparse
+import os
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -21,7 +27,8 @@ shipped in `data/models/` (trained by `python -m tools.build_tiny_base` on synth
 1. load the model and generate from a synthetic depth map;
 2. show depth next to the generated images;
 3. fine-tune a few steps on synthetic aerial shards (Lightning);
-4. evaluate the checkpoint: depth consistency (with floor and chance) and FD/KID.""",
+4. evaluate the checkpoint: depth consistency (with floor and chance) and FD/KID;
+5. your own data: photos + depth files -> shards -> check -> train -> generate.""",
     ),
     (
         "code",
@@ -104,6 +111,96 @@ for group in ("generated", "floor", "chance"):
     print(f"{group:>9}", row)
 print({k: v for k, v in metrics["image_quality"].items() if k.startswith(("fd_", "kid"))})""",
     ),
+    (
+        "markdown",
+        """## 5. Your own data
+
+Real datasets come as photos plus depth maps in whatever format the sensor or tool wrote. Here a
+small folder stands in for yours: JPEG photos in `images/`, 16-bit PNG depth in **millimetres
+with 0 = no data** in `depth/` (the Kinect/RealSense convention), and one broken file, as real
+folders have. The steps are the same for thousands of files:
+
+1. `depth2img-shards from-folder`: pair by file name, convert, flag bad files by name, one
+   total line (several sources with different depth formats: `--spec dataset.yaml`);
+2. `depth2img-shards check --preview`: what training will see, as a contact sheet
+   (image | depth, near = white, no data = red | caption);
+3. `depth2img-train data=folder`: `data.size` follows the model's native resolution;
+4. `depth2img-generate --input-dir`: takes the same `images/` + `depth/` layout, and generates
+   at the model's resolution with your aspect ratio (`--size`, `--height/--width`,
+   `--resize-back` to change that).""",
+    ),
+    (
+        "code",
+        """from PIL import Image
+
+from depth2img.data.synthetic import render_sample
+
+own = WORK / "my_photos"
+(own / "images").mkdir(parents=True, exist_ok=True)
+(own / "depth").mkdir(exist_ok=True)
+for i in range(12 if FAST else 40):
+    s = render_sample("street", scene_index=100 + i, condition="day", size=96, seed=i)
+    Image.fromarray(s.image).save(own / "images" / f"IMG_{i:04d}.jpg", quality=92)
+    millimetres = np.nan_to_num(s.depth * 1000.0, nan=0.0).clip(0, 65535).astype(np.uint16)
+    millimetres[:6, :] = 0  # a strip the sensor did not see: 0 = no data
+    Image.fromarray(millimetres).save(own / "depth" / f"IMG_{i:04d}.png")
+    (own / "images" / f"IMG_{i:04d}.txt").write_text(s.caption)  # caption sidecar
+(own / "images" / "IMG_broken.jpg").write_bytes(b"not a jpeg")
+Image.fromarray(np.zeros((96, 96), np.uint16)).save(own / "depth" / "IMG_broken.png")
+sorted(p.name for p in (own / "images").iterdir())[:4]""",
+    ),
+    (
+        "code",
+        """from depth2img.cli import shards as shards_cli
+
+my_shards = WORK / "shards" / "mine"
+code = shards_cli.main([
+    "from-folder", "--images", str(own / "images"), "--depths", str(own / "depth"),
+    "--depth-kind", "depth", "--depth-scale", "0.001", "--depth-units", "m",
+    "--depth-invalid", "0", "--val-fraction", "0.25", "--out", str(my_shards), "--overwrite",
+])
+print("exit code", code)""",
+    ),
+    (
+        "code",
+        """code = shards_cli.main([
+    "check", str(my_shards / "train"), "--preview", str(WORK / "preview.png"),
+    "--preview-count", "4", "--json-out", str(WORK / "check.json"),
+])
+plt.figure(figsize=(9, 9)); plt.imshow(Image.open(WORK / "preview.png")); plt.axis("off")
+plt.show()""",
+    ),
+    (
+        "code",
+        """import subprocess
+import sys
+
+run = subprocess.run(
+    [sys.executable, "-m", "depth2img.cli.train", "model=shipped", "data=folder",
+     f"data.train_shards={my_shards / 'train'}", f"data.val_shards={my_shards / 'val'}",
+     "data.global_batch_size=4", "data.num_workers=0", "data.val_samples=4",
+     f"trainer.max_steps={3 if FAST else 30}", "logger=csv", "run_name=my-data",
+     f"paths.output_dir={WORK / 'runs'}", "callbacks.image_grid.every_n_steps=0"],
+    capture_output=True, text=True,
+)
+lines = (run.stdout + run.stderr).splitlines()
+print("exit code", run.returncode)
+print("\\n".join(l for l in lines if "native resolution" in l or "run dir" in l))
+print(sorted(p.name for p in (WORK / "runs/train/my-data/checkpoints").iterdir()))""",
+    ),
+    (
+        "code",
+        """from depth2img.cli import generate as generate_cli
+
+my_ckpt = WORK / "runs/train/my-data/checkpoints/last.ckpt"
+code = generate_cli.main([
+    "--model", str(my_ckpt), "--input-dir", str(own), "--max-samples", "3",
+    "--depth-kind", "depth", "--prompt", "a street at night", "--strength", "0.9",
+    "--steps", "10", "--out", str(WORK / "my_generations"), "--overwrite", "--grid",
+])
+plt.figure(figsize=(8, 6)); plt.imshow(Image.open(WORK / "my_generations" / "grid.png"))
+plt.axis("off"); plt.show()""",
+    ),
 ]
 
 
@@ -120,7 +217,34 @@ def build() -> nbformat.NotebookNode:
     return notebook
 
 
+def execute(notebook: nbformat.NotebookNode, fast: bool) -> nbformat.NotebookNode:
+    """Run every cell (in a temp working folder) so the notebook is stored with outputs."""
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as work:
+        os.environ["DEPTH2IMG_NOTEBOOK_DIR"] = work
+        os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        if fast:
+            os.environ["DEPTH2IMG_NOTEBOOK_FAST"] = "1"
+        client = NotebookClient(
+            notebook,
+            timeout=1800,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(root)}},
+        )
+        client.execute()
+    return notebook
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fast", action="store_true", help="the tests' smaller settings")
+    parser.add_argument("--no-run", action="store_true", help="write the cells only")
+    args = parser.parse_args()
     out = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
-    nbformat.write(build(), out)
+    notebook = build()
+    if not args.no_run:
+        notebook = execute(notebook, args.fast)
+    nbformat.write(notebook, out)
     print("wrote", out)
