@@ -4,7 +4,7 @@ Lightning turns SIGTERM into a ``SIGTERMException`` at the next batch boundary o
 (the signal is broadcast under DDP), so all ranks reach this hook at the same step and the
 collective save is safe. Ctrl+C (KeyboardInterrupt) also saves, in single-process runs only
 (other ranks may not have stopped at the same step). SIGUSR1 + requeue is handled by
-Lightning's ``SLURMEnvironment(auto_requeue=True)`` itself.
+``depth2img.training.slurm_requeue.SlurmRequeueCallback``.
 """
 
 from __future__ import annotations
