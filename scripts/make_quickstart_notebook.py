@@ -176,7 +176,7 @@ plt.show()""",
 import sys
 
 run = subprocess.run(
-    [sys.executable, "-m", "depth2img.cli.train", "model=shipped", "data=folder",
+    [sys.executable, "-m", "depth2img.cli.train", "base=shipped", "data=folder",
      f"data.train_shards={my_shards / 'train'}", f"data.val_shards={my_shards / 'val'}",
      "data.global_batch_size=4", "data.num_workers=0", "data.val_samples=4",
      f"trainer.max_steps={3 if FAST else 30}", "logger=csv", "run_name=my-data",

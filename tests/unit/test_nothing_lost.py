@@ -19,7 +19,7 @@ from depth2img.training.run_lock import (
     LOCK_FILE,
     RunLock,
     RunLockedError,
-    cleanup_stale_temps,
+    cleanup_run_dir_temps,
     is_global_rank_zero,
     pid_alive,
 )
@@ -93,15 +93,19 @@ def test_only_rank_zero_locks():
 
 
 def test_temp_files_of_dead_processes_are_removed(tmp_path):
+    from depth2img.artifacts.atomic import _host
+
     dead = _dead_pid()
     assert not pid_alive(dead)
     (tmp_path / "checkpoints").mkdir()
-    stale = tmp_path / "checkpoints" / f"last.ckpt.tmp-{dead}"
-    mine = tmp_path / "checkpoints" / f"step=3.ckpt.tmp-{os.getpid()}"
+    (tmp_path / "csv").mkdir()
+    stale = tmp_path / "checkpoints" / f".last.ckpt.tmp-{_host()}-{dead}-x1y2"
+    stale_csv = tmp_path / "csv" / f".metrics.csv.tmp-{_host()}-{dead}-a1b2"
+    mine = tmp_path / "checkpoints" / f".step=3.ckpt.tmp-{_host()}-{os.getpid()}-c3d4"
     keep = tmp_path / "checkpoints" / "last.ckpt"
-    for path in (stale, mine, keep):
+    for path in (stale, stale_csv, mine, keep):
         path.write_bytes(b"x")
-    assert cleanup_stale_temps(tmp_path) == [stale]
+    assert sorted(cleanup_run_dir_temps(tmp_path)) == sorted([stale, stale_csv])
     assert mine.exists() and keep.exists() and not stale.exists()
 
 

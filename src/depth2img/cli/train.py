@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from depth2img.artifacts.atomic import write_text_atomic
 from depth2img.paths import REPO_ROOT
 from depth2img.training.config_checks import (
     ConfigValueError,
@@ -37,7 +38,7 @@ from depth2img.training.run_dir import (
 from depth2img.training.run_lock import (
     RunLock,
     RunLockedError,
-    cleanup_stale_temps,
+    cleanup_run_dir_temps,
     is_global_rank_zero,
 )
 
@@ -92,9 +93,7 @@ def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
         "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
     }
     for name, node in files.items():
-        tmp = folder / f"{name}.tmp-{os.getpid()}"
-        OmegaConf.save(node, tmp)
-        os.replace(tmp, folder / name)
+        write_text_atomic(folder / name, OmegaConf.to_yaml(node))
 
 
 def _resolve_resume(cfg: DictConfig, run_dir: Path) -> tuple[str | None, int | None]:
@@ -254,7 +253,7 @@ def train(cfg: DictConfig) -> dict:
             lock.acquire()
         except RunLockedError as err:
             raise ConfigError(str(err)) from None
-        cleanup_stale_temps(run_dir)
+        cleanup_run_dir_temps(run_dir)
         save_run_config(cfg, run_dir)
     try:
         loggers = build_loggers(cfg, run_dir, resume_step)

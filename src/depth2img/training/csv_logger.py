@@ -26,18 +26,16 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from depth2img.artifacts.atomic import atomic_write
+
 SUPERSEDED_FILE = "metrics.superseded.csv"
 
 
 def _write_rows_atomic(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_write(path, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _append_rows(path: Path, rows: list[dict]) -> None:

@@ -10,8 +10,8 @@ holder is provably gone:
 A lock from another host with another job id cannot be checked from here: the message says
 which job holds it and how to remove it if that job is gone.
 
-:func:`cleanup_stale_temps` removes ``*.tmp-<pid>`` files (half-written checkpoints, CSVs, id
-files) whose writer process is dead, so crashes do not leave them forever.
+:func:`cleanup_run_dir_temps` removes temp files (half-written checkpoints, CSVs, configs) of
+dead processes, so crashes do not leave them forever.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from depth2img.artifacts.atomic import cleanup_stale_temps
+
 log = logging.getLogger("depth2img.train")
 
 LOCK_FILE = "run.lock"
-_TEMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
 
 
 class RunLockedError(RuntimeError):
@@ -53,29 +53,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def cleanup_stale_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Remove ``*.tmp-<pid>`` files in ``folder`` whose pid is not a live process here.
+# Folders of a run dir where atomic writes leave temps (``artifacts.atomic`` naming).
+RUN_DIR_TEMP_FOLDERS = (".", "checkpoints", "csv", ".hydra", "images", "tensorboard")
 
-    Only pids of this host can be checked; run it on the host that writes the folder (the
-    training job's rank 0). Returns the removed paths.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    candidates = folder.rglob("*.tmp-*") if recursive else folder.glob("*.tmp-*")
-    for path in candidates:
-        match = _TEMP_SUFFIX.search(path.name)
-        if not match or not path.is_file() or pid_alive(int(match.group(1))):
-            continue
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed.append(path)
+
+def cleanup_run_dir_temps(run_dir: str | Path) -> list[Path]:
+    """Remove temps of dead processes of this host from a run dir and its usual subfolders
+    (:func:`depth2img.artifacts.atomic.cleanup_stale_temps`, which is not recursive)."""
+    removed: list[Path] = []
+    for name in RUN_DIR_TEMP_FOLDERS:
+        removed += cleanup_stale_temps(Path(run_dir) / name)
     if removed:
         log.warning(
             "removed %d temp file(s) left by dead processes: %s",
             len(removed),
-            ", ".join(str(p.relative_to(folder)) for p in removed[:5]),
+            ", ".join(str(p.relative_to(run_dir)) for p in removed[:5]),
         )
     return removed
 
