@@ -92,7 +92,7 @@ def _cases(root, model):
         ("export", [ckpt, "--out", str(root / "exported")], "not empty"),
         ("export", [ckpt, "--out", str(root / "exported"), "--overwrite"], "not a folder this"),
         ("export", [ckpt, "--out", d], "existing file"),
-        ("export", [str(root / "missing.ckpt"), *out], "does not exist"),
+        ("export", [str(root / "missing.ckpt"), *out], "not found"),
         ("export", [ckpt, "--dtype", "int8", *out], "invalid choice"),
         ("export", [str(root / "notes.ckpt"), *out], ""),
         # depth2img-benchmark

@@ -68,7 +68,7 @@ def check_output_path(
         return f"--out {out} is an existing file, not an output folder: choose another --out"
     if out_path.is_dir() and any(out_path.iterdir()):
         if not overwrite:
-            return f"--out {out} exists and is not empty: choose another --out or pass --overwrite"
+            return f"--out {out} already exists and is not empty: choose another --out or pass --overwrite"
         if marker and not (out_path / marker).exists():
             return (
                 f"--out {out} is not a folder this tool wrote (no {marker}): --overwrite only "

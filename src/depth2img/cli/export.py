@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from depth2img.cli.arguments import check_output_path
 
     if not Path(args.checkpoint).expanduser().exists() and Path(args.checkpoint).suffix == ".ckpt":
-        print(
-            f"depth2img-export: error: checkpoint {args.checkpoint} does not exist", file=sys.stderr
-        )
+        print(f"depth2img-export: error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 2
     inputs = [args.checkpoint, args.base_model, args.depth_estimator]
     refusal = check_output_path(args.out, inputs, args.overwrite, marker="model_index.json")
