@@ -292,6 +292,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     _silence_irrelevant_warnings()
     try:
         train(cfg)
+        _exit_quietly_after_stop_signal(0)
     except ConfigError as err:
         # Bad input: one clear line, no traceback; exit code 2 like argparse.
         print(f"depth2img-train: error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -301,6 +302,36 @@ def _hydra_main(cfg: DictConfig) -> None:
         # normal way for a job to end, not an error worth a traceback.
         log.warning("stopped by SIGTERM; rerun (or the requeued job) resumes from last.ckpt")
         sys.exit(143)
+    except Exception as err:
+        from depth2img.training.slurm_requeue import stop_signal_seen
+
+        seen = stop_signal_seen()
+        if seen is None:
+            raise
+        # After a stop signal the job is being torn down: a peer rank leaving a collective or
+        # the W&B service killed by the same signal raise here. One line, no traceback; skip
+        # atexit hooks that would print more of the same (W&B's teardown).
+        log.warning(
+            "stopped by %s (%s during shutdown: %s); the requeued job / a rerun resumes from "
+            "last.ckpt",
+            seen,
+            type(err).__name__,
+            " ".join(str(err).split())[:200],
+        )
+        _exit_quietly_after_stop_signal(143)
+
+
+def _exit_quietly_after_stop_signal(code: int) -> None:
+    """After a stop signal, exit now with ``code``, skipping atexit hooks (the W&B service was
+    killed by the same signal and its teardown would print tracebacks). No-op otherwise."""
+    from depth2img.training.slurm_requeue import stop_signal_seen
+
+    if stop_signal_seen() is None:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main() -> None:

@@ -50,10 +50,20 @@ _REQUEUE, _TERM = 0, 1  # indices into the per-rank flag vector
 # Signals seen by the early handlers (before the callback exists): [requeue, SIGTERM].
 _EARLY_FLAGS = [0, 0]
 _EARLY_HANDLERS: dict[signal.Signals, object] = {}
+# Every stop signal this process received (by any of the handlers here), for the CLI: errors
+# raised after one (a peer rank gone from a collective, the W&B service killed by the same
+# signal) are part of the shutdown, not failures worth a traceback.
+SIGNALS_SEEN: set[int] = set()
+
+
+def stop_signal_seen() -> str | None:
+    """Name of a stop signal this process received (None if none)."""
+    return signal.Signals(min(SIGNALS_SEEN)).name if SIGNALS_SEEN else None
 
 
 def _record_early(signum: int, _frame) -> None:
     # Only set a flag (see SlurmRequeueCallback._record).
+    SIGNALS_SEEN.add(signum)
     if signum == signal.SIGTERM:
         _EARLY_FLAGS[_TERM] = 1
     else:
@@ -124,6 +134,7 @@ class SlurmRequeueCallback(pl.Callback):
 
     def _record(self, signum: int, _frame) -> None:
         # Only set a flag: anything that blocks or takes a lock here can deadlock the rank.
+        SIGNALS_SEEN.add(signum)
         if signum == self.requeue_signal:
             self._flags[_REQUEUE] = 1
         elif signum == signal.SIGTERM:
