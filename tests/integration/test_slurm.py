@@ -381,6 +381,8 @@ def test_preemption_requeue_and_sigusr1_resume_same_run(cluster, shards, tmp_pat
     assert int(saved[0][1]) > starts[1]["global_step"]
     assert starts[2]["global_step"] == int(saved[0][1])
     assert "requeueing SLURM job" in log
+    # Requeues and preemption are normal ends: one log line each, no tracebacks.
+    assert "Error executing job" not in log and "Traceback" not in log, log[-3000:]
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt")), "Lightning's own SIGUSR1 handler ran"
 
     ends = [read_json(out / f"weights-r{r}-restart2-end.json") for r in (0, 1)]
