@@ -31,7 +31,7 @@ from depth2img.inference.io import (
     load_image,
 )
 from depth2img.inference.loading import load_generator_components
-from depth2img.inference.sampling import generate, output_size
+from depth2img.inference.sampling import generate
 from depth2img.inference.sizing import generation_size, native_resolution
 from depth2img.models.components import Components
 
@@ -406,5 +406,6 @@ class Depth2ImgGenerator:
 
 
 def default_output_size(components: Components, hw: tuple[int, int]) -> tuple[int, int]:
-    """The size ``generate`` will produce for an input of size ``hw``."""
-    return output_size(hw, components.vae_scale_factor)
+    """The size the generator produces by default for an input of size ``hw`` (the model's
+    native resolution with the input's aspect ratio: ``depth2img.inference.sizing``)."""
+    return generation_size(hw, native_resolution(components), components.vae_scale_factor)

@@ -204,8 +204,8 @@ class GenerationEngine:
                 )
         elif request.width is not None:
             out_hw = (request.height, request.width)
-        else:
-            out_hw = tuple(depth.shape[-2:])
+        else:  # the generator's default size rule (inference/sizing.py)
+            out_hw = default_output_size(self.generator.components, tuple(depth.shape[-2:]))
         check_pixels(out_hw[0], out_hw[1], "the output", self.limits)
 
     # ------------------------------------------------------------------ a batch
