@@ -42,7 +42,6 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from depth2img.data.bad_samples import SKIP_REASONS, BadSampleCounter, SampleError
 from depth2img.data.decoding import (
     DecodedSample,
-    decode_or_count,
     decode_sample,
     expand_shard_urls,
     iter_shard_samples,
