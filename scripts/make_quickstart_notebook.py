@@ -107,7 +107,7 @@ metrics = evaluate(EvalSettings(model=str(checkpoint), shards=str(shards / "val"
                                 size=64, steps=5 if FAST else 20, progress=False,
                                 bootstrap_resamples=200))
 for group in ("generated", "floor", "chance"):
-    row = {k: round(v["mean"], 3) for k, v in metrics["depth"][group].items()}
+    row = {k: round(v["mean"], 3) for k, v in metrics["depth"][group].items() if v["mean"] is not None}
     print(f"{group:>9}", row)
 print({k: v for k, v in metrics["image_quality"].items() if k.startswith(("fd_", "kid"))})""",
     ),

@@ -124,8 +124,10 @@ def test_save_top_k_after_resume_removes_orphans_and_extras(tmp_path):
 
 def test_checkpoint_validation_names_the_problem(tmp_path):
     good = tmp_path / "good.ckpt"
-    torch.save({"state_dict": {}, "global_step": 7}, good)
+    torch.save({"state_dict": {}, "global_step": 7, "optimizer_states": []}, good)
     assert checkpoint_global_step(good) == 7
+    periodic = tmp_path / "step=7.ckpt"
+    torch.save({"state_dict": {}, "global_step": 7}, periodic)  # weights only
     text = tmp_path / "notes.ckpt"
     text.write_text("hello")
     truncated = tmp_path / "cut.ckpt"
@@ -136,6 +138,7 @@ def test_checkpoint_validation_names_the_problem(tmp_path):
         (text, "not a readable training checkpoint"),
         (truncated, "not a readable training checkpoint"),
         (weights, "not a depth2img-train checkpoint"),
+        (periodic, "holds weights only"),
     ]:
         with pytest.raises(ValueError, match=pattern) as info:
             checkpoint_global_step(path)
@@ -147,3 +150,43 @@ def test_default_run_names_differ_within_one_second():
     assert len(stamps) == 20
     name = make_run_name("exp", None, env={"DEPTH2IMG_RUN_TIMESTAMP": new_run_stamp()})
     assert name.startswith("exp-") and len(name.rsplit("-", 1)[1]) == 4
+
+
+def test_periodic_checkpoints_hold_weights_and_last_the_resumable_state(tmp_path):
+    import lightning.pytorch as pl
+
+    from depth2img.callbacks.checkpoint import StepCheckpoint
+    from depth2img.training.lightning_module import Depth2ImgModule
+
+    batch = {
+        "image": torch.rand(1, 3, 32, 32) * 2 - 1,
+        "depth": torch.rand(1, 1, 32, 32),
+        "caption": ["a street"],
+        "key": ["a"],
+    }
+    callback = StepCheckpoint(
+        dirpath=tmp_path,
+        filename="step={step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=2,
+        save_last=True,
+        monitor="step",
+        mode="max",
+        save_top_k=-1,
+    )
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module = Depth2ImgModule(model_source="tiny", lr_warmup_steps=0)
+    trainer.fit(module, torch.utils.data.DataLoader([batch] * 2, batch_size=None))
+    periodic = torch.load(tmp_path / "step=2.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in periodic and "optimizer_states" in last
+    for ckpt in (periodic, last):  # what inference reads is in both
+        assert ckpt["ema"]["shadow"] and ckpt["depth2img"]["conditioning"] == "concat"
+        assert any(k.startswith("unet.") for k in ckpt["state_dict"])

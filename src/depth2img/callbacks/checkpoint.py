@@ -11,6 +11,12 @@ resumed checkpoint's callback state). A job killed after writing ``step=N.ckpt``
 - untracked ``step=N.ckpt`` up to the resumed step: adopted with score ``N``;
 - then the oldest are removed until ``save_top_k`` remain.
 
+Periodic ``step=N.ckpt`` files hold the weights only (trained weights + EMA + hyperparameters and
+the metadata record: what inference, export and evaluation read) unless
+``periodic_weights_only=False``; ``last.ckpt`` always holds the full resumable state (optimizer,
+schedulers, loops, data-stream position). For a full SD2-depth fine-tune that is 6.93 GB per
+``step=N.ckpt`` instead of 13.86 GB.
+
 It also saves at the run's last step (``trainer.max_steps``) when that step is not a multiple
 of ``every_n_train_steps``, so a 50-step run with checkpoints every 500 steps still ends with
 ``step=50.ckpt``, not only ``last.ckpt``.
@@ -38,7 +44,28 @@ def checkpoint_step(name: str) -> int | None:
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` + the start-of-training reconciliation described above."""
+    """``ModelCheckpoint`` + the start-of-training reconciliation described above.
+
+    Args:
+        periodic_weights_only: ``step=N.ckpt`` without optimizer/loop state (``last.ckpt`` is
+            always full); other arguments as ``ModelCheckpoint``.
+    """
+
+    def __init__(self, *args, periodic_weights_only: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.periodic_weights_only = bool(periodic_weights_only)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        is_last = Path(filepath).stem.startswith(self.CHECKPOINT_NAME_LAST)
+        weights_only = self.save_weights_only or (self.periodic_weights_only and not is_last)
+        trainer.save_checkpoint(filepath, weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            from weakref import proxy
+
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)

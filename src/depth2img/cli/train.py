@@ -3,7 +3,7 @@
     depth2img-train experiment=street_tiny
     depth2img-train experiment=aerial_finetune trainer=gpu data.global_batch_size=64
     depth2img-train run_name=my-run            # rerun with the same name: resumes last.ckpt
-    depth2img-train ckpt_path=/path/step=1000.ckpt
+    depth2img-train ckpt_path=/path/last.ckpt
     depth2img-train --help                      # config groups and the composed config
 
 Builds DataModule, LightningModule, callbacks, loggers and Trainer from the config, picks the

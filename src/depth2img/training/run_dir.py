@@ -115,6 +115,12 @@ def checkpoint_global_step(path: str | Path, origin: str = "ckpt_path") -> int:
             f"{origin}={path} is not a depth2img-train checkpoint (has {keys}, needs state_dict "
             "and global_step). To start from exported weights use model.model_source=<folder> instead"
         )
+    if "optimizer_states" not in ckpt:
+        raise ValueError(
+            f"{origin}={path} holds weights only (periodic step=N checkpoints do; last.ckpt holds "
+            "the resumable state). Resume from checkpoints/last.ckpt, or set "
+            "callbacks.model_checkpoint.periodic_weights_only=false for resumable step=N files"
+        )
     return int(ckpt["global_step"])
 
 
