@@ -131,3 +131,15 @@ def test_dinov2_extractor_from_local_folder(tmp_path):
     images = torch.randint(0, 256, (2, 3, 40, 48), dtype=torch.uint8)
     feats = extractor(images)
     assert feats.shape == (2, 32) and torch.isfinite(feats).all()
+
+
+def test_vae_appearance_features_see_colour_that_the_judge_ignores():
+    from depth2img.evaluation.feature_extractors import build_feature_extractor
+
+    extractor = build_feature_extractor("vae")
+    assert extractor.metric_key == "fd_vae"
+    dark = torch.full((2, 3, 64, 64), 20, dtype=torch.uint8)
+    bright = torch.full((2, 3, 64, 64), 230, dtype=torch.uint8)
+    f_dark, f_bright = extractor(dark), extractor(bright)
+    assert f_dark.shape == (2, extractor.num_features)
+    assert (f_dark - f_bright).abs().max() > 0.5

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             tool("evaluate")
             + [f"model_source={model}", f"shards={shards / 'val'}", f"out_dir={eval_dir}"]
             + [f"eval.num_samples={args.eval_samples}", f"eval.size={args.size}"]
-            + [f"eval.steps={args.sample_steps}", f"paths.output_dir={out}"],
+            + [f"eval.steps={args.sample_steps}", f"paths.output_dir={out}"]
+            # Realism on appearance features: the judge's (fd_tiny) ignore colour by design.
+            + ["eval.extractor=vae"],
             out / "logs" / f"eval_{name}.log",
         )
         evals[name] = json.loads((eval_dir / "metrics.json").read_text())

@@ -5,6 +5,11 @@ features (N, d), with ``num_features`` (d), ``name`` and ``metric_key``:
 
 - ``tiny`` (default, runs anywhere): mean-pooled last hidden state of the shipped tiny depth
   judge's encoder (or of the depth model named by ``source``) → key ``fd_tiny``.
+- ``vae``: an appearance feature that runs anywhere: the shipped (or ``source``) VAE encoder's
+  posterior mean, average-pooled to a 4x4 grid, plus per-channel latent std and the image's RGB
+  mean/std → key ``fd_vae``. The ``tiny`` judge's features are trained to ignore appearance
+  (colour, lighting: the judge must read geometry under any condition), so they cannot tell a
+  washed-out image from a night render; these features can.
 - ``dinov2``: a transformers vision backbone from a local folder / hub id (e.g.
   ``facebook/dinov2-base``), CLS/pooled output → key ``fd_dinov2``.
 - ``inception``: the standard FID Inception-v3 (torch-fidelity, weights from a verified local
@@ -23,7 +28,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 from depth2img.paths import local_files_only
 
-EXTRACTORS = ("tiny", "dinov2", "inception")
+EXTRACTORS = ("tiny", "vae", "dinov2", "inception")
 
 
 def _uint8_list(images: torch.Tensor) -> list[np.ndarray]:
@@ -166,6 +171,38 @@ def _is_judge(judge, source: str) -> bool:
     return judge.name == source
 
 
+class VAEAppearanceFeatures(nn.Module):
+    """Appearance features from a diffusers VAE encoder (``fd_vae``).
+
+    Output (N, 4 * C + C + 6) float32: the posterior mean pooled to 4x4 (layout and colour at
+    coarse scale), its per-channel std (texture energy), and the image's RGB mean and std.
+    """
+
+    def __init__(self, source: str = "shipped", device: str = "cpu") -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        from depth2img.paths import resolve_model_source
+
+        folder = resolve_model_source(source)
+        self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae").to(device).eval()
+        self.name = "vae"
+        self.metric_key = "fd_vae"
+        self.source = source
+        self.num_features = int(self(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape[1])
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _uint8_list(images)  # validates dtype/shape
+        device = next(self.vae.parameters()).device
+        x = images.to(device=device, dtype=torch.float32) / 127.5 - 1.0  # [N, 3, H, W] in [-1, 1]
+        latents = self.vae.encode(x).latent_dist.mean  # [N, C, h, w]
+        grid = nn.functional.adaptive_avg_pool2d(latents, 4).flatten(1)  # [N, 16 C]
+        texture = latents.flatten(2).std(dim=2)  # [N, C]
+        colour = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)  # [N, 6]
+        return torch.cat([grid, texture, colour], dim=1).float().cpu()
+
+
 def build_feature_extractor(
     name: str = "tiny",
     source: str | None = None,
@@ -175,7 +212,7 @@ def build_feature_extractor(
     """Build an extractor by name.
 
     Args:
-        name: ``tiny`` | ``dinov2`` | ``inception``.
+        name: ``tiny`` | ``vae`` | ``dinov2`` | ``inception``.
         source: ``tiny``: a judge source (default ``shipped``); ``dinov2``: folder / hub id
             (required); ``inception``: the local weights file (required).
         judge: an already loaded ``DepthEstimator``, reused for ``tiny`` only when it *is* the
@@ -188,6 +225,8 @@ def build_feature_extractor(
 
             judge = DepthEstimator.from_pretrained(wanted, device=device)
         return JudgeEncoderFeatures(judge)
+    if name == "vae":
+        return VAEAppearanceFeatures(source or "shipped", device)
     if name == "dinov2":
         if not source:
             raise ValueError(
