@@ -241,6 +241,34 @@ class DepthSpec:
             )
         return normalize_array(depth, kind, self.eps, valid=valid, clean=clean, out=out)
 
+    def resize(
+        self,
+        depth: torch.Tensor,
+        size_hw: tuple[int, int],
+        valid: torch.Tensor | None = None,
+        *,
+        same_size_copy: bool = True,
+    ) -> torch.Tensor:
+        """(B, 1, H, W) or (B, H, W) near-is-high depth -> (B, 1, h, w) float32, ``resize_mode``.
+
+        Invalid pixels (``valid`` False) are first filled with the sample's minimum (far) so
+        they cannot ring into their neighbours. ``same_size_copy=False`` returns a depth map
+        that already has ``size_hw`` as it is (no interpolation pass).
+        """
+        depth = depth.float()
+        if depth.dim() == 3:
+            depth = depth.unsqueeze(1)
+        if valid is not None:
+            valid = valid.bool().view_as(depth)
+            big = torch.finfo(depth.dtype).max
+            far = torch.where(valid, depth, torch.full_like(depth, big)).amin((1, 2, 3), True)
+            far = torch.where(far == big, torch.zeros_like(far), far)
+            depth = torch.where(valid, depth, far.expand_as(depth))
+        if not same_size_copy and tuple(depth.shape[-2:]) == tuple(size_hw):
+            return depth
+        kwargs = {"align_corners": False} if self.resize_mode in ("bilinear", "bicubic") else {}
+        return F.interpolate(depth, size=tuple(size_hw), mode=self.resize_mode, **kwargs)
+
     def to_latent_condition(
         self, depth: torch.Tensor, latent_size: tuple[int, int], valid: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -258,18 +286,7 @@ class DepthSpec:
         Returns:
             (B, 1, h, w) float32 in [-1, 1].
         """
-        depth = depth.float()
-        if depth.dim() == 3:
-            depth = depth.unsqueeze(1)
-        if valid is not None:
-            valid = valid.bool().view_as(depth)
-            big = torch.finfo(depth.dtype).max
-            far = torch.where(valid, depth, torch.full_like(depth, big)).amin((1, 2, 3), True)
-            far = torch.where(far == big, torch.zeros_like(far), far)
-            depth = torch.where(valid, depth, far.expand_as(depth))
-        kwargs = {"align_corners": False} if self.resize_mode in ("bilinear", "bicubic") else {}
-        resized = F.interpolate(depth, size=tuple(latent_size), mode=self.resize_mode, **kwargs)
-        return minmax_normalize(resized, None, self.eps)
+        return minmax_normalize(self.resize(depth, latent_size, valid), None, self.eps)
 
 
 def depth_to_uint8_preview(depth: np.ndarray, kind: str) -> np.ndarray:

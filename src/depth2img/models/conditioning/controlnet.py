@@ -20,7 +20,6 @@ Control guidance start/end follow diffusers' ControlNet pipelines: at denoising 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.models.components import Components
@@ -73,18 +72,7 @@ def depth_to_control_image(
         (B, 3, H, W) float32 in [0, 1].
     """
     spec = spec or DepthSpec()
-    depth = depth.float()
-    if depth.dim() == 3:
-        depth = depth.unsqueeze(1)
-    if valid is not None:
-        valid = valid.bool().view_as(depth)
-        big = torch.finfo(depth.dtype).max
-        far = torch.where(valid, depth, torch.full_like(depth, big)).amin((1, 2, 3), True)
-        far = torch.where(far == big, torch.zeros_like(far), far)
-        depth = torch.where(valid, depth, far.expand_as(depth))
-    if tuple(depth.shape[-2:]) != tuple(size_hw):
-        kwargs = {"align_corners": False} if spec.resize_mode in ("bilinear", "bicubic") else {}
-        depth = F.interpolate(depth, size=tuple(size_hw), mode=spec.resize_mode, **kwargs)
+    depth = spec.resize(depth, size_hw, valid, same_size_copy=False)  # [B, 1, H, W]
     low = depth.amin((1, 2, 3), keepdim=True)
     high = depth.amax((1, 2, 3), keepdim=True)
     image = ((depth - low) / (high - low + spec.eps)).clamp(0.0, 1.0)  # [B, 1, H, W]
