@@ -189,11 +189,12 @@ class ControlNetDepth(Conditioner):
             # Zero residuals change nothing (x + 0 == x exactly): skip the ControlNet's work.
             return sample, {}
         controlnet = components.controlnet
+        dtype = next(controlnet.parameters()).dtype  # ModelMixin.dtype walks all submodules
         down, mid = controlnet(
-            sample.to(controlnet.dtype),
+            sample.to(dtype),
             timesteps,
-            encoder_hidden_states=embeds.hidden.to(controlnet.dtype),
-            controlnet_cond=condition.to(controlnet.dtype),  # [B, 3, H, W] in [0, 1]
+            encoder_hidden_states=embeds.hidden.to(dtype),
+            controlnet_cond=condition.to(dtype),  # [B, 3, H, W] in [0, 1]
             conditioning_scale=scale,
             added_cond_kwargs=added_cond,
             return_dict=False,
