@@ -130,28 +130,45 @@ def _river_center(river, y):
     return x0 + amp * np.sin(y * freq + phase)
 
 
-def _place_buildings(rng, free: _FreeSpace) -> list[Building]:
-    """Up to ~12 non-overlapping footprints clear of roads and water (rejection sampling)."""
+def _place_buildings(
+    rng,
+    free: _FreeSpace,
+    *,
+    reach_frac: float = 0.75,
+    count: tuple[int, int] = (4, 16),
+    tries_per_building: int = 5,
+    footprint_m: tuple[float, float] = (9, 24),
+    clearance_m: float = 1.5,
+    gap_m: float = 3,
+    gable_p: float = 0.55,
+    wall_m: tuple[float, float] = (4, 20),
+) -> list[Building]:
+    """Non-overlapping footprints clear of roads and water (rejection sampling).
+
+    The defaults are this domain's (up to ~12 buildings, ``reach_frac`` a bit beyond the view so
+    rotated corners are not empty); the procedural dense town passes its own.
+    """
     out: list[Building] = []
-    reach = EXTENT_M * 0.75  # a bit beyond the view so rotated corners are not empty
-    target = int(rng.integers(4, 16))
-    for _ in range(target * 5):
+    reach = EXTENT_M * reach_frac
+    target = int(rng.integers(*count))
+    for _ in range(target * tries_per_building):
         if len(out) >= target:
             break
-        w, d = rng.uniform(9, 24, 2)
+        w, d = rng.uniform(*footprint_m, 2)
         x, y = rng.uniform(-reach, reach, 2)
         x0, x1, y0, y1 = x - w / 2, x + w / 2, y - d / 2, y + d / 2
         corners = [(x0, y0), (x0, y1), (x1, y0), (x1, y1), (x, y)]
-        if not all(free.clear(px, py, 1.5) for px, py in corners):
+        if not all(free.clear(px, py, clearance_m) for px, py in corners):
             continue
-        if any(x0 < b.x1 + 3 and b.x0 < x1 + 3 and y0 < b.y1 + 3 and b.y0 < y1 + 3 for b in out):
+        g = gap_m
+        if any(x0 < b.x1 + g and b.x0 < x1 + g and y0 < b.y1 + g and b.y0 < y1 + g for b in out):
             continue
-        gable = rng.random() < 0.55
+        gable = rng.random() < gable_p
         tone = ROOF_TONES[int(rng.integers(len(ROOF_TONES)))]
         out.append(
             Building(
                 *(float(v) for v in (x0, x1, y0, y1)),
-                wall=float(rng.uniform(4, 20)),
+                wall=float(rng.uniform(*wall_m)),
                 roof=float(rng.uniform(2, 5)) if gable else 0.0,
                 tone=tone,
             )

@@ -274,31 +274,19 @@ def make_dense_aerial_geometry(rng: np.random.Generator) -> aerial.AerialGeometr
     if rng.random() < 0.5:
         roads.append((1, float(rng.uniform(-0.5, 0.5) * half), float(rng.uniform(2.5, 4.0))))
     free = aerial._FreeSpace(roads, None)
-    buildings: list[aerial.Building] = []
-    reach = aerial.EXTENT_M * 0.55  # the view's half-diagonal is 0.71 * EXTENT_M
-    target = int(rng.integers(15, 41))
-    for _ in range(target * 6):
-        if len(buildings) >= target:
-            break
-        bw, bd = rng.uniform(6, 20, 2)
-        x, y = rng.uniform(-reach, reach, 2)
-        x0, x1, y0, y1 = x - bw / 2, x + bw / 2, y - bd / 2, y + bd / 2
-        corners = [(x0, y0), (x0, y1), (x1, y0), (x1, y1), (x, y)]
-        if not all(free.clear(px, py, 1.0) for px, py in corners):
-            continue
-        if any(
-            x0 < b.x1 + 2 and b.x0 < x1 + 2 and y0 < b.y1 + 2 and b.y0 < y1 + 2 for b in buildings
-        ):
-            continue
-        gable = rng.random() < 0.5
-        buildings.append(
-            aerial.Building(
-                *(float(v) for v in (x0, x1, y0, y1)),
-                wall=float(rng.uniform(4, 30)),
-                roof=float(rng.uniform(2, 5)) if gable else 0.0,
-                tone=aerial.ROOF_TONES[int(rng.integers(len(aerial.ROOF_TONES)))],
-            )
-        )
+    # reach 0.55: the view's half-diagonal is 0.71 * EXTENT_M
+    buildings = aerial._place_buildings(
+        rng,
+        free,
+        reach_frac=0.55,
+        count=(15, 41),
+        tries_per_building=6,
+        footprint_m=(6, 20),
+        clearance_m=1.0,
+        gap_m=2,
+        gable_p=0.5,
+        wall_m=(4, 30),
+    )
     trees = aerial._place_trees(rng, free, buildings)
     trees += aerial._place_trees(rng, free, buildings)
     return aerial.AerialGeometry(
