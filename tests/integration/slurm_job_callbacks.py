@@ -76,18 +76,55 @@ class ProgressCallback(pl.Callback):
 
     ``sleep_s`` slows each step down so that a test can interrupt a run of a tiny model between
     two checkpoints (a real model's steps take that long anyway).
+
+    ``hold_restart``/``hold_every``/``hold_below``: in the start with that restart count, rank 0
+    stops after the first step ``s`` with ``s % hold_every == 1`` and ``s < hold_below`` and waits
+    (at most ``hold_timeout_s``) until ``<out_dir>/release`` exists. A test that must signal the
+    job at one exact kind of step needs this: polling for a one-step window of a few tenths of a
+    second can miss it (it did, in CI, once). The other rank waits in the next collective.
     """
 
-    def __init__(self, out_dir: str, sleep_s: float = 0.0):
+    def __init__(
+        self,
+        out_dir: str,
+        sleep_s: float = 0.0,
+        hold_restart: int = -1,
+        hold_every: int = 0,
+        hold_below: int = 0,
+        hold_timeout_s: float = 120.0,
+    ):
         self.out_dir = Path(out_dir)
         self.sleep_s = float(sleep_s)
+        self.hold_restart = int(hold_restart)
+        self.hold_every = int(hold_every)
+        self.hold_below = int(hold_below)
+        self.hold_timeout_s = float(hold_timeout_s)
+        self._held = False
+
+    def _should_hold(self, restart: int, step: int) -> bool:
+        return (
+            not self._held
+            and self.hold_every > 0
+            and restart == self.hold_restart
+            and step % self.hold_every == 1
+            and step < self.hold_below
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.sleep_s > 0:
             time.sleep(self.sleep_s)
-        if trainer.is_global_zero:
-            restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-            _write_json(
-                self.out_dir / "progress.json",
-                {"global_step": trainer.global_step, "restart": restart, "time": time.time()},
-            )
+        if not trainer.is_global_zero:
+            return
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        step = trainer.global_step
+        hold = self._should_hold(restart, step)
+        _write_json(
+            self.out_dir / "progress.json",
+            {"global_step": step, "restart": restart, "time": time.time(), "held": hold},
+        )
+        if hold:
+            self._held = True
+            deadline = time.monotonic() + self.hold_timeout_s
+            # Sleep in short slices: a signal's Python handler runs between them.
+            while not (self.out_dir / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)

@@ -330,7 +330,14 @@ def test_preemption_requeue_and_sigusr1_resume_same_run(cluster, shards, tmp_pat
     env = slurm_env({"DEPTH2IMG_OUTPUT_DIR": str(outputs)})
     max_steps, ckpt_every = 20, 4
     overrides = train_overrides(shards["even"], out, max_steps, ckpt_every, sleep_s=0.3)
-    job = submit(TRAIN_SBATCH, CPU_2_RANKS, [*overrides, "logger=many"], env, tmp_path)
+    # Rank 0 of the first restart waits at the first step just past a periodic checkpoint until
+    # the test has sent SIGUSR1, so the signal lands at a step of its own every time.
+    hold = [
+        "+callbacks.progress.hold_restart=1",
+        f"+callbacks.progress.hold_every={ckpt_every}",
+        f"+callbacks.progress.hold_below={max_steps - 3}",
+    ]
+    job = submit(TRAIN_SBATCH, CPU_2_RANKS, [*overrides, *hold, "logger=many"], env, tmp_path)
 
     def progress_at(restart: int, accept):
         def check():
@@ -346,8 +353,8 @@ def test_preemption_requeue_and_sigusr1_resume_same_run(cluster, shards, tmp_pat
     # 1. Past the first checkpoint (step 4), well before the end.
     wait_until(progress_at(0, lambda s: 5 <= s < 12), JOB_TIMEOUT_S, "step 5", job, env, tmp_path)
     assert run(["scontrol", "requeue", job], env).returncode == 0
-    # 2. After the restart, at a step just past a periodic checkpoint, so that the SIGUSR1
-    #    checkpoint is at a step of its own.
+    # 2. After the restart, at a step just past a periodic checkpoint (rank 0 holds there until
+    #    released), so that the SIGUSR1 checkpoint is at a step of its own.
     wait_until(
         progress_at(1, lambda s: s % ckpt_every == 1 and s < max_steps - 3),
         JOB_TIMEOUT_S,
@@ -358,6 +365,8 @@ def test_preemption_requeue_and_sigusr1_resume_same_run(cluster, shards, tmp_pat
     )
     usr1 = run(["scancel", "--signal=USR1", job], env)
     assert usr1.returncode == 0, usr1.stderr
+    time.sleep(1.0)  # let the signal reach both ranks' handlers before rank 0 moves on
+    (out / "release").touch()
     info = wait_for_end(job, env, tmp_path)
     assert_completed(info, job, tmp_path)
     assert info["Restarts"] == "2"
