@@ -8,6 +8,7 @@ Each folder gets a ``checksums.json`` (``depth2img.artifacts.checksums.write_man
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,20 @@ def _replace_folder(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+def scrub_local_paths(folder: Path) -> None:
+    """Drop ``_name_or_path`` from every ``*.json`` under ``folder``.
+
+    diffusers/transformers record where a model was loaded from; a network loaded from
+    ``--parent`` (or the cache) would otherwise carry the builder's local path into the shipped
+    configs, so a rebuild with unchanged weights would still change the committed files.
+    """
+    for path in sorted(folder.rglob("*.json")):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and "_name_or_path" in config:
+            del config["_name_or_path"]
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_pipelines(
     out: Path,
     vae: AutoencoderKL,
@@ -80,6 +95,7 @@ def save_pipelines(
         requires_safety_checker=False,
     ).save_pretrained(base_dir)
     for folder in (depth_dir, base_dir):
+        scrub_local_paths(folder)
         write_manifest(folder)
     return depth_dir, base_dir
 

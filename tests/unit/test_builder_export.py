@@ -1,0 +1,27 @@
+"""The tiny-base builder's export writes configs without the builder's local paths."""
+
+from __future__ import annotations
+
+import json
+
+from diffusers import AutoencoderKL
+
+from tools.build_tiny_base.export import scrub_local_paths
+
+
+def test_resaved_parent_configs_carry_no_local_path(tmp_path):
+    # A network loaded from a folder remembers that folder and writes it back on save.
+    AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4).save_pretrained(
+        tmp_path / "parent" / "vae"
+    )
+    reloaded = AutoencoderKL.from_pretrained(tmp_path / "parent" / "vae")
+    reloaded.save_pretrained(tmp_path / "out" / "vae")
+    written = tmp_path / "out" / "vae" / "config.json"
+    assert "_name_or_path" in json.loads(written.read_text())
+
+    scrub_local_paths(tmp_path / "out")
+
+    assert "_name_or_path" not in json.loads(written.read_text())
+    # Same bytes as a fresh save of the same network: a rebuild with unchanged weights leaves
+    # the committed configs unchanged.
+    assert written.read_text() == (tmp_path / "parent" / "vae" / "config.json").read_text()
