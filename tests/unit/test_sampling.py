@@ -224,3 +224,36 @@ def test_v_prediction_and_bad_arguments():
             strength=0.1,
             num_inference_steps=5,
         )
+
+
+def test_init_latents_from_posterior_mean_keeps_the_noise_draw(tiny):
+    """``mean`` replaces the posterior draw by the mean; the noise after it stays the same."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from depth2img.inference.sampling import _initial_latents
+
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    scheduler = make_scheduler("ddim", tiny.scheduler.config)
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps[5:]
+    shape = (1, tiny.latent_channels, 32 // tiny.vae_scale_factor, 32 // tiny.vae_scale_factor)
+
+    def initial(which):
+        gen = [torch.Generator().manual_seed(5)]
+        args = (tiny, scheduler, timesteps, shape, image, (32, 32), gen, "cpu", torch.float32)
+        return _initial_latents(*args, init_latents_from=which)
+
+    gen = torch.Generator().manual_seed(5)
+    posterior = tiny.vae.encode(image).latent_dist
+    posterior.sample(gen)  # the draw "mean" still makes, so the noise below is the same
+    noise = randn_tensor(shape, generator=gen)
+    expected = scheduler.add_noise(tiny.scaling_factor * posterior.mean, noise, timesteps[:1])
+    torch.testing.assert_close(initial("mean"), expected)
+    assert (initial("sample") - initial("mean")).abs().max() > 1e-4
+
+    kwargs = dict(seeds=[2], num_inference_steps=STEPS, init_images=image, strength=0.5)
+    by_mean = generate(tiny, ramp_depth(), "a", init_latents_from="mean", **kwargs)
+    by_sample = generate(tiny, ramp_depth(), "a", **kwargs)
+    assert (by_mean - by_sample).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="init_latents_from must be one of sample, mean"):
+        generate(tiny, ramp_depth(), "a", init_latents_from="mode", **kwargs)

@@ -46,6 +46,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     from depth2img.cli.arguments import positive_int
     from depth2img.data.depth_spec import DEPTH_KINDS
+    from depth2img.inference.sampling import INIT_LATENTS_FROM
     from depth2img.inference.schedulers import SCHEDULER_NAMES
 
     p = argparse.ArgumentParser(
@@ -127,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="at --strength 1 noise the image latents like diffusers instead of "
         "starting from pure noise",
+    )
+    s.add_argument(
+        "--init-latents",
+        default="sample",
+        choices=INIT_LATENTS_FROM,
+        help="with an init image: encode it with a VAE posterior 'sample' (diffusers; default) "
+        "or the posterior 'mean' (sharper low-strength edits with a VAE whose posterior is wide)",
     )
     s.add_argument(
         "--scheduler", default="ddim", choices=SCHEDULER_NAMES, help="sampler (default: ddim)"
@@ -345,6 +353,7 @@ def run(args, parser) -> int:
             control_guidance_end=args.control_end,
             size=args.size,
             resize_back=args.resize_back,
+            init_latents_from=args.init_latents,
         )
         for k, (image, params) in enumerate(zip(result.images, result.params)):
             file = f"{item['name']}_{k}.png"

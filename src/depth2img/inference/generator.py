@@ -31,7 +31,7 @@ from depth2img.inference.io import (
     load_image,
 )
 from depth2img.inference.loading import load_generator_components
-from depth2img.inference.sampling import generate
+from depth2img.inference.sampling import INIT_LATENTS_FROM, generate
 from depth2img.inference.sizing import generation_size, native_resolution
 from depth2img.models.components import Components
 
@@ -204,6 +204,7 @@ class Depth2ImgGenerator:
         control_guidance_end: float = 1.0,
         size: int | None = None,
         resize_back: bool = False,
+        init_latents_from: str = "sample",
     ) -> GenerationResult:
         """Generate one batch.
 
@@ -229,6 +230,8 @@ class Depth2ImgGenerator:
             controlnet_conditioning_scale, control_guidance_start, control_guidance_end: for
                 ControlNet models, the strength of the ControlNet and the fraction of the steps
                 it acts in (other models accept only the defaults 1.0, 0.0, 1.0).
+            init_latents_from: ``sample`` (diffusers' behaviour) or ``mean``: encode the init
+                image with a posterior draw or the posterior mean (see ``sampling.generate``).
 
         Returns:
             ``GenerationResult`` with B = inputs x num_images images.
@@ -242,6 +245,11 @@ class Depth2ImgGenerator:
         prompts, images, depths, batch = _broadcast(prompts, images, depths)
         if num_images < 1:
             raise InputError(f"num_images must be >= 1, got {num_images}")
+        if init_latents_from not in INIT_LATENTS_FROM:
+            raise InputError(
+                f"init_latents_from must be one of {', '.join(INIT_LATENTS_FROM)}, "
+                f"got {init_latents_from!r}"
+            )
         repeat = lambda values: [v for v in values for _ in range(num_images)]  # noqa: E731
         pil_images = [None if im is None else load_image(im) for im in images]
         if any(im is None for im in pil_images) and any(im is not None for im in pil_images):
@@ -325,6 +333,7 @@ class Depth2ImgGenerator:
             height=height,
             width=width,
             output="tensor",
+            init_latents_from=init_latents_from,
             **control,
         )
         arrays = (out.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype("uint8")
@@ -340,6 +349,7 @@ class Depth2ImgGenerator:
             "scheduler": scheduler,
             "strength": float(strength) if init is not None else None,
             "pure_noise_at_full_strength": bool(pure_noise_at_full_strength),
+            "init_latents_from": init_latents_from if init is not None else None,
             "height": out_hw[0],
             "width": out_hw[1],
             "generated_height": generated_hw[0],
