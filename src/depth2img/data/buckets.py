@@ -9,11 +9,17 @@ one shape (SDXL was trained this way around 1024^2; any family can use it).
                                          with the crop origin SDXL's time_ids record
     BucketBatcher(batch_size, buckets) groups a stream of samples into single-shape batches
 
+    resolve_buckets(spec, size)       -> the bucket list of a ``data.buckets`` config value
+
 Equal batches per rank: each rank groups its own sample stream, and a batch always holds exactly
 ``batch_size`` samples, so every rank makes the same number of equal-sized steps whenever the
-reader gives each rank the same number of batches per epoch (resampled shards do). Samples left
-in partly filled buckets at the end of a finite stream are dropped (``drop_last``) or emitted as
-smaller batches.
+reader gives each rank the same number of batches per epoch. The training reader
+(``datamodule.TrainStream``) does: the per-rank batch count is fixed from the manifest
+(``samples_per_epoch // global_batch_size``), shards are resampled (an endless stream), and each
+worker pulls samples until it has made its share of *full* single-bucket batches; what is left
+in partly filled buckets when the epoch's count is reached is dropped (never a short batch).
+Samples left in partly filled buckets at the end of a finite stream are dropped (``drop_last``)
+or emitted as smaller batches.
 """
 
 from __future__ import annotations
@@ -45,6 +51,40 @@ def bucket_sizes(
             sizes.add((height, width))
         height += step
     return sorted(sizes, key=lambda hw: hw[1] / hw[0])
+
+
+def resolve_buckets(
+    spec, size: int | tuple[int, int] | list[int] | None = None
+) -> list[tuple[int, int]] | None:
+    """A ``data.buckets`` config value -> bucket shapes (H, W), or None (buckets off).
+
+    Args:
+        spec: None/False (off); True (buckets of the training ``size``'s pixel count, step 64,
+            aspect ratios up to 2:1); a mapping ``{area, step, max_ratio}`` (missing keys as for
+            True); or an explicit list of ``[H, W]`` pairs.
+        size: the training size (int or (H, W)), the default area.
+
+    Raises:
+        ValueError: a spec of another type, or non-positive shapes.
+    """
+    if spec is None or spec is False:
+        return None
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        raise ValueError(f"data.buckets={spec!r}: use true, {{area, step, max_ratio}} or [[H, W]]")
+    hw = (size, size) if isinstance(size, int) else tuple(size or (1024, 1024))
+    defaults = {"area": int(hw[0]) * int(hw[1]), "step": 64, "max_ratio": 2.0}
+    if spec is True:
+        return bucket_sizes(**defaults)
+    if hasattr(spec, "keys"):
+        unknown = set(spec) - set(defaults)
+        if unknown:
+            raise ValueError(f"data.buckets: unknown keys {sorted(unknown)} (use area, step, max_ratio)")
+        settings = {**defaults, **dict(spec)}
+        return bucket_sizes(int(settings["area"]), int(settings["step"]), float(settings["max_ratio"]))
+    shapes = [tuple(int(v) for v in pair) for pair in spec]
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise ValueError(f"data.buckets: need a non-empty list of positive [H, W] pairs, got {spec!r}")
+    return sorted(set(shapes), key=lambda hw: hw[1] / hw[0])
 
 
 def nearest_bucket(size_hw: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
@@ -116,6 +156,11 @@ class BucketBatcher:
             return None
         self._pending[bucket] = []
         return bucket, queue
+
+    def requeue(self, bucket: tuple[int, int], items: list) -> None:
+        """Put ``items`` back at the front of ``bucket``'s queue (e.g. the usable samples of a
+        full bucket in which some turned out bad); they go out with the next batch of it."""
+        self._pending[bucket] = list(items) + self._pending.get(bucket, [])
 
     def flush(self) -> Iterator[tuple[tuple[int, int], list]]:
         """Partly filled buckets (nothing when ``drop_last``); empties the queues."""

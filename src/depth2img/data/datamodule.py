@@ -15,6 +15,19 @@ Training stream (per rank, per DataLoader worker):
     ``current_epoch``, so a resumed run continues with the same streams; resuming in the middle
     of an epoch restarts that epoch's stream (samples are not skipped exactly).
 
+Aspect-ratio buckets (``buckets``, off by default; :mod:`depth2img.data.buckets`):
+    after the shuffle buffer, each encoded sample's image size is read from its header and the
+    sample waits in the queue of its nearest bucket (encoded, so waiting costs little memory).
+    When a queue holds ``batch_size`` samples they are decoded (big JPEGs at the reduced scale
+    that still covers that bucket), resized to cover the bucket and cropped (random origin in
+    training), so ``original_size`` is the source (H, W) and ``crop_top_left`` the crop origin
+    in the resized image, as without buckets. Every batch has one shape and exactly
+    ``batch_size`` samples; the per-rank batch count is the same fixed number as without
+    buckets, and a worker keeps drawing samples (resampled shards never run out) until it has
+    made its share; samples still waiting in partly filled queues at the end of the epoch are
+    dropped. So every rank makes the same number of steps. Cached latents are not used with
+    buckets (they were encoded at one size); validation stays at the fixed ``size``.
+
 Validation set (fixed):
     the first ``val_samples`` usable samples of the validation shards, in shard order (shard
     specs expanded and sorted) and tar order. Global sample ``i`` goes to rank ``i % world``;
@@ -40,11 +53,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from depth2img.data.bad_samples import SKIP_REASONS, BadSampleCounter, SampleError
+from depth2img.data.buckets import BucketBatcher, resolve_buckets
 from depth2img.data.decoding import (
     DecodedSample,
     decode_sample,
     expand_shard_urls,
     iter_shard_samples,
+    source_size,
 )
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.fixed_set import read_fixed_set
@@ -77,6 +92,15 @@ def get_rank_world(
     if trainer is not None:
         return int(trainer.global_rank), int(trainer.world_size)
     return 0, 1
+
+
+def _plain(value):
+    """Hydra's ListConfig/DictConfig -> list/dict (anything else unchanged)."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
 
 
 def _is_local(url: str) -> bool:
@@ -134,6 +158,7 @@ class TrainStream(IterableDataset):
         shuffle_buffer: encoded samples held for shuffling (0 = no shuffle).
         counter: bad-sample counter (shared memory, sized for the workers).
         keep_constant_depth: keep flat depth maps (they become all -1) instead of skipping.
+        buckets: aspect-ratio bucket shapes (H, W); None = every batch at ``transform.size``.
     """
 
     # Consecutive unusable samples before the stream stops with an error instead of spinning.
@@ -151,9 +176,11 @@ class TrainStream(IterableDataset):
         shuffle_buffer: int,
         counter: BadSampleCounter,
         keep_constant_depth: bool = False,
+        buckets: list[tuple[int, int]] | None = None,
     ):
         super().__init__()
         self.urls = list(urls)
+        self.buckets = [tuple(b) for b in buckets] if buckets else None
         self.transform = transform
         self.batch_size = batch_size
         self.batches_per_rank = batches_per_rank
@@ -215,10 +242,16 @@ class TrainStream(IterableDataset):
     # so each key is named once; the counts still count every read).
     max_named_bad = 20
 
-    def _decode_named(self, raw: dict) -> DecodedSample | None:
-        """``decode_or_count``, also logging the first bad samples by shard and key."""
+    def _decode_named(
+        self, raw: dict, draft_for: tuple[int, int] | None = None
+    ) -> DecodedSample | None:
+        """``decode_or_count``, also logging the first bad samples by shard and key.
+        ``draft_for``: the output size the JPEG decode scale is chosen for (default: the
+        transform's)."""
         try:
-            decoded = decode_sample(raw, self.keep_constant_depth, self.transform.size)
+            decoded = decode_sample(
+                raw, self.keep_constant_depth, draft_for or self.transform.size
+            )
         except SampleError as exn:
             self.counter.add(exn.reason)
             named = self.__dict__.setdefault("_named_bad", set())
@@ -254,6 +287,71 @@ class TrainStream(IterableDataset):
             misses = 0
             yield decoded
 
+    def _fixed_batches(self, rng: np.random.Generator) -> Iterator[tuple[dict, list]]:
+        """Endless ``(batch, notes)`` of ``batch_size`` samples at ``transform.size``."""
+        samples = self._samples(rng)
+        while True:
+            # Samples go into the batch as they are decoded (resampled right away when big,
+            # a few at a time in one call when small: see transforms.BatchBuilder).
+            builder = self.transform.builder(self.batch_size)
+            for _ in range(self.batch_size):
+                builder.add(next(samples), rng, checked=True)  # _samples checked it
+            yield builder.finish()
+
+    def _bucket_transform(self, bucket: tuple[int, int]) -> PairedTransform:
+        cache = self.__dict__.setdefault("_bucket_transforms", {})
+        if bucket not in cache:
+            cache[bucket] = self.transform.with_size(bucket)
+        return cache[bucket]
+
+    def _bucket_batches(self, rng: np.random.Generator) -> Iterator[tuple[dict, list]]:
+        """Endless ``(batch, notes)`` of ``batch_size`` samples, each batch one bucket's shape
+        (module docstring: encoded samples wait per bucket; a full bucket is decoded)."""
+        batcher = BucketBatcher(self.batch_size, self.buckets)
+        misses = 0
+        for raw in self._raw_samples(rng):
+            size_hw = source_size(raw)
+            if size_hw is None:  # no readable image header: decoding names and counts it
+                self._decode_named(raw)
+                misses += 1
+                self._check_misses(misses)
+                continue
+            full = batcher.add(raw, size_hw)
+            if full is None:
+                continue
+            bucket, raws = full
+            transform = self._bucket_transform(bucket)
+            usable = []
+            for item in raws:
+                decoded = self._decode_named(item, bucket)
+                if decoded is not None:
+                    try:
+                        transform.check(decoded)
+                    except SampleError as exn:
+                        self.counter.add(exn.reason)
+                        decoded = None
+                if decoded is None:
+                    misses += 1
+                    self._check_misses(misses)
+                else:
+                    usable.append((item, decoded))
+            if len(usable) < self.batch_size:  # some were bad: wait for more of this bucket
+                batcher.requeue(bucket, [item for item, _ in usable])
+                continue
+            misses = 0
+            builder = transform.builder(self.batch_size)
+            for _, decoded in usable:
+                builder.add(decoded, rng, checked=True)
+            yield builder.finish()
+
+    def _check_misses(self, misses: int) -> None:
+        if misses >= self.max_consecutive_bad:
+            raise RuntimeError(
+                f"{misses} unusable samples in a row in {len(self.urls)} shard(s) "
+                f"(e.g. {self.urls[0]!r}); bad samples so far: {self.counter.counts()}. "
+                "Check the shards with `depth2img-shards check`."
+            )
+
     def __iter__(self) -> Iterator[dict]:
         physical, num_workers = _worker()
         # The DataLoader asks worker 0 first. After a resume at batch k of the epoch the next
@@ -265,18 +363,13 @@ class TrainStream(IterableDataset):
             return
         seq = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker])
         rng = np.random.default_rng(seq)
-        samples = self._samples(rng)
+        batches = self._bucket_batches(rng) if self.buckets else self._fixed_batches(rng)
         skip = min(self.worker_skip(worker, num_workers), n_batches)
         for index in range(n_batches):
             # Replayed batches (before a resume point) draw the same samples and random numbers
             # as the first time, but are neither counted nor yielded.
             self.counter.muted = index < skip
-            # Samples go into the batch as they are decoded (resampled right away when big,
-            # a few at a time in one call when small: see transforms.BatchBuilder).
-            builder = self.transform.builder(self.batch_size)
-            for _ in range(self.batch_size):
-                builder.add(next(samples), rng, checked=True)  # _samples checked it
-            batch, notes = builder.finish()
+            batch, notes = next(batches)
             for sample_notes in notes:
                 for note in sample_notes:
                     self.counter.add(note)
@@ -413,6 +506,10 @@ class ShardDataModule(L.LightningDataModule):
         use_latents: "auto" | true | false (see :class:`PairedTransform`).
         depth_resize: "area" (default) or "nearest".
         val_batch_size: per-rank validation batch size (None = batch_size).
+        buckets: aspect-ratio buckets for training (module docstring; off by default): None,
+            true (``size``'s pixel count, step 64, ratios up to 2:1), ``{area, step,
+            max_ratio}`` or a list of ``[H, W]``. Cached latents are then not used
+            (``use_latents: true`` is refused); validation stays at ``size``.
         rank, world_size: overrides for the data rank (tests); None = automatic.
     """
 
@@ -435,6 +532,7 @@ class ShardDataModule(L.LightningDataModule):
         use_latents: str | bool = "auto",
         depth_resize: str = "area",
         val_batch_size: int | None = None,
+        buckets=None,
         rank: int | None = None,
         world_size: int | None = None,
     ):
@@ -468,8 +566,15 @@ class ShardDataModule(L.LightningDataModule):
             depth_spec=self.depth_spec,
             use_latents=use_latents,
         )
+        self.buckets = resolve_buckets(_plain(buckets), self.size)
+        if self.buckets and use_latents is True:
+            raise ValueError(
+                "data.buckets and data.use_latents=true do not go together (cached latents have "
+                "one size): set data.use_latents=auto or false, or data.buckets=null"
+            )
+        train_args = dict(transform_args, use_latents=False) if self.buckets else transform_args
         self.train_transform = PairedTransform(
-            train=True, random_flip=random_flip, caption_dropout=caption_dropout, **transform_args
+            train=True, random_flip=random_flip, caption_dropout=caption_dropout, **train_args
         )
         self.val_transform = PairedTransform(train=False, **transform_args)
         self._counters: dict[str, BadSampleCounter] = {}
@@ -542,6 +647,7 @@ class ShardDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             counter=self._counter("train"),
             keep_constant_depth=self.keep_constant_depth,
+            buckets=self.buckets,
         )
         # Lightning warns that __len__ of an IterableDataset may be wrong with several workers;
         # here it is exact by construction (worker_batches sums to len), so silence just that.
@@ -549,6 +655,8 @@ class ShardDataModule(L.LightningDataModule):
         # A mid-epoch resume replays the stream to its saved position (state_dict), so Lightning's
         # "dataloader is not resumable" warning does not apply.
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
+        if self.buckets:
+            log.info("aspect-ratio buckets (H, W): %s", self.buckets)
         log.info(
             "train data: %d shards, %d batches of %d per rank per epoch (rank %d/%d, %d workers)",
             len(urls),
@@ -580,6 +688,8 @@ class ShardDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "batch_size": self.batch_size,
             "train_urls": len(self.train_urls or []),
+            # only when on: positions saved before buckets existed still replay
+            **({"buckets": [list(b) for b in self.buckets]} if self.buckets else {}),
         }
 
     def state_dict(self) -> dict:

@@ -353,6 +353,21 @@ def _decode_image(data: bytes, draft_for: tuple[int, int] | None = None) -> tupl
     return rgb, k
 
 
+def source_size(raw: dict) -> tuple[int, int] | None:
+    """(H, W) of a raw sample's image from its header only (no pixel decoding; what bucketing
+    needs before choosing the decode scale), or None when there is no readable image header
+    (the full decode then counts the sample as bad)."""
+    image_key = next((k for k in IMAGE_KEYS if k in raw), None)
+    if image_key is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(raw[image_key])) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - any unreadable header: let decode_sample name it
+        return None
+    return (int(height), int(width)) if height > 0 and width > 0 else None
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """Encoded image bytes (jpg/png/webp, any mode) -> (H, W, 3) uint8 RGB at full size.
 

@@ -3,6 +3,8 @@ BatchBuilder, collate)."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -106,6 +108,12 @@ class PairedTransform:
             depth_spec if isinstance(depth_spec, DepthSpec) else DepthSpec.from_dict(depth_spec)
         )
         self.use_latents = use_latents
+
+    def with_size(self, size: int | tuple[int, int]) -> PairedTransform:
+        """The same transform with another output size (aspect-ratio buckets: one per bucket)."""
+        other = copy.copy(self)
+        other.size = as_hw(size)
+        return other
 
     def check(self, sample: DecodedSample) -> None:
         """Raise :class:`SampleError` when this transform cannot use ``sample``.
