@@ -44,6 +44,7 @@ from depth2img.models.losses import (
     weighted_mse,
 )
 from depth2img.models.optim import build_optimizer, build_scheduler
+from depth2img.models.prompt_cache import PromptEmbedCache, check_frozen
 
 VAE_LATENTS = ("mean", "sample")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -127,6 +128,10 @@ class Depth2ImgModule(pl.LightningModule):
         val_controlnet: ControlNet models: ``{conditioning_scale, guidance_start,
             guidance_end}`` of validation images (None = 1.0, 0.0, 1.0).
         seed: seed of the tiny model's weights and of the validation noise.
+        text_embed_cache: keep this many prompts' embeddings in an LRU cache
+            (:class:`depth2img.models.prompt_cache.PromptEmbedCache`; the frozen text encoders
+            run only for prompts not seen recently); 0 = off. Refuses to run when a text
+            encoder trains.
     """
 
     def __init__(
@@ -170,6 +175,7 @@ class Depth2ImgModule(pl.LightningModule):
         image_log_every_n_steps: int | None = None,
         val_controlnet: dict | None = None,
         seed: int = 0,
+        text_embed_cache: int = 0,
     ):
         super().__init__()
         if train_mode not in TRAIN_MODES:
@@ -254,6 +260,9 @@ class Depth2ImgModule(pl.LightningModule):
             else None
         )
         self._ema_active = False  # True while validation runs on the EMA weights
+        self.text_cache = PromptEmbedCache(text_embed_cache) if text_embed_cache else None
+        if self.text_cache is not None:
+            check_frozen((self.text_encoder, self.text_encoder_2))  # fail at set-up, not step 1
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
@@ -343,8 +352,15 @@ class Depth2ImgModule(pl.LightningModule):
     # ----------------------------------------------------------------- encoders
     @torch.no_grad()
     def encode_text(self, captions: list[str]):
-        """Captions -> ``PromptEmbeds`` (frozen text encoders, no grad; the family's rule)."""
-        return self.denoiser.encode_prompts(list(captions), self.device)
+        """Captions -> ``PromptEmbeds`` (frozen text encoders, no grad; the family's rule),
+        through the prompt-embedding cache when ``text_embed_cache`` is on."""
+        denoiser, device = self.denoiser, self.device
+        if self.text_cache is None:
+            return denoiser.encode_prompts(list(captions), device)
+        encoders = (self.text_encoder, self.text_encoder_2)
+        return self.text_cache.encode(
+            lambda prompts: denoiser.encode_prompts(prompts, device), encoders, captions
+        )
 
     @torch.no_grad()
     def encode_latents(self, batch: dict, sample: bool = True) -> torch.Tensor:
@@ -566,5 +582,7 @@ class Depth2ImgModule(pl.LightningModule):
         for key, value in self.state_dict().items():
             if key not in state and key not in trainable:
                 state[key] = value
+        if self.text_cache is not None:  # the loaded state may hold other encoder weights
+            self.text_cache.clear()
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
