@@ -1,8 +1,11 @@
 """Benchmark generation: our sampler vs vanilla diffusers, and DPM-Solver++ 20 vs PNDM 50.
 
-1. Latency: ``depth2img.inference.sampling.generate`` vs ``StableDiffusionDepth2ImgPipeline``
+1. Latency: ``depth2img.inference.sampling.generate`` vs the family's vanilla diffusers pipeline
    on the same components and inputs (same scheduler, steps, strength, seed), interleaved
-   repeats in one process, median per side. Goal: ours / vanilla <= 1.02.
+   repeats in one process, median per side. Goal: ours / vanilla <= 1.02. Concat (depth UNet):
+   ``StableDiffusionDepth2ImgPipeline``; ``--conditioning controlnet`` (``--model tiny`` or
+   ``tiny-sdxl``): ``StableDiffusion[XL]ControlNetImg2ImgPipeline`` with the same control image,
+   or the text-to-image ``StableDiffusion[XL]ControlNetPipeline`` with ``--depth-only``.
 2. Solvers: DPM-Solver++(2M) at 20 steps vs PNDM at 50 steps on synthetic scenes with exact
    depth: depth consistency (judge AbsRel / delta1 after scale-shift alignment, via
    ``depth2img.evaluation.depth_metrics``) and the number of UNet forward calls (hook).
@@ -10,6 +13,7 @@
 Usage:
   python scripts/bench_generate.py                      # shipped model, CPU, small settings
   python scripts/bench_generate.py --model exported/x --device cuda --size 512 --repeats 10
+  python scripts/bench_generate.py --model tiny-sdxl --conditioning controlnet --skip-solvers
 Writes JSON (default outputs/bench/generate.json) and prints it.
 """
 
@@ -45,20 +49,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--domain", default="street", help="synthetic domain (street/aerial/endoscopy)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--skip-solvers", action="store_true", help="only the latency part")
+    p.add_argument(
+        "--conditioning",
+        default="concat",
+        choices=("concat", "controlnet"),
+        help="tiny models: the conditioner to build (controlnet: vanilla = the ControlNet "
+        "pipelines); other models use their own",
+    )
+    p.add_argument(
+        "--depth-only",
+        action="store_true",
+        help="controlnet: no init image (vanilla = the text-to-image ControlNet pipeline)",
+    )
     p.add_argument("--out", default="outputs/bench/generate.json", help="JSON output path")
     return p.parse_args(argv)
 
 
-def load_model(source: str, device, dtype):
+TINY_MODELS = ("tiny", "tiny-sdxl")
+
+
+def load_model(source: str, device, dtype, conditioning: str = "concat"):
     from depth2img.data.depth_spec import DepthSpec
     from depth2img.inference.loading import load_generator_components
-    from depth2img.models.tiny import build_tiny_components
+    from depth2img.models.loading import build_components
 
-    if source == "tiny":
-        components = build_tiny_components(seed=0)
-        for m in (components.vae, components.text_encoder, components.unet):
-            m.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        return components, DepthSpec(), {"source": "tiny (random)"}
+    if source in TINY_MODELS:
+        components = build_components(source, conditioning=conditioning, seed=0)
+        for name in ("vae", "text_encoder", "text_encoder_2", "unet", "controlnet"):
+            module = getattr(components, name)
+            if module is not None:
+                module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return components, DepthSpec(), {"source": f"{source} (random, {conditioning})"}
     return load_generator_components(source, device=device, dtype=dtype, load_depth_estimator=True)
 
 
@@ -80,6 +101,23 @@ def vanilla_pipeline(components, scheduler_name):
     return pipe
 
 
+def controlnet_pipeline(components, scheduler_name, depth_only: bool):
+    """The family's vanilla ControlNet pipeline (img2img, or text-to-image with ``depth_only``)
+    on the same components."""
+    from depth2img.inference.schedulers import make_scheduler
+    from depth2img.models.families import get_family
+
+    scheduler = make_scheduler(scheduler_name, components.scheduler.config)
+    pipe = get_family(components.family).build_pipeline(components, scheduler=scheduler)
+    if depth_only:  # the text-to-image sibling on the same modules and settings
+        import diffusers
+
+        t2i = getattr(diffusers, type(pipe).__name__.replace("Img2Img", ""))
+        pipe = t2i.from_pipe(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -87,8 +125,6 @@ def synchronize(device) -> None:
 
 def bench_latency(components, args, device) -> dict:
     """Median wall time per call, ours vs vanilla, same work (img2img at strength 0.8, CFG)."""
-    from depth2img.data.depth_spec import DepthSpec
-    from depth2img.inference.sampling import generate
 
     gen = torch.Generator().manual_seed(0)
     b, s = args.batch, args.size
@@ -97,6 +133,64 @@ def bench_latency(components, args, device) -> dict:
     depth = (yy + 0.3 * xx).expand(b, s, s).contiguous().to(device)
     prompts = ["a street with buildings"] * b
     settings = dict(num_inference_steps=args.steps, guidance_scale=7.5, strength=0.8)
+    if components.conditioning == "controlnet":
+        ours, vanilla = _controlnet_sides(components, args, image, depth, prompts, settings)
+    else:
+        ours, vanilla = _concat_sides(components, image, depth, prompts, settings, b)
+    return _time_sides(ours, vanilla, args, device) | {
+        "conditioning": components.conditioning,
+        "family": components.family,
+        "vanilla_pipeline": vanilla.pipeline_name,
+    }
+
+
+def _controlnet_sides(components, args, image, depth, prompts, settings):
+    """(ours, vanilla) for a ControlNet model: the control image both sides get is
+    ``depth_to_control_image`` of the same depth (min-max to [0, 1], near = white)."""
+    from depth2img.data.depth_spec import DepthSpec
+    from depth2img.inference.sampling import generate
+    from depth2img.models.conditioning.controlnet import depth_to_control_image
+
+    b, s = len(prompts), image.shape[-1]
+    spec = DepthSpec()
+    depth = depth[:, None]  # [B, 1, H, W]
+    control = depth_to_control_image(depth, (s, s), spec=spec)  # [B, 3, H, W] in [0, 1]
+    pipe = controlnet_pipeline(components, "ddim", args.depth_only)
+    if args.depth_only:
+        settings = {k: v for k, v in settings.items() if k != "strength"}
+    # img2img takes its size from the init image; depth-only from height/width
+    init = {"height": s, "width": s} if args.depth_only else {"init_images": image}
+
+    def ours():
+        return generate(
+            components,
+            depth,
+            prompts,
+            seeds=list(range(b)),
+            scheduler_name="ddim",
+            depth_spec=spec,
+            output="np",
+            **init,
+            **settings,
+        )
+
+    def vanilla():
+        gens = [torch.Generator().manual_seed(i) for i in range(b)]
+        if args.depth_only:
+            images = {"image": control, "height": s, "width": s}
+        else:
+            images = {"image": image, "control_image": control}
+        return pipe(prompts, generator=gens, output_type="np", **images, **settings).images
+
+    vanilla.pipeline_name = type(pipe).__name__
+    return ours, vanilla
+
+
+def _concat_sides(components, image, depth, prompts, settings, b):
+    """(ours, vanilla) for a depth UNet: ``StableDiffusionDepth2ImgPipeline`` with the depth."""
+    from depth2img.data.depth_spec import DepthSpec
+    from depth2img.inference.sampling import generate
+
     pipe = vanilla_pipeline(components, "ddim")
 
     def ours():
@@ -119,6 +213,13 @@ def bench_latency(components, args, device) -> dict:
             prompts, image=image, depth_map=depth, generator=gens, output_type="np", **settings
         ).images
 
+    vanilla.pipeline_name = type(pipe).__name__
+    return ours, vanilla
+
+
+def _time_sides(ours, vanilla, args, device) -> dict:
+    """Warm both sides up (and compare pixels), then interleaved timed repeats."""
+    b, s = args.batch, args.size
     max_diff = float(np.abs(ours() - vanilla()).max())  # also the warm-up of both paths
     # Wall time, plus process CPU time: on a shared CPU machine wall time includes waiting for
     # cores other jobs hold, CPU time does not (with --threads 1 it is the honest compute cost).
@@ -262,7 +363,16 @@ def main(argv=None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = parse_dtype(args.dtype)
-    components, spec, info = load_model(args.model, device, dtype)
+    if args.conditioning != "concat" and args.model not in TINY_MODELS:
+        print(
+            f"--conditioning {args.conditioning} builds a tiny model: use --model tiny or "
+            "tiny-sdxl (other models bring their own conditioner)",
+            file=sys.stderr,
+        )
+        return 2
+    components, spec, info = load_model(args.model, device, dtype, args.conditioning)
+    if components.conditioning == "controlnet":
+        args.skip_solvers = True  # the solver part judges the depth UNet's geometry only
     result = {
         "model": info.get("source"),
         "device": device,

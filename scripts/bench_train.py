@@ -2,12 +2,15 @@
 
 Same process, same tiny model, same pre-built batches in memory, same optimizer, LR schedule,
 gradient clipping and EMA update; warm-up steps excluded; several interleaved repeats; the median
-seconds per step is reported. Also: step time with cached latents vs VAE-encoding in the step.
-Goal: Lightning / plain <= 1.05. Wall and process-CPU time are both reported: on a shared machine
+seconds per step is reported. Also: step time with cached latents vs VAE-encoding in the step,
+and with ``--text-cache N`` the plain loop with the prompt-embedding cache (N entries) vs
+without. Goal: Lightning / plain <= 1.05. Wall and process-CPU time are both reported: on a shared machine
 other processes inflate wall time, not this process's CPU time (use --threads 1 there).
 
     python scripts/bench_train.py                         # CPU, 1 thread, tiny model, 64 px
     python scripts/bench_train.py --device cuda --size 256 --batch-size 16 --threads 8
+    python scripts/bench_train.py --model-source tiny-sdxl --conditioning controlnet \
+        --caption-pool 8 --caption-dropout 0.5 --text-cache 64   # SDXL ControlNet step
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ from depth2img.data.transforms import finalize_batch
 from depth2img.models.components import vae_scale_factor
 from depth2img.training.lightning_module import Depth2ImgModule
 
+CAPTIONS = (
+    "a street with trees",
+    "a narrow street at night",
+    "a wide road with parked cars",
+    "an aerial view of houses",
+    "a courtyard in the rain",
+    "a bridge over a river",
+    "a market square in fog",
+    "a parking lot in snow",
+)
+
 
 def now() -> tuple[float, float]:
     """(wall seconds, process CPU seconds). On a shared CPU machine other processes inflate wall
@@ -38,20 +52,36 @@ def elapsed(start: tuple[float, float], end: tuple[float, float]) -> tuple[float
     return end[0] - start[0], end[1] - start[1]
 
 
-def make_batches(n: int, batch_size: int, size: int, latent: tuple | None, seed: int = 0):
+def make_batches(
+    n: int,
+    batch_size: int,
+    size: int,
+    latent: tuple | None,
+    seed: int = 0,
+    caption_pool: int = 1,
+    caption_dropout: float = 0.0,
+):
     """``n`` batches per CONTRACTS.md (uint8 images, as the reader ships them); with
-    ``latent=(C, h, w)`` also cached ``latents``."""
+    ``latent=(C, h, w)`` also cached ``latents``. Captions: drawn from the first
+    ``caption_pool`` of ``CAPTIONS``, each "" with probability ``caption_dropout`` (the reader's
+    caption dropout); SDXL micro-conditioning sizes as the reader gives them."""
     gen = torch.Generator().manual_seed(seed)
+    pool = CAPTIONS[: max(1, caption_pool)]
     batches = []
     for i in range(n):
+        picks = torch.randint(0, len(pool), (batch_size,), generator=gen).tolist()
+        dropped = (torch.rand(batch_size, generator=gen) < caption_dropout).tolist()
+        captions = ["" if drop else pool[k] for k, drop in zip(picks, dropped)]
         batch = {
             "image": torch.randint(
                 0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen
             ),
             "depth": torch.rand(batch_size, 1, size, size, generator=gen) * 2 - 1,
             "valid_mask": torch.ones(batch_size, 1, size, size, dtype=torch.bool),
-            "caption": ["a street with trees"] * batch_size,
+            "caption": captions,
             "key": [f"b{i}_{j}" for j in range(batch_size)],
+            "original_size": torch.tensor([[size + 16, size + 8]] * batch_size),
+            "crop_top_left": torch.tensor([[8, 4]] * batch_size),
         }
         if latent is not None:
             batch["latents"] = torch.randn(batch_size, *latent, generator=gen)
@@ -67,10 +97,12 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return finalize_batch(moved)
 
 
-def new_module(args) -> Depth2ImgModule:
+def new_module(args, text_cache: int = 0) -> Depth2ImgModule:
     torch.manual_seed(0)
     return Depth2ImgModule(
         model_source=args.model_source,
+        conditioning=args.conditioning,
+        text_embed_cache=text_cache,
         learning_rate=1e-4,
         lr_warmup_steps=10,
         ema_decay=0.999,
@@ -79,9 +111,9 @@ def new_module(args) -> Depth2ImgModule:
     )
 
 
-def plain_loop(args, batches, device) -> list[float]:
+def plain_loop(args, batches, device, text_cache: int = 0) -> list[float]:
     """A hand-written loop: loss, backward, clip, AdamW, LambdaLR, EMA. Returns step times."""
-    module = new_module(args).to(device)
+    module = new_module(args, text_cache).to(device)
     module.train()
     module.ema.to(device)
     opt_cfg = module.configure_optimizers()
@@ -152,7 +184,22 @@ def median_after_warmup(times: list[tuple[float, float]], warmup: int, which: in
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-source", default="tiny", help="tiny | shipped | folder")
+    parser.add_argument(
+        "--model-source", default="tiny", help="tiny | tiny-sdxl | shipped | folder"
+    )
+    parser.add_argument(
+        "--conditioning", default="concat", help="concat | none | controlnet (the trained part)"
+    )
+    parser.add_argument("--caption-pool", type=int, default=1, help="distinct captions used")
+    parser.add_argument(
+        "--caption-dropout", type=float, default=0.0, help="share of empty captions"
+    )
+    parser.add_argument(
+        "--text-cache",
+        type=int,
+        default=0,
+        help="also time the plain loop with a prompt-embedding cache of N entries (0 = skip)",
+    )
     parser.add_argument("--size", type=int, default=64, help="image side in px")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
@@ -176,16 +223,25 @@ def main(argv: list[str] | None = None) -> dict:
     latent = (probe.vae.config.latent_channels, args.size // factor, args.size // factor)
     del probe
     n = args.warmup + args.steps
-    encode_batches = make_batches(n, args.batch_size, args.size, None)
-    cached_batches = make_batches(n, args.batch_size, args.size, latent)
+    captions = dict(caption_pool=args.caption_pool, caption_dropout=args.caption_dropout)
+    encode_batches = make_batches(n, args.batch_size, args.size, None, **captions)
+    cached_batches = make_batches(n, args.batch_size, args.size, latent, **captions)
 
-    results = {"plain": [], "lightning": [], "plain_cached": []}
-    results_cpu = {name: [] for name in results}
     runs = [
         ("plain", plain_loop, encode_batches),
         ("lightning", lightning_loop, encode_batches),
         ("plain_cached", plain_loop, cached_batches),
     ]
+    if args.text_cache:
+        runs.append(
+            (
+                "plain_text_cache",
+                lambda a, b, d: plain_loop(a, b, d, text_cache=args.text_cache),
+                encode_batches,
+            )
+        )
+    results = {name: [] for name, _, _ in runs}
+    results_cpu = {name: [] for name in results}
     with tqdm(total=args.repeats * len(runs), desc="bench_train", unit="run") as bar:
         for _ in range(args.repeats):  # interleaved, so machine noise hits every variant alike
             for name, loop, batches in runs:
@@ -211,17 +267,25 @@ def main(argv: list[str] | None = None) -> dict:
         "encode_over_cached_cpu": cpu["plain"] / cpu["plain_cached"],
         "samples_per_sec_lightning": args.batch_size / med["lightning"],
     }
+    if args.text_cache:
+        report["text_cache_over_plain"] = med["plain_text_cache"] / med["plain"]
+        report["text_cache_over_plain_cpu"] = cpu["plain_text_cache"] / cpu["plain"]
     print(f"{'median ms/step':18s}{'wall':>10s}{'cpu':>10s}")
     for name, label in (
         ("plain", "plain loop"),
         ("lightning", "lightning loop"),
         ("plain_cached", "plain, cached"),
+        ("plain_text_cache", "plain, text cache"),
     ):
-        print(f"{label:18s}{med[name] * 1e3:10.2f}{cpu[name] * 1e3:10.2f}")
-    for key, label in (
+        if name in med:
+            print(f"{label:18s}{med[name] * 1e3:10.2f}{cpu[name] * 1e3:10.2f}")
+    ratios = [
         ("lightning_over_plain", "lightning / plain"),
         ("encode_over_cached", "encode / cached"),
-    ):
+    ]
+    if args.text_cache:
+        ratios.append(("text_cache_over_plain", "text cache / not"))
+    for key, label in ratios:
         print(f"{label:18s}{report[key]:10.3f}{report[key + '_cpu']:10.3f}")
     ratio = report["lightning_over_plain"]
     print(f"goal lightning / plain <= 1.05 (wall): {'met' if ratio <= 1.05 else 'MISSED'}")

@@ -59,9 +59,10 @@ def resolve_buckets(
     """A ``data.buckets`` config value -> bucket shapes (H, W), or None (buckets off).
 
     Args:
-        spec: None/False (off); True (buckets of the training ``size``'s pixel count, step 64,
-            aspect ratios up to 2:1); a mapping ``{area, step, max_ratio}`` (missing keys as for
-            True); or an explicit list of ``[H, W]`` pairs.
+        spec: None/False (off); True (buckets of the training ``size``'s pixel count, step 64
+            (8 when the size's shorter side is under 512 px: smoke runs), aspect ratios up to
+            2:1); a mapping ``{area, step, max_ratio}`` (missing keys as for True); or an
+            explicit list of ``[H, W]`` pairs.
         size: the training size (int or (H, W)), the default area.
 
     Raises:
@@ -72,19 +73,36 @@ def resolve_buckets(
     if isinstance(spec, int | float) and not isinstance(spec, bool):
         raise ValueError(f"data.buckets={spec!r}: use true, {{area, step, max_ratio}} or [[H, W]]")
     hw = (size, size) if isinstance(size, int) else tuple(size or (1024, 1024))
-    defaults = {"area": int(hw[0]) * int(hw[1]), "step": 64, "max_ratio": 2.0}
+    step = 64 if min(int(v) for v in hw) >= 512 else 8
+    defaults = {"area": int(hw[0]) * int(hw[1]), "step": step, "max_ratio": 2.0}
     if spec is True:
-        return bucket_sizes(**defaults)
+        return _nonempty(bucket_sizes(**defaults), defaults)
     if hasattr(spec, "keys"):
         unknown = set(spec) - set(defaults)
         if unknown:
-            raise ValueError(f"data.buckets: unknown keys {sorted(unknown)} (use area, step, max_ratio)")
+            raise ValueError(
+                f"data.buckets: unknown keys {sorted(unknown)} (use area, step, max_ratio)"
+            )
         settings = {**defaults, **dict(spec)}
-        return bucket_sizes(int(settings["area"]), int(settings["step"]), float(settings["max_ratio"]))
+        sizes = bucket_sizes(
+            int(settings["area"]), int(settings["step"]), float(settings["max_ratio"])
+        )
+        return _nonempty(sizes, settings)
     shapes = [tuple(int(v) for v in pair) for pair in spec]
     if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
-        raise ValueError(f"data.buckets: need a non-empty list of positive [H, W] pairs, got {spec!r}")
+        raise ValueError(
+            f"data.buckets: need a non-empty list of positive [H, W] pairs, got {spec!r}"
+        )
     return sorted(set(shapes), key=lambda hw: hw[1] / hw[0])
+
+
+def _nonempty(sizes: list[tuple[int, int]], settings: dict) -> list[tuple[int, int]]:
+    if not sizes:
+        raise ValueError(
+            f"data.buckets {settings}: no bucket shape fits (area below step^2); lower the step "
+            "or raise the area"
+        )
+    return sizes
 
 
 def nearest_bucket(size_hw: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:

@@ -249,9 +249,7 @@ class TrainStream(IterableDataset):
         ``draft_for``: the output size the JPEG decode scale is chosen for (default: the
         transform's)."""
         try:
-            decoded = decode_sample(
-                raw, self.keep_constant_depth, draft_for or self.transform.size
-            )
+            decoded = decode_sample(raw, self.keep_constant_depth, draft_for or self.transform.size)
         except SampleError as exn:
             self.counter.add(exn.reason)
             named = self.__dict__.setdefault("_named_bad", set())
