@@ -1,6 +1,7 @@
 """Aspect-ratio buckets in the training reader, on real WebDataset tars of mixed shapes: one
 shape per batch, shapes are buckets, equal batch counts on every rank, SDXL micro-conditioning
-(original size, crop origin) that matches the pixels, one Lightning step on tiny-sdxl."""
+(original size, crop origin) that matches the pixels, Lightning steps on tiny SDXL (ControlNet)
+and tiny SD (concat)."""
 
 from __future__ import annotations
 
@@ -112,16 +113,15 @@ def test_bucket_config_values_and_refusals(tmp_path):
 
 
 @pytest.mark.slow
-def test_one_lightning_step_on_tiny_sdxl_with_bucketed_batches(tmp_path):
+@pytest.mark.parametrize("source, conditioning", [("tiny-sdxl", "controlnet"), ("tiny", "concat")])
+def test_lightning_steps_on_bucketed_batches(tmp_path, source, conditioning):
     import lightning as L
 
     from depth2img.training.lightning_module import Depth2ImgModule
 
     folder = _write_shards(tmp_path / "train", per_shape=4)
     dm = _dm(folder, global_batch_size=2, samples_per_epoch=4)
-    module = Depth2ImgModule(
-        model_source="tiny-sdxl", conditioning="controlnet", ema_decay=None, seed=0
-    )
+    module = Depth2ImgModule(model_source=source, conditioning=conditioning, ema_decay=None, seed=0)
     seen = []
 
     class Shapes(L.Callback):
