@@ -96,6 +96,23 @@ def test_bucketed_batches_one_shape_equal_counts_and_micro_conditioning(tmp_path
     assert len(shapes_seen) >= 2  # the mix really produced several shapes
 
 
+def test_bucketed_stream_with_workers_resumes_mid_epoch_to_the_same_batches(tmp_path):
+    folder = _write_shards(tmp_path / "train")
+    straight = [
+        (b["key"], b["image"].clone()) for b in _dm(folder, num_workers=2).train_dataloader()
+    ]
+    assert len(straight) == 36 // 4 and all(len(keys) == 4 for keys, _ in straight)
+    done = 3
+    resumed = _dm(folder, num_workers=2)
+    position = {"epoch": 0, "batches_done": done, **resumed._stream_layout()}
+    assert sorted(position["buckets"]) == sorted(list(b) for b in BUCKETS)
+    resumed.load_state_dict({"stream_position": position})
+    again = [(b["key"], b["image"]) for b in resumed.train_dataloader()]
+    assert len(again) == len(straight) - done
+    for (keys, image), (keys_before, image_before) in zip(again, straight[done:]):
+        assert keys == keys_before and torch.equal(image, image_before)
+
+
 def test_bucket_config_values_and_refusals(tmp_path):
     assert resolve_buckets(None, 1024) is None and resolve_buckets(False, 1024) is None
     default = resolve_buckets(True, 1024)
