@@ -505,8 +505,9 @@ class ShardDataModule(L.LightningDataModule):
         depth_resize: "area" (default) or "nearest".
         val_batch_size: per-rank validation batch size (None = batch_size).
         buckets: aspect-ratio buckets for training (module docstring; off by default): None,
-            true (``size``'s pixel count, step 64, ratios up to 2:1), ``{area, step,
-            max_ratio}`` or a list of ``[H, W]``. Cached latents are then not used
+            true (``size``'s pixel count, step 64 (8 below 512 px), ratios up to 2:1),
+            ``{area, step, max_ratio}`` or a list of ``[H, W]``
+            (:func:`depth2img.data.buckets.resolve_buckets`). Cached latents are then not used
             (``use_latents: true`` is refused); validation stays at ``size``.
         rank, world_size: overrides for the data rank (tests); None = automatic.
     """
@@ -530,7 +531,7 @@ class ShardDataModule(L.LightningDataModule):
         use_latents: str | bool = "auto",
         depth_resize: str = "area",
         val_batch_size: int | None = None,
-        buckets=None,
+        buckets: bool | dict | list | None = None,
         rank: int | None = None,
         world_size: int | None = None,
     ):
