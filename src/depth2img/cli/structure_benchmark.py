@@ -1,13 +1,16 @@
-"""``depth2img-benchmark``: structure preservation, img2img vs depth2img, on synthetic pairs.
+"""``depth2img-benchmark``: structure preservation of img2img, concat depth2img and a depth
+ControlNet over strength, on synthetic pairs.
 
     depth2img-benchmark --out outputs/benchmark                 # street, endoscopy and aerial
+    depth2img-benchmark --out outputs/threeway --controlnet /models/tiny-sd-depth-controlnet
     depth2img-benchmark --depth-model outputs/train/run/checkpoints/last.ckpt \\
         --img2img-model shipped-base --domain aerial --scenes 32 --size 128
     depth2img-benchmark --help
 
 Writes ``benchmark.json``, ``benchmark.md`` (tables), ``benchmark.png`` (metric vs strength, one
-line per method) and ``samples.png`` into ``--out/<domain>/`` for each domain, and all domains'
-tables into ``--out/benchmark.md``.
+line per method) and ``samples.png`` into ``--out/<domain>/`` for each domain, all domains'
+tables into ``--out/benchmark.md`` and the methods side by side into ``--out/comparison.md`` and
+``--out/comparison.png``.
 """
 
 from __future__ import annotations
@@ -29,38 +32,101 @@ What is measured (see docs/evaluation.md):
   Reference rows: source (unedited input), target (the true render = the judge's floor),
   wrong scene (another scene's true render in the target condition = chance) and layout priors
   (domain mean depth of training scenes, lower rows near, periphery near).
-  CIs resample scenes; depth2img - img2img and method - wrong scene are paired differences.
-  img2img = the 4-channel --img2img-model (zero-initialized depth channel: exactly the parent).
+  CIs resample scenes; concat - img2img, controlnet - img2img, controlnet - concat and
+  method - wrong scene are paired differences (same task, prompt and seed).
+
+Methods (--methods, comma-separated):
+  img2img     the 4-channel --img2img-model as it is: the init image is its only structure
+  concat      the depth2img model --depth-model (depth as an extra latent channel)
+  controlnet  the depth ControlNet folder --controlnet on --controlnet-base (default: the
+              --img2img-model, so it differs from img2img only by the ControlNet)
 
 Examples:
   depth2img-benchmark --out outputs/benchmark                       # shipped tiny models, CPU
+  depth2img-benchmark --out outputs/threeway --controlnet /models/tiny-sd-depth-controlnet \
+      --methods img2img,concat,controlnet --strengths 0.2,0.4,0.6,0.8,1.0 --scenes 16
   depth2img-benchmark --depth-model outputs/train/run/checkpoints/last.ckpt --scenes 32
   depth2img-benchmark --depth-model /models/sd2-depth --img2img-model /models/sd2-base \\
       --judge /models/dpt-large --size 512 --steps 20 --scheduler unipc --device cuda
 """
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_strengths(values: list[str]) -> tuple[float, ...]:
+    """``["0.2,0.4", "1"]`` -> ``(0.2, 0.4, 1.0)``.
+
+    Raises:
+        ValueError: a value that is not a number.
+    """
+    strengths = []
+    for part in (p for value in values for p in value.split(",") if p.strip()):
+        try:
+            strengths.append(float(part))
+        except ValueError:
+            raise ValueError(
+                f"--strengths: {part!r} is not a number; give values in (0, 1], e.g. 0.2,0.6,1.0"
+            ) from None
+    return tuple(strengths)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from depth2img.evaluation.structure_benchmark import DEFAULT_STRENGTHS
+    from depth2img.evaluation.structure_benchmark import DEFAULT_STRENGTHS, METHODS
 
     p = argparse.ArgumentParser(
         prog="depth2img-benchmark",
-        description="Structure-preservation benchmark: img2img vs depth2img on synthetic paired "
-        "scenes with exact depth.",
+        description="Structure-preservation benchmark: img2img vs concat depth2img vs a depth "
+        "ControlNet over strength, on synthetic paired scenes with exact depth.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark --out")
     p.add_argument(
+        "--methods",
+        type=_comma_list,
+        default=None,
+        help=f"comma-separated methods from {','.join(METHODS)} (default: img2img,concat, "
+        "plus controlnet when --controlnet is given)",
+    )
+    p.add_argument(
         "--depth-model",
         default="shipped",
-        help="depth2img model: .ckpt, folder, 'shipped' or hub id (default: shipped)",
+        help="concat depth2img model: .ckpt, folder, 'shipped' or hub id (default: shipped)",
     )
     p.add_argument(
         "--img2img-model",
         default="shipped-base",
-        help="4-channel text-to-image model for the img2img baseline; '' to skip (default: shipped-base)",
+        help="4-channel text-to-image base for img2img (and the ControlNet's default base); "
+        "'' to skip img2img (default: shipped-base)",
+    )
+    p.add_argument(
+        "--controlnet",
+        default=None,
+        help="depth ControlNet folder (diffusers ControlNetModel, or an exported ControlNet "
+        "pipeline folder) for method controlnet",
+    )
+    p.add_argument(
+        "--controlnet-base",
+        default=None,
+        help="base model the ControlNet runs on (default: --img2img-model)",
+    )
+    p.add_argument(
+        "--controlnet-scale", type=float, default=1.0, help="ControlNet conditioning scale"
+    )
+    p.add_argument(
+        "--control-start",
+        type=float,
+        default=0.0,
+        help="fraction of the steps after which the ControlNet starts acting (default: 0)",
+    )
+    p.add_argument(
+        "--control-end",
+        type=float,
+        default=1.0,
+        help="fraction of the steps after which the ControlNet stops acting (default: 1)",
     )
     p.add_argument(
         "--judge",
@@ -95,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strengths",
         nargs="+",
-        type=float,
-        default=list(DEFAULT_STRENGTHS),
-        help="img2img strengths in (0, 1] (default: 0.2 0.4 0.6 0.8 1.0)",
+        default=[",".join(f"{s:g}" for s in DEFAULT_STRENGTHS)],
+        help="denoising strengths in (0, 1], comma- or space-separated; 1 = from pure noise "
+        "(default: 0.2,0.4,0.6,0.8,1.0)",
     )
     p.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
@@ -114,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(message: str) -> int:
+    print(f"depth2img-benchmark: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pathlib import Path
@@ -121,24 +192,40 @@ def main(argv: list[str] | None = None) -> int:
     from depth2img.evaluation.structure_benchmark import (
         DOMAINS,
         BenchmarkSettings,
+        check_settings,
         load_methods,
         markdown_table,
         run_benchmark,
     )
+    from depth2img.evaluation.structure_comparison import comparison_markdown, plot_comparison
 
-    if args.scenes < 1:
-        print("depth2img-benchmark: error: --scenes must be >= 1", file=sys.stderr)
-        return 2
+    for name in ("scenes", "steps", "size", "batch_size"):
+        if getattr(args, name) < 1:
+            return _error(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        strengths = parse_strengths(args.strengths)
+    except ValueError as err:
+        return _error(str(err))
+    methods = args.methods
+    if methods is None:
+        methods = ("img2img", "concat") + (("controlnet",) if args.controlnet else ())
+        methods = tuple(m for m in methods if m != "img2img" or args.img2img_model)
     domains = list(DOMAINS) if "all" in args.domain else list(dict.fromkeys(args.domain))
     settings = BenchmarkSettings(
         depth_model=args.depth_model,
         img2img_model=args.img2img_model,
+        methods=tuple(dict.fromkeys(methods)),
+        controlnet_model=args.controlnet,
+        controlnet_base=args.controlnet_base,
+        controlnet_scale=args.controlnet_scale,
+        control_start=args.control_start,
+        control_end=args.control_end,
         domain=domains[0],
         num_scenes=args.scenes,
         scene_start=args.scene_start,
         source_condition=args.source_condition,
         target_conditions=tuple(args.target_conditions) if args.target_conditions else None,
-        strengths=tuple(args.strengths),
+        strengths=strengths,
         size=args.size,
         steps=args.steps,
         guidance_scale=args.guidance_scale,
@@ -149,41 +236,37 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
+    try:
+        check_settings(settings)
+    except ValueError as err:
+        return _error(str(err))
     from depth2img.cli.arguments import check_output_path
 
-    for name in ("steps", "size", "batch_size"):
-        if getattr(args, name) < 1:
-            print(
-                f"depth2img-benchmark: error: --{name.replace('_', '-')} must be >= 1",
-                file=sys.stderr,
-            )
-            return 2
-    inputs = [args.depth_model, args.img2img_model, args.judge]
+    inputs = [args.depth_model, args.img2img_model, args.judge, args.controlnet or ""]
     refusal = check_output_path(args.out, inputs, args.overwrite, marker="benchmark.md")
     if refusal:
-        print(f"depth2img-benchmark: error: {refusal}", file=sys.stderr)
-        return 2
+        return _error(refusal)
     out = Path(args.out)
-    tables = []
+    results = {}
     try:
-        for s in settings.strengths:
-            if not 0 < s <= 1:
-                raise ValueError(f"strengths must be in (0, 1], got {s}")
         from depth2img.evaluation.judges import load_judge
 
         judge = load_judge(settings.judge, device=settings.device, batch_size=settings.batch_size)
-        methods = load_methods(settings)
+        loaded = load_methods(settings)
         for domain in domains:
             domain_settings = replace(settings, domain=domain)
-            result = run_benchmark(domain_settings, out / domain, judge=judge, methods=methods)
-            tables.append(markdown_table(result))
-            print(tables[-1])
+            results[domain] = run_benchmark(
+                domain_settings, out / domain, judge=judge, methods=loaded
+            )
+            print(markdown_table(results[domain]))
     except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"depth2img-benchmark: error: {err}", file=sys.stderr)
-        return 2
-    (out / "benchmark.md").write_text("\n".join(tables))
-    print(f"wrote {out}/benchmark.md and {', '.join(f'{d}/' for d in domains)} (benchmark.json, "
-          "benchmark.md, benchmark.png, samples.png)")  # fmt: skip
+        return _error(err)
+    (out / "benchmark.md").write_text("\n".join(markdown_table(r) for r in results.values()))
+    (out / "comparison.md").write_text(comparison_markdown(results))
+    plot_comparison(results, out / "comparison.png")
+    print(f"wrote {out}/benchmark.md, comparison.md, comparison.png and "
+          f"{', '.join(f'{d}/' for d in domains)} (benchmark.json, benchmark.md, benchmark.png, "
+          "samples.png)")  # fmt: skip
     return 0
 
 

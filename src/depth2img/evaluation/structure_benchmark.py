@@ -21,10 +21,16 @@ render in the target condition: right condition, wrong geometry = chance) and th
 scenes of the renderer). Every interval resamples scenes (all target conditions of a scene
 form one cluster) and every method comparison is paired (same task, same seed).
 
-Methods: ``depth2img`` (a depth-conditioned model, e.g. ``shipped``) and ``img2img`` (a
-4-channel text-to-image model, e.g. ``shipped-base``, widened with a zero-initialized depth
-channel, which computes exactly what the 4-channel parent computes — see models/conversion.py —
-so the same sampler runs both).
+Methods (``METHODS``; any subset, all on the same tasks, prompts and seeds, so every comparison
+is paired):
+
+- ``img2img``: the 4-channel text-to-image base (e.g. ``shipped-base``) run as it is
+  (conditioning ``none``): the init image is its only link to the input's structure;
+- ``concat``: a depth2img model whose UNet reads depth as an extra latent channel (e.g.
+  ``shipped``, a training checkpoint, an SD2-depth folder);
+- ``controlnet``: a depth ControlNet on the img2img base (a bare ControlNet folder, loaded on
+  ``controlnet_base``, by default the img2img model, so it differs from ``img2img`` only by the
+  ControlNet's residuals; a zero-initialized ControlNet reproduces ``img2img`` bit for bit).
 """
 
 from __future__ import annotations
@@ -69,14 +75,27 @@ DEFAULT_CONDITIONS = {
     "endoscopy": ("normal", ("tinted", "dim")),
 }
 HIGHER = {**HIGHER_IS_BETTER, "edge_f1": True, "grad_corr": True, "psnr": True, "ssim": True}
+#: the methods a run can compare; ``img2img`` is the baseline of every paired comparison
+METHODS = ("img2img", "concat", "controlnet")
+METHOD_LABELS = {
+    "img2img": "img2img (base)",
+    "concat": "concat depth2img",
+    "controlnet": "depth ControlNet on the base",
+}
 
 
 @dataclass
 class BenchmarkSettings:
     """What a benchmark run measures (recorded in ``benchmark.json``)."""
 
-    depth_model: str = "shipped"
-    img2img_model: str = "shipped-base"
+    depth_model: str = "shipped"  # the concat method's model
+    img2img_model: str = "shipped-base"  # the 4-channel base (img2img; the ControlNet's base)
+    methods: tuple[str, ...] = ("img2img", "concat")  # a subset of METHODS
+    controlnet_model: str | None = None  # a ControlNet folder (needed for method controlnet)
+    controlnet_base: str | None = None  # None: img2img_model, else the folder's recorded base
+    controlnet_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
     domain: str = "street"
     num_scenes: int = 8
     scene_start: int = 1000  # held out: synthetic training shards number scenes from 0
@@ -96,6 +115,29 @@ class BenchmarkSettings:
     prior_scenes: int = 16  # training scenes 0..n-1 whose mean depth is the domain-mean prior
     bootstrap_resamples: int = 2000
     progress: bool = True
+
+
+def check_settings(settings: BenchmarkSettings) -> None:
+    """Raise a ValueError (one line: what is wrong, what to do) for settings no run can use."""
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}"
+        )
+    if not settings.methods:
+        raise ValueError(f"no methods: choose one or more of {', '.join(METHODS)}")
+    if not settings.strengths:
+        raise ValueError("no strengths: give one or more values in (0, 1]")
+    for s in settings.strengths:
+        if not 0 < s <= 1:
+            raise ValueError(f"strengths must be in (0, 1], got {s:g}")
+    if "controlnet" in settings.methods and not settings.controlnet_model:
+        raise ValueError("method controlnet needs a ControlNet folder: pass --controlnet PATH")
+    if "img2img" in settings.methods and not settings.img2img_model:
+        raise ValueError("method img2img needs a base model: pass --img2img-model PATH")
+    from depth2img.models.conditioning.controlnet import check_control_options
+
+    check_control_options(settings.controlnet_scale, settings.control_start, settings.control_end)
 
 
 def resolve_conditions(settings: BenchmarkSettings) -> BenchmarkSettings:
@@ -240,7 +282,8 @@ def _fd_to_targets(fd, real_feats: torch.Tensor, outputs: list[np.ndarray]) -> d
     }
 
 
-def _run_method(components, spec, tasks, settings, strength, label, bar) -> list[np.ndarray]:
+def _run_method(method, tasks, settings, strength, label, bar) -> list[np.ndarray]:
+    """Outputs of one ``LoadedMethod`` at one strength: (H, W, 3) uint8 per task, task order."""
     from depth2img.inference.sampling import generate
 
     outputs = []
@@ -251,7 +294,7 @@ def _run_method(components, spec, tasks, settings, strength, label, bar) -> list
         init = torch.from_numpy(np.stack([t.source for t in chunk])).permute(0, 3, 1, 2)
         init = init.float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
         images = generate(
-            components,
+            method.components,
             depth.to(settings.device),
             [t.prompt for t in chunk],
             num_inference_steps=settings.steps,
@@ -260,8 +303,9 @@ def _run_method(components, spec, tasks, settings, strength, label, bar) -> list
             scheduler_name=settings.scheduler,
             init_images=init.to(settings.device),
             strength=strength,
-            depth_spec=spec,
+            depth_spec=method.spec,
             depth_valid=valid.to(settings.device),
+            **method.options,
         )
         arr = (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         outputs.extend(arr)
@@ -270,21 +314,66 @@ def _run_method(components, spec, tasks, settings, strength, label, bar) -> list
     return outputs
 
 
-def load_methods(settings: BenchmarkSettings) -> dict:
-    """``{"img2img": (components, spec), "depth2img": (components, spec)}`` (eval mode)."""
+@dataclass
+class LoadedMethod:
+    """One method ready to sample: its components, depth convention and extra ``generate``
+    options (the ControlNet's scale and guidance window)."""
+
+    components: object
+    spec: object
+    options: dict
+
+
+def load_methods(settings: BenchmarkSettings) -> dict[str, LoadedMethod]:
+    """``{method: LoadedMethod}`` for ``settings.methods`` in ``METHODS`` order (eval mode).
+
+    Raises:
+        ValueError: bad settings (see ``check_settings``) or a model of the wrong kind.
+        FileNotFoundError: a missing model.
+    """
+    from depth2img.data.depth_spec import DepthSpec
     from depth2img.inference.loading import load_generator_components
     from depth2img.models.loading import load_components
 
-    depth_components, spec, _ = load_generator_components(
-        settings.depth_model, device=settings.device, load_depth_estimator=False
-    )
+    check_settings(settings)
     methods = {}
-    if settings.img2img_model:
-        base = load_components(settings.img2img_model, convert_to_depth=True)
-        for module in (base.vae, base.text_encoder, base.unet):
-            module.to(settings.device).eval().requires_grad_(False)
-        methods["img2img"] = (base, spec)
-    methods["depth2img"] = (depth_components, spec)
+    for name in (m for m in METHODS if m in settings.methods):
+        if name == "img2img":
+            # The parent as it is (no depth channel): what a user's img2img pipeline runs.
+            base = load_components(settings.img2img_model, conditioning="none")
+            for module in base.networks.values():
+                module.to(settings.device).eval().requires_grad_(False)
+            methods[name] = LoadedMethod(base, DepthSpec(), {})
+        elif name == "concat":
+            components, spec, info = load_generator_components(
+                settings.depth_model, device=settings.device, load_depth_estimator=False
+            )
+            if info["conditioning"] != "concat":
+                raise ValueError(
+                    f"--depth-model {settings.depth_model} is a {info['conditioning']} model, "
+                    "not a concat depth2img model: pass a ControlNet with --controlnet"
+                )
+            methods[name] = LoadedMethod(components, spec, {})
+        else:
+            base = settings.controlnet_base or settings.img2img_model or None
+            components, spec, info = load_generator_components(
+                settings.controlnet_model,
+                device=settings.device,
+                base_model=base,
+                load_depth_estimator=False,
+            )
+            if info["conditioning"] != "controlnet":
+                raise ValueError(
+                    f"--controlnet {settings.controlnet_model} is a {info['conditioning']} model, "
+                    "not a ControlNet: pass a ControlNet folder (or the concat model with "
+                    "--depth-model)"
+                )
+            options = {
+                "controlnet_conditioning_scale": settings.controlnet_scale,
+                "control_guidance_start": settings.control_start,
+                "control_guidance_end": settings.control_end,
+            }
+            methods[name] = LoadedMethod(components, spec, options)
     return methods
 
 
@@ -300,11 +389,9 @@ def run_benchmark(
     """
     from depth2img.evaluation.judges import load_judge
 
+    check_settings(settings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for s in settings.strengths:
-        if not 0 < s <= 1:
-            raise ValueError(f"strengths must be in (0, 1], got {s}")
     settings = resolve_conditions(settings)
     tasks = build_tasks(settings)
     clusters = [t.scene_id for t in tasks]
@@ -345,9 +432,9 @@ def run_benchmark(
     bar = tqdm(total=total, desc=f"benchmark {settings.domain}", unit="img",
                disable=not settings.progress)  # fmt: skip
     samples = {}
-    for name, (components, spec) in methods.items():
+    for name, method in methods.items():
         for strength in settings.strengths:
-            outputs = _run_method(components, spec, tasks, settings, strength, name, bar)
+            outputs = _run_method(method, tasks, settings, strength, name, bar)
             per_task[(name, strength)] = _score(judge, outputs, tasks)
             row = _summary_row(name, strength, per_task[(name, strength)], clusters, settings)
             if fd is not None:
@@ -375,18 +462,27 @@ def run_benchmark(
 PAIRED_METRICS = ("edge_f1", "grad_corr", "depth_absrel", "depth_spearman", "psnr", "ssim")
 
 
-def paired_comparisons(per_task: dict, clusters: list[str], settings) -> list[dict]:
-    """Paired, scene-clustered differences: depth2img - img2img at each strength, and each
-    method - wrong_scene (does it keep more structure than a right-condition wrong scene?)."""
-    out = []
+def method_pairs(methods, strengths) -> list[tuple]:
+    """The paired comparisons, per strength: each depth method - img2img, controlnet - concat,
+    then each method - wrong_scene (does it keep more structure than a right-condition wrong
+    scene?). Keys are ``(method, strength)`` or a reference row name."""
+    depth_methods = [m for m in ("concat", "controlnet") if m in methods]
     pairs = []
-    for strength in settings.strengths:
-        if ("depth2img", strength) in per_task and ("img2img", strength) in per_task:
-            pairs.append((("depth2img", strength), ("img2img", strength)))
-        for method in ("depth2img", "img2img"):
-            if (method, strength) in per_task:
-                pairs.append(((method, strength), "wrong_scene"))
-    for a, b in pairs:
+    for strength in strengths:
+        if "img2img" in methods:
+            pairs += [((m, strength), ("img2img", strength)) for m in depth_methods]
+        if len(depth_methods) == 2:
+            pairs.append((("controlnet", strength), ("concat", strength)))
+        pairs += [((m, strength), "wrong_scene") for m in METHODS if m in methods]
+    return pairs
+
+
+def paired_comparisons(per_task: dict, clusters: list[str], settings) -> list[dict]:
+    """Paired, scene-clustered differences (a - b on the same task and seed) for
+    ``method_pairs``; ``b`` is the baseline."""
+    methods = {key[0] for key in per_task if isinstance(key, tuple)}
+    out = []
+    for a, b in method_pairs(methods, settings.strengths):
         diffs = {}
         for name in PAIRED_METRICS:
             diffs[name] = paired_difference(
@@ -422,6 +518,7 @@ ROW_LABELS = {
     "target": "target (true render = judge floor)",
     "wrong_scene": "wrong scene (right condition = chance)",
     **{f"prior_{k}": f"prior: {v}" for k, v in PRIOR_LABELS.items()},
+    **METHOD_LABELS,
 }
 TABLE_GROUPS = (
     ("structure, no judge", ("edge_f1", "grad_corr")),
@@ -429,6 +526,30 @@ TABLE_GROUPS = (
     ("appearance", ("psnr", "ssim")),
 )
 TABLE_METRICS = tuple(m for _, group in TABLE_GROUPS for m in group)
+
+
+def _column_header(metric: str, group: str, judge_separates: bool) -> str:
+    if metric.startswith("depth_") and not judge_separates:
+        return f"{metric} ({group}; gate failed: not read)"
+    return f"{metric} ({group})"
+
+
+def methods_line(settings: dict) -> str:
+    """Which model each method ran (from ``benchmark.json``'s settings)."""
+    parts = []
+    methods = settings.get("methods", ("img2img", "concat"))
+    if "img2img" in methods:
+        parts.append(f"img2img = `{settings['img2img_model']}`")
+    if "concat" in methods:
+        parts.append(f"concat = `{settings['depth_model']}`")
+    if "controlnet" in methods:
+        base = settings.get("controlnet_base") or settings["img2img_model"]
+        parts.append(
+            f"controlnet = `{settings['controlnet_model']}` on `{base}` (scale "
+            f"{settings['controlnet_scale']:g}, guidance {settings['control_start']:g}–"
+            f"{settings['control_end']:g})"
+        )
+    return "; ".join(parts) + "; same tasks, prompts and seeds for every method"
 
 
 def markdown_table(result: dict) -> str:
@@ -459,8 +580,12 @@ def markdown_table(result: dict) -> str:
         "",
         *([f"> **Warning:** {gate['warning']}", ""] if gate["warning"] else []),
         *([f"Note: {gate['prior_note']}.", ""] if gate.get("prior_note") else []),
+        f"Methods: {methods_line(settings)}.",
+        "",
         "| method | strength | "
-        + " | ".join(f"{m} ({group})" for group, ms in TABLE_GROUPS for m in ms)
+        + " | ".join(
+            _column_header(m, group, gate["separates"]) for group, ms in TABLE_GROUPS for m in ms
+        )
         + " | fd_tiny |",
         "|---|---|" + "---|" * (len(TABLE_METRICS) + 1),
     ]
@@ -498,14 +623,14 @@ def markdown_table(result: dict) -> str:
 
 
 def benchmark_verdicts(result: dict) -> list[str]:
-    """depth2img vs img2img and vs the wrong scene on the judge-free measures (always) and on
-    depth (only when the judge passes its gate)."""
+    """The depth methods (concat, controlnet) vs img2img, vs each other and vs the wrong scene
+    on the judge-free measures (always) and on depth (only when the judge passes its gate)."""
     metrics = ["edge_f1", "grad_corr"]
     if result["judge_quality"]["separates"]:
         metrics.append("depth_absrel")
     lines = []
     for pair in result["paired"]:
-        if not pair["a"].startswith("depth2img"):
+        if not pair["a"].startswith(("concat", "controlnet")):
             continue
         for name in metrics:
             lower = not HIGHER.get(name, False)
@@ -513,6 +638,10 @@ def benchmark_verdicts(result: dict) -> list[str]:
                 f"{name}: " + structure_verdict(pair["metrics"][name], lower, pair["a"], pair["b"])
             )
     return lines
+
+
+#: one colour per method in every plot (matplotlib's first three)
+METHOD_COLORS = {"img2img": "tab:blue", "concat": "tab:orange", "controlnet": "tab:green"}
 
 
 def plot_benchmark(result: dict, path: Path) -> Path:
@@ -524,7 +653,8 @@ def plot_benchmark(result: dict, path: Path) -> Path:
 
     metrics = ("edge_f1", "grad_corr", "depth_absrel", "psnr")
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
-    methods = sorted({r["method"] for r in result["rows"] if r["strength"] is not None})
+    present = {r["method"] for r in result["rows"] if r["strength"] is not None}
+    methods = [m for m in METHODS if m in present]
     for ax, metric in zip(axes, metrics):
         for method in methods:
             rows = [r for r in result["rows"] if r["method"] == method]
@@ -534,8 +664,9 @@ def plot_benchmark(result: dict, path: Path) -> Path:
             hi = [r[metric]["ci_high"] for r in rows]
             if any(y is None for y in ys):
                 continue
-            ax.plot(xs, ys, marker="o", label=method)
-            ax.fill_between(xs, lo, hi, alpha=0.2)
+            color = METHOD_COLORS.get(method)
+            ax.plot(xs, ys, marker="o", label=METHOD_LABELS.get(method, method), color=color)
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=color)
         for r in result["rows"]:
             # Skip the target vs itself (psnr 100 dB, F1 1) on image metrics: no reference.
             if r["strength"] is None and r[metric]["mean"] is not None:
@@ -545,15 +676,21 @@ def plot_benchmark(result: dict, path: Path) -> Path:
                 ax.annotate(r["method"], (1.0, r[metric]["mean"]), fontsize=7, color="gray")
         ax.set_xlabel("strength")
         ax.set_title(metric)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
+def _method_order(key: tuple) -> tuple:
+    method, strength = key
+    return (METHODS.index(method) if method in METHODS else len(METHODS), strength)
+
+
 def write_samples(tasks, samples: dict, strengths, path: Path, max_rows: int = 4) -> Path | None:
-    """Rows: source | target | each method at each strength (first ``max_rows`` tasks)."""
+    """Rows: source | target | each method (``METHODS`` order) at each strength (first
+    ``max_rows`` tasks)."""
     from PIL import Image
 
     if not tasks:
@@ -561,7 +698,7 @@ def write_samples(tasks, samples: dict, strengths, path: Path, max_rows: int = 4
     rows = []
     for i, task in enumerate(tasks[:max_rows]):
         tiles = [task.source, task.target]
-        tiles += [samples[key][i] for key in sorted(samples, key=lambda k: (k[0], k[1]))]
+        tiles += [samples[key][i] for key in sorted(samples, key=_method_order)]
         rows.append(np.concatenate(tiles, axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path
