@@ -42,12 +42,12 @@ def test_benchmark_writes_tables_json_and_plot_for_every_domain(
             ("prior_domain_mean", None),
             ("img2img", 0.4),
             ("img2img", 1.0),
-            ("depth2img", 0.4),
-            ("depth2img", 1.0),
+            ("concat", 0.4),
+            ("concat", 1.0),
         }, domain
         # 2 scenes x 2 default target conditions: 4 tasks, intervals over the 2 scenes.
         assert result["num_tasks"] == 4 and result["num_scenes"] == 2
-        assert rows[("depth2img", 0.4)]["edge_f1"]["n_scenes"] == 2
+        assert rows[("concat", 0.4)]["edge_f1"]["n_scenes"] == 2
         # The true target render is itself; the wrong scene is not.
         target, wrong = rows[("target", None)], rows[("wrong_scene", None)]
         assert target["edge_f1"]["mean"] == 1.0 and target["grad_corr"]["mean"] == 1.0
@@ -55,10 +55,10 @@ def test_benchmark_writes_tables_json_and_plot_for_every_domain(
         assert wrong["edge_f1"]["mean"] < 1.0 and wrong["depth_absrel"]["n"] == 4
         assert rows[("prior_lower_rows_near", None)]["psnr"]["mean"] is None  # depth only
         for key in ("depth_absrel", "edge_f1", "grad_corr", "psnr", "ssim"):
-            assert rows[("depth2img", 0.4)][key]["mean"] is not None
+            assert rows[("concat", 0.4)][key]["mean"] is not None
         pairs = {(p["a"], p["b"]) for p in result["paired"]}
-        assert ("depth2img s=0.4", "img2img s=0.4") in pairs
-        assert ("depth2img s=1", "wrong_scene") in pairs
+        assert ("concat s=0.4", "img2img s=0.4") in pairs
+        assert ("concat s=1", "wrong_scene") in pairs
         # A random judge cannot separate floor from chance: no depth verdict.
         assert "cannot separate floor from chance" in result["judge_quality_warning"]
         table = (out / domain / "benchmark.md").read_text()
@@ -67,7 +67,7 @@ def test_benchmark_writes_tables_json_and_plot_for_every_domain(
         assert (out / domain / "benchmark.png").stat().st_size > 1000
     combined = (out / "benchmark.md").read_text()
     assert all(f"benchmark: {d}" in combined for d in ("street", "endoscopy", "aerial"))
-    assert "depth2img" in capsys.readouterr().out
+    assert "concat depth2img" in capsys.readouterr().out
 
 
 def test_bad_strength_is_a_clear_error(tiny_model_dir, tmp_path, capsys):

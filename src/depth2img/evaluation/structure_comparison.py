@@ -140,7 +140,8 @@ def plot_comparison(results: dict[str, dict], path: str | Path) -> Path:
                 ref = _row(result, name, None)
                 if ref is not None and ref[metric]["mean"] is not None:
                     ax.axhline(ref[metric]["mean"], ls=style, lw=1, color="gray")
-                    ax.annotate(name, (0.2, ref[metric]["mean"]), fontsize=7, color="gray")
+                    ax.annotate(name, (0.01, ref[metric]["mean"]), fontsize=7, color="gray",
+                                xycoords=("axes fraction", "data"))  # fmt: skip
             ax.set_title(f"{domain}: {metric}", fontsize=9)
             ax.set_xlabel("strength")
     axes[0][0].legend(fontsize=7)
