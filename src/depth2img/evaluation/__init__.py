@@ -9,7 +9,8 @@ Modules (import what you need; nothing heavy is imported here):
 - ``feature_extractors`` + ``image_quality``: FD (``fd_<name>`` / ``fid``) and KID.
 - ``runner``: ``evaluate(EvalSettings)`` behind ``depth2img-eval``.
 - ``report``: grids, Markdown and HTML reports.
-- ``structure_benchmark``: img2img vs depth2img on synthetic pairs (``depth2img-benchmark``).
+- ``structure_benchmark``: img2img vs concat depth2img vs depth ControlNet on synthetic pairs
+  (``depth2img-benchmark``); ``structure_comparison``: their table and plot across domains.
 - ``in_training``: ``GenerationMetricsCallback`` for Lightning validation.
 
 Metric definitions: docs/evaluation.md.
