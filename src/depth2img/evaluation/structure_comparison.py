@@ -50,13 +50,17 @@ def _paired(result: dict, a: str, b: str) -> dict | None:
 
 
 def comparison_table(results: dict[str, dict], metric: str) -> list[str]:
-    """Markdown lines: per domain and strength, each method's ``metric`` and each depth method's
-    paired difference from img2img at that strength (``a - b``, 95 % CI over scenes)."""
+    """Markdown lines: per domain and strength, each method's ``metric``, each depth method's
+    paired difference from img2img and controlnet - concat at that strength (``a - b``, 95 % CI
+    over scenes)."""
     methods = sorted({m for r in results.values() for m in _methods(r)}, key=METHODS.index)
     depth_methods = [m for m in methods if m != "img2img"] if "img2img" in methods else []
     better = "higher" if HIGHER.get(metric, False) else "lower"
     header = ["domain", "strength", *(METHOD_LABELS[m] for m in methods)]
-    header += [f"{m} − img2img (paired)" for m in depth_methods]
+    pairs = [(m, "img2img") for m in depth_methods]
+    if {"concat", "controlnet"} <= set(methods):
+        pairs.append(("controlnet", "concat"))
+    header += [f"{a} − {b} (paired)" for a, b in pairs]
     lines = [
         f"**{metric}** ({COMPARISON_METRICS.get(metric, '')}; {better} is better)",
         "",
@@ -71,8 +75,8 @@ def comparison_table(results: dict[str, dict], metric: str) -> list[str]:
             for method in methods:
                 row = _row(result, method, strength)
                 cells.append("—" if row is None else format_stat(row[metric], 3))
-            for method in depth_methods:
-                diff = _paired(result, f"{method} s={strength:g}", f"img2img s={strength:g}")
+            for a, b in pairs:
+                diff = _paired(result, f"{a} s={strength:g}", f"{b} s={strength:g}")
                 if diff is None:
                     cells.append("—")
                 elif gated:
