@@ -56,6 +56,10 @@ def test_zero_controlnet_equals_img2img_exactly_and_tables_and_plots_are_written
     result = json.loads((out / "street" / "benchmark.json").read_text())
     rows = {(r["method"], r["strength"]) for r in result["rows"] if r["strength"] is not None}
     assert rows == {(m, s) for m in ("img2img", "concat", "controlnet") for s in (0.5, 1.0)}
+    models = result["models"]
+    assert models["controlnet"]["conditioning"] == "controlnet"
+    assert models["controlnet"]["base_model"] == str(tiny_base_dir)  # the img2img base
+    assert models["concat"]["conditioning"] == "concat"
     paired = {(p["a"], p["b"]): p["metrics"] for p in result["paired"]}
     for strength in ("0.5", "1"):
         zero = paired[(f"controlnet s={strength}", f"img2img s={strength}")]

@@ -322,6 +322,8 @@ class LoadedMethod:
     components: object
     spec: object
     options: dict
+    #: what was loaded (source, base model, conditioning, step ...), recorded in benchmark.json
+    info: dict
 
 
 def load_methods(settings: BenchmarkSettings) -> dict[str, LoadedMethod]:
@@ -343,7 +345,8 @@ def load_methods(settings: BenchmarkSettings) -> dict[str, LoadedMethod]:
             base = load_components(settings.img2img_model, conditioning="none")
             for module in base.networks.values():
                 module.to(settings.device).eval().requires_grad_(False)
-            methods[name] = LoadedMethod(base, DepthSpec(), {})
+            info = {"source": settings.img2img_model, "conditioning": "none"}
+            methods[name] = LoadedMethod(base, DepthSpec(), {}, info)
         elif name == "concat":
             components, spec, info = load_generator_components(
                 settings.depth_model, device=settings.device, load_depth_estimator=False
@@ -353,7 +356,7 @@ def load_methods(settings: BenchmarkSettings) -> dict[str, LoadedMethod]:
                     f"--depth-model {settings.depth_model} is a {info['conditioning']} model, "
                     "not a concat depth2img model: pass a ControlNet with --controlnet"
                 )
-            methods[name] = LoadedMethod(components, spec, {})
+            methods[name] = LoadedMethod(components, spec, {}, info)
         else:
             base = settings.controlnet_base or settings.img2img_model or None
             components, spec, info = load_generator_components(
@@ -373,7 +376,7 @@ def load_methods(settings: BenchmarkSettings) -> dict[str, LoadedMethod]:
                 "control_guidance_start": settings.control_start,
                 "control_guidance_end": settings.control_end,
             }
-            methods[name] = LoadedMethod(components, spec, options)
+            methods[name] = LoadedMethod(components, spec, options, info)
     return methods
 
 
@@ -449,6 +452,7 @@ def run_benchmark(
         "judge_quality_warning": gate["warning"],
         "num_tasks": len(tasks),
         "num_scenes": len(set(clusters)),
+        "models": {name: method.info for name, method in methods.items()},
         "rows": rows,
         "paired": paired_comparisons(per_task, clusters, settings),
     }
@@ -534,21 +538,19 @@ def _column_header(metric: str, group: str, judge_separates: bool) -> str:
     return f"{metric} ({group})"
 
 
-def methods_line(settings: dict) -> str:
-    """Which model each method ran (from ``benchmark.json``'s settings)."""
+def methods_line(result: dict) -> str:
+    """Which model each method ran (from ``benchmark.json``: the loaded models' records)."""
+    settings, models = result["settings"], result.get("models", {})
     parts = []
-    methods = settings.get("methods", ("img2img", "concat"))
-    if "img2img" in methods:
-        parts.append(f"img2img = `{settings['img2img_model']}`")
-    if "concat" in methods:
-        parts.append(f"concat = `{settings['depth_model']}`")
-    if "controlnet" in methods:
-        base = settings.get("controlnet_base") or settings["img2img_model"]
-        parts.append(
-            f"controlnet = `{settings['controlnet_model']}` on `{base}` (scale "
-            f"{settings['controlnet_scale']:g}, guidance {settings['control_start']:g}–"
-            f"{settings['control_end']:g})"
-        )
+    for method in (m for m in METHODS if m in models):
+        info = models[method]
+        text = f"{method} = `{info['source']}`"
+        if method == "controlnet":
+            text += (
+                f" on `{info.get('base_model')}` (scale {settings['controlnet_scale']:g}, "
+                f"guidance {settings['control_start']:g}–{settings['control_end']:g})"
+            )
+        parts.append(text)
     return "; ".join(parts) + "; same tasks, prompts and seeds for every method"
 
 
@@ -580,7 +582,7 @@ def markdown_table(result: dict) -> str:
         "",
         *([f"> **Warning:** {gate['warning']}", ""] if gate["warning"] else []),
         *([f"Note: {gate['prior_note']}.", ""] if gate.get("prior_note") else []),
-        f"Methods: {methods_line(settings)}.",
+        f"Methods: {methods_line(result)}.",
         "",
         "| method | strength | "
         + " | ".join(

@@ -102,7 +102,7 @@ def comparison_markdown(results: dict[str, dict]) -> str:
     lines = [
         "# img2img vs concat depth2img vs depth ControlNet over strength",
         "",
-        f"Methods: {methods_line(first['settings'])}. Mean [95 % CI] resampling scenes; "
+        f"Methods: {methods_line(first)}. Mean [95 % CI] resampling scenes; "
         "differences are paired (same task, prompt and seed). "
         f"{_reference_line(results)}. depth_absrel is the judge's reading and is shown only "
         "where the judge separates floor from chance; ssim is appearance, not structure.",
