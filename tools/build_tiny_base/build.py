@@ -277,13 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         {k: v for k, v in cfg.to_dict().items() if k.startswith("judge")},
         [training.train_judge, training.build_judge, training.ssi_loss, configs.judge_config],
         [training._median_mad_normalize, training._optimizer, training.resize_prediction],
-        [random_params, apply_geometric],
+        [random_params, apply_geometric, training.vae_round_trip, training.photometric_jitter],
+        fingerprint([p.detach() for p in vae.parameters()]),  # the judge trains on its decodes
     )
     judge, reused["judge"] = cache.run(
         "judge",
         judge_key,
         build=lambda: GLPNForDepthEstimation(GLPNConfig(**configs.judge_config())),
-        train=lambda: training.train_judge(judge_images, judge_depth, cfg)[0],
+        train=lambda: training.train_judge(judge_images, judge_depth, cfg, vae)[0],
     )
     pred = training.predict_depth(judge, held_images)
     judge_metrics = {}

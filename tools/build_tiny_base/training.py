@@ -210,18 +210,69 @@ def predict_depth(judge: torch.nn.Module, images: torch.Tensor, batch: int = 64)
     return torch.cat(out)
 
 
-def train_judge(
-    images: torch.Tensor, depth: torch.Tensor, cfg: configs.BuildConfig
-) -> tuple[GLPNForDepthEstimation, list[float]]:
-    """Train the judge to predict near-is-high relative depth, with geometric augmentation.
+@torch.no_grad()
+def vae_round_trip(
+    vae: AutoencoderKL, images: torch.Tensor, use_sample: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Encode and decode ``images`` through ``vae``, as a generated image reaches the judge.
 
-    Every batch is rotated by multiples of 90 deg, mirrored and (half of it) cropped off-centre
+    diffusers' img2img encodes the init image with a posterior *sample* (the tiny VAE's posterior
+    std is ~20 % of its latent std), a text-to-image latent is decoded as is: samples where
+    ``use_sample`` is True take a posterior sample, the others its mean.
+
+    Args:
+        images: (B, 3, H, W) in [-1, 1]; use_sample: (B,) bool.
+
+    Returns:
+        (B, 3, H, W) decodes clamped to [-1, 1].
+    """
+    posterior = vae.encode(images).latent_dist
+    noise = torch.randn(posterior.mean.shape, generator=generator)
+    z = posterior.mean + use_sample.view(-1, 1, 1, 1) * posterior.std * noise
+    return vae.decode(z).sample.clamp(-1.0, 1.0)
+
+
+def photometric_jitter(
+    images: torch.Tensor, generator: torch.Generator, probability: float
+) -> torch.Tensor:
+    """Washed-out / shifted copies of a share ``probability`` of ``images`` (B, 3, H, W) in
+    [-1, 1]: contrast towards the image mean by 0.45-1.0, brightness +-0.15, saturation 0.5-1.0
+    (decodes of the tiny models are greyer and flatter than renders; depth must not hinge on
+    contrast). Other samples are unchanged."""
+    b = len(images)
+    pick = (torch.rand(b, generator=generator) < probability).view(-1, 1, 1, 1)
+    contrast = (0.45 + 0.55 * torch.rand(b, generator=generator)).view(-1, 1, 1, 1)
+    bright = (0.3 * torch.rand(b, generator=generator) - 0.15).view(-1, 1, 1, 1)
+    saturation = (0.5 + 0.5 * torch.rand(b, generator=generator)).view(-1, 1, 1, 1)
+    grey = images.mean(dim=1, keepdim=True)
+    out = grey + saturation * (images - grey)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (mean + contrast * (out - mean) + bright).clamp(-1.0, 1.0)
+    return torch.where(pick, out, images)
+
+
+def train_judge(
+    images: torch.Tensor,
+    depth: torch.Tensor,
+    cfg: configs.BuildConfig,
+    vae: AutoencoderKL | None = None,
+) -> tuple[GLPNForDepthEstimation, list[float]]:
+    """Train the judge to predict near-is-high relative depth, with geometric augmentation and
+    the inputs it meets on generated images.
+
+    Every batch is rotated by multiples of 90 deg, mirrored and (a share
+    ``judge_crop_probability`` of it) cropped off-centre to ``judge_min_crop``-1.0 of the side
     and rescaled, image and depth together (``depth2img.data.synthetic.augment``), so no layout
-    is a shortcut.
+    is a shortcut. Then a share ``judge_vae_probability`` of the batch goes through ``vae``
+    (encode -> posterior sample or mean, half each -> decode, :func:`vae_round_trip`) and a share
+    ``judge_photometric_probability`` is washed out (:func:`photometric_jitter`); the target
+    stays the exact depth, so the judge learns to read geometry through the VAE. A judge trained
+    on clean renders only read chance-level depth on generations at strength 0.2.
 
     Args:
         images: (N, 3, H, W) in [-1, 1] (what the judge's processor gives).
         depth: (N, 1, H, W) model-convention depth in [-1, 1]; the target is ``(d + 1) / 2``.
+        vae: the shipped VAE (None: no round trips).
     """
     judge = build_judge(cfg.seed + 2)
     judge.train()
@@ -231,7 +282,16 @@ def train_judge(
     bar = tqdm(range(cfg.judge_steps), desc="train depth judge", unit="step")
     for _ in bar:
         idx = torch.randint(0, len(images), (cfg.judge_batch,), generator=gen)
-        x, d, _ = augment_pair(images[idx], depth[idx], gen, cfg.judge_crop_probability)
+        x, d, _ = augment_pair(
+            images[idx], depth[idx], gen, cfg.judge_crop_probability, cfg.judge_min_crop
+        )
+        if vae is not None and cfg.judge_vae_probability > 0:
+            trip = torch.rand(len(x), generator=gen) < cfg.judge_vae_probability
+            use_sample = torch.rand(len(x), generator=gen) < 0.5
+            if trip.any():
+                x = x.clone()
+                x[trip] = vae_round_trip(vae, x[trip], use_sample[trip], gen)
+        x = photometric_jitter(x, gen, cfg.judge_photometric_probability)
         target = (d[:, 0] + 1.0) / 2.0
         pred = resize_prediction(judge(pixel_values=x).predicted_depth, target.shape[-2:])
         loss = ssi_loss(pred, target)
