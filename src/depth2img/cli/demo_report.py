@@ -17,7 +17,7 @@ from pathlib import Path
 from depth2img.artifacts.atomic import write_json_atomic
 from depth2img.evaluation.bootstrap import format_n, format_stat
 from depth2img.evaluation.compare import compare_results
-from depth2img.evaluation.judge_quality import CANNOT_SEPARATE
+from depth2img.evaluation.judge_quality import CANNOT_SEPARATE, CANNOT_SEPARATE_VAE
 from depth2img.evaluation.runner import json_safe
 
 # (metric key in eval's "depth" summaries, label, which direction is better)
@@ -133,6 +133,7 @@ def verdict(evals: dict[str, dict], comparison: dict | None = None) -> dict:
         absrel = comparison["depth"]["depth_absrel"]
         out["judge_separates"] = gate["separates"]
         out["floor_minus_chance"] = gate["floor_minus_chance"]
+        out["vae_floor_minus_chance"] = gate.get("vae_floor_minus_chance")
         out["depth_absrel_finetuned_minus_base"] = absrel
         if gate["separates"] and absrel.get("ci_low") is not None:
             out["depth_kept"] = not absrel["ci_low"] > 0  # a significant rise = a loss
@@ -141,6 +142,12 @@ def verdict(evals: dict[str, dict], comparison: dict | None = None) -> dict:
 
 def _depth_sentence(result: dict, comparison: dict) -> str:
     gate = comparison["judge_quality"]
+    if gate.get("floor_separates", gate["separates"]) and not gate["separates"]:
+        vae = gate["vae_floor_minus_chance"]
+        return (
+            f"Depth consistency: no verdict: {CANNOT_SEPARATE_VAE} "
+            f"(VAE floor - chance depth_absrel = {format_stat(vae)}, {format_n(vae)})."
+        )
     if not gate["separates"]:
         return (
             f"Depth consistency: no verdict: {CANNOT_SEPARATE} "

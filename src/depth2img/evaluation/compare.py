@@ -14,7 +14,7 @@ from pathlib import Path
 
 from depth2img.evaluation.bootstrap import format_n, format_stat, paired_difference
 from depth2img.evaluation.depth_metrics import DEPTH_METRICS, HIGHER_IS_BETTER
-from depth2img.evaluation.judge_quality import judge_quality, structure_verdict
+from depth2img.evaluation.judge_quality import gate_sentence, judge_quality, structure_verdict
 from depth2img.evaluation.priors import PRIOR_NAMES
 
 PRIOR_GROUPS = tuple(f"prior_{name}" for name in PRIOR_NAMES)
@@ -57,8 +57,18 @@ def compare_results(
         for group in PRIOR_GROUPS
         if any(f"{group}/depth_absrel" in row for row in a["per_image"])
     }
+    # Runs from before the VAE floor existed lack its column: then the gate is floor - chance.
+    vae_floor = None
+    if all("vae_floor/depth_absrel" in row for row in a["per_image"]):
+        vae_floor = [{"depth_absrel": v} for v in _per_image_column(a, "vae_floor/depth_absrel")]
     gate = judge_quality(
-        floor, chance, clusters, a.get("judge", ""), n_resamples=n_resamples, priors=priors
+        floor,
+        chance,
+        clusters,
+        a.get("judge", ""),
+        n_resamples=n_resamples,
+        priors=priors,
+        vae_floor=vae_floor,
     )
     depth = {}
     for name in DEPTH_METRICS:
@@ -114,8 +124,7 @@ def markdown_comparison(comparison: dict) -> str:
         f"seeds for both models, judge `{comparison['judge']}`. Differences are {a} - {b}, "
         "averaged per image; the 95 % CIs resample scenes.",
         "",
-        f"Judge quality: floor - chance {gate['metric']} = "
-        f"{format_stat(gate['floor_minus_chance'])} ({format_n(gate['floor_minus_chance'])}).",
+        gate_sentence(gate),
         "",
     ]
     if gate["warning"]:

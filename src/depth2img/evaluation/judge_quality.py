@@ -6,6 +6,13 @@ A judge that reads geometry has a clearly lower floor error; a judge that only k
 domain's layout (near things at the bottom, a bright periphery …) scores both alike. The
 paired, scene-clustered difference ``floor - chance`` must have a 95 % CI entirely below zero;
 otherwise no depth verdict is given anywhere (eval report, benchmark, demo).
+
+A generated image reaches the judge through the model's VAE. The **VAE floor** is the judge on
+the encode-decode of the same real images (``vae_floor.vae_round_trip``): the best a generation
+can do through this VAE. A judge trained on clean renders can separate floor from chance and
+still read chance-level depth on every decode; when a VAE floor is given, the gate also needs
+the paired, scene-clustered ``VAE floor - chance`` CI entirely below zero, else there is no
+depth verdict on generations.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from depth2img.evaluation.bootstrap import format_n, format_stat, paired_differe
 
 GATE_METRIC = "depth_absrel"  # an error: floor must be lower than chance
 CANNOT_SEPARATE = "the judge cannot separate floor from chance on this data"
+CANNOT_SEPARATE_VAE = (
+    "the judge cannot separate the VAE floor (its reading of the real images after an "
+    "encode-decode through the model's VAE) from chance on this data, so it cannot read depth "
+    "on generated images"
+)
 MIN_SCENES_ADVICE = 8
 
 
@@ -53,8 +65,10 @@ def judge_quality(
     change_judge: str = "depth_estimator=dpt_large with depth_estimator.source=<local folder>",
     n_resamples: int = 2000,
     priors: dict[str, Sequence[dict]] | None = None,
+    vae_floor: Sequence[dict] | None = None,
 ) -> dict:
-    """The gate: paired ``floor - chance`` of :data:`GATE_METRIC` with a scene-clustered CI.
+    """The gate: paired ``floor - chance`` of :data:`GATE_METRIC` with a scene-clustered CI,
+    and, with ``vae_floor``, paired ``VAE floor - chance`` too.
 
     Args:
         floor, chance: per-image metric dicts (``image_depth_metrics``), same images in order.
@@ -63,11 +77,16 @@ def judge_quality(
         priors: optional ``{prior name: per-image metric dicts}`` (layout priors scored on the
             same images): the floor is also compared with the best of them (informative, not
             part of the gate).
+        vae_floor: optional per-image metric dicts of the judge on the VAE round trips of the
+            same real images (same order).
 
     Returns:
-        ``{metric, floor_minus_chance (paired_difference), separates (bool), warning (str |
-        None), best_prior, floor_minus_best_prior, prior_note}``; ``separates`` only when the
-        CI lies entirely on the right side of zero.
+        ``{metric, floor_minus_chance (paired_difference), floor_separates (bool),
+        vae_floor_minus_chance (paired_difference | None), vae_floor_separates (bool | None),
+        floor_minus_vae_floor (paired_difference | None), separates (bool), warning (str |
+        None), best_prior, floor_minus_best_prior, prior_note}``. ``floor_separates`` /
+        ``vae_floor_separates``: the CI lies entirely below zero. ``separates`` (depth verdicts
+        on generations allowed) needs both (only the first without ``vae_floor``).
     """
     diff = paired_difference(
         [m[GATE_METRIC] for m in floor],
@@ -75,24 +94,71 @@ def judge_quality(
         clusters,
         n_resamples=n_resamples,
     )
-    separates = diff["ci_high"] is not None and diff["ci_high"] < 0
+    floor_separates = _below_zero(diff)
+    vae_diff = vae_separates = floor_vs_vae = None
+    if vae_floor is not None:
+        vae_values = [m[GATE_METRIC] for m in vae_floor]
+        chance_values = [m[GATE_METRIC] for m in chance]
+        vae_diff = paired_difference(vae_values, chance_values, clusters, n_resamples=n_resamples)
+        vae_separates = _below_zero(vae_diff)
+        floor_vs_vae = paired_difference(
+            [m[GATE_METRIC] for m in floor], vae_values, clusters, n_resamples=n_resamples
+        )
+    separates = floor_separates and vae_separates is not False
     warning = None
-    if not separates:
+    if not floor_separates:
         warning = (
             f"{CANNOT_SEPARATE}: floor - chance {GATE_METRIC} = {format_stat(diff)} "
             f"({format_n(diff)}; needs a 95 % CI below 0). No depth verdict is given. "
             + judge_advice(judge_name, diff["n_scenes"], change_judge)
         )
+    elif not separates:
+        warning = (
+            f"{CANNOT_SEPARATE_VAE}: VAE floor - chance {GATE_METRIC} = {format_stat(vae_diff)} "
+            f"({format_n(vae_diff)}; needs a 95 % CI below 0). No depth verdict is given on "
+            "generations. " + judge_advice(judge_name, vae_diff["n_scenes"], change_judge)
+        )
     best, vs_prior, note = _floor_vs_best_prior(floor, priors, clusters, n_resamples)
     return {
         "metric": GATE_METRIC,
         "floor_minus_chance": diff,
+        "floor_separates": bool(floor_separates),
+        "vae_floor_minus_chance": vae_diff,
+        "vae_floor_separates": None if vae_separates is None else bool(vae_separates),
+        "floor_minus_vae_floor": floor_vs_vae,
         "separates": bool(separates),
         "warning": warning,
         "best_prior": best,
         "floor_minus_best_prior": vs_prior,
         "prior_note": note,
     }
+
+
+def _below_zero(difference: dict) -> bool:
+    """Whether a paired difference's 95 % CI lies entirely below zero."""
+    return difference["ci_high"] is not None and difference["ci_high"] < 0
+
+
+def gate_sentence(gate: dict) -> str:
+    """One Markdown sentence on the gate: floor - chance, and VAE floor - chance when measured."""
+    diff = gate["floor_minus_chance"]
+    floor_ok = gate.get("floor_separates", gate["separates"])
+    line = (
+        f"Judge quality: floor - chance {gate['metric']} = {format_stat(diff)} ({format_n(diff)},"
+        f" paired, scenes resampled): the judge **{'separates' if floor_ok else 'CANNOT separate'}"
+        "** floor from chance on this data."
+    )
+    vae = gate.get("vae_floor_minus_chance")
+    if vae is not None:
+        state = "separates" if gate["vae_floor_separates"] else "CANNOT separate"
+        line += (
+            f" VAE floor (the real images encoded and decoded by the model's VAE: the best a "
+            f"generation can reach) - chance = {format_stat(vae)} ({format_n(vae)}): the judge "
+            f"**{state}** the VAE floor from chance"
+            + ("" if gate["vae_floor_separates"] else ", so no depth verdict on generations")
+            + "."
+        )
+    return line
 
 
 def _floor_vs_best_prior(floor, priors, clusters, n_resamples):

@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 
 from depth2img.evaluation.alignment import align_scale_shift
-from depth2img.evaluation.bootstrap import format_n, format_stat
+from depth2img.evaluation.bootstrap import format_stat
 from depth2img.evaluation.depth_metrics import DEPTH_METRICS, HIGHER_IS_BETTER, reference_disparity
-from depth2img.evaluation.judge_quality import structure_verdict
+from depth2img.evaluation.judge_quality import gate_sentence, structure_verdict
 
 GRID_COLUMNS = ("image", "conditioning depth", "generated", "judged depth", "error")
 ERROR_RANGE = 0.5  # |aligned - ref| in the [eps, 1] space; 0.5 = half the depth range = white
@@ -71,6 +71,7 @@ def _fmt(stat: dict | None) -> str:
 DEPTH_GROUPS = (
     ("generated", "generated"),
     ("floor", "floor (real images)"),
+    ("vae_floor", "VAE floor (real images, VAE encode-decode)"),
     ("chance", "chance (mismatched depth)"),
     ("prior_domain_mean", "prior: eval-set mean depth (leave-one-scene-out)"),
     ("prior_lower_rows_near", "prior: lower rows near"),
@@ -152,12 +153,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _gate_line(gate: dict | None) -> str:
     if not gate:
         return "Judge quality: not checked."
-    diff = gate["floor_minus_chance"]
-    state = "separates" if gate["separates"] else "CANNOT separate"
-    line = (
-        f"Judge quality: floor - chance {gate['metric']} = {format_stat(diff)} ({format_n(diff)},"
-        f" paired, scenes resampled): the judge **{state}** floor from chance on this data."
-    )
+    line = gate_sentence(gate)
     if gate.get("prior_note"):
         line += f" Note: {gate['prior_note']}."
     return line

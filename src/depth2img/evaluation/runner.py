@@ -7,6 +7,8 @@ depth of generated and real images, and compute
 - depth consistency of generated images vs their conditioning depth (``depth_metrics.py``);
 - the **floor**: the judge on the *real* images vs their conditioning depth (the best a
   generator can be expected to reach with this judge);
+- the **VAE floor**: the judge on the real images after an encode-decode through the model's
+  VAE (``vae_floor.py``; every generation is a decode, so this is what a generation can reach);
 - the **chance** level: the judge on real image ``i`` vs the conditioning depth of ``i + 1``;
 - FD / KID between generated and real images on one feature extractor (``image_quality.py``).
 
@@ -65,6 +67,7 @@ from depth2img.evaluation.judges import (
     warn_if_same_model,
 )
 from depth2img.evaluation.priors import PRIOR_NAMES, HeldOutDomainMean, score_priors
+from depth2img.evaluation.vae_floor import vae_round_trip
 
 
 @dataclass
@@ -179,7 +182,7 @@ def _uint8(images01: torch.Tensor) -> np.ndarray:
     return (images01.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-GROUPS = ("generated", "floor", "chance")
+GROUPS = ("generated", "floor", "vae_floor", "chance")
 PRIOR_GROUPS = tuple(f"prior_{name}" for name in PRIOR_NAMES)
 
 
@@ -240,6 +243,9 @@ def _local_results(
             real = ((real + 1) * 127.5).round().clamp(0, 255).byte()
         real = real.permute(0, 2, 3, 1).contiguous().numpy()  # [B, H, W, 3]
         real_native, real_depth = judge_native_and_resized(judge, list(real))
+        vae_native, vae_depth = judge_native_and_resized(
+            judge, vae_round_trip(components.vae, list(real), batch_size=settings.batch_size)
+        )
         groups = []  # one entry per image of the prompt: (uint8 images, native, resized)
         for g in range(per_prompt):
             images01 = generate(
@@ -293,6 +299,9 @@ def _local_results(
                 ),
                 "floor": image_depth_metrics(
                     real_depth[j], cond, valid, pred_native=real_native[j]
+                ),
+                "vae_floor": image_depth_metrics(
+                    vae_depth[j], cond, valid, pred_native=vae_native[j]
                 ),
                 "chance": image_depth_metrics(
                     real_depth[j],
@@ -411,6 +420,7 @@ def evaluate(settings: EvalSettings) -> dict:
         judge.name,
         n_resamples=settings.bootstrap_resamples,
         priors={g: _group_metrics(records, g) for g in PRIOR_GROUPS},
+        vae_floor=[r["vae_floor"] for r in records],
     )
     judge_quality_warning = gate["warning"]
     if judge_quality_warning and rank == 0:
@@ -419,6 +429,9 @@ def evaluate(settings: EvalSettings) -> dict:
     stage = settings.stage
     flat = {f"{stage}/{name}": summaries["generated"][name]["mean"] for name in DEPTH_METRICS}
     flat.update({f"{stage}/floor_{n}": summaries["floor"][n]["mean"] for n in DEPTH_METRICS})
+    flat.update(
+        {f"{stage}/vae_floor_{n}": summaries["vae_floor"][n]["mean"] for n in DEPTH_METRICS}
+    )
     flat.update({f"{stage}/chance_{n}": summaries["chance"][n]["mean"] for n in DEPTH_METRICS})
     for key, value in image_quality.items():
         if key.startswith(("fd_", "fid", "kid")) and key != "kid_subset_size":
@@ -465,6 +478,7 @@ def evaluate(settings: EvalSettings) -> dict:
                 "seed": settings.seed + r["index"],
                 **{f"generated/{k}": v for k, v in r["generated"].items()},
                 **{f"floor/{k}": v for k, v in r["floor"].items()},
+                **{f"vae_floor/{k}": v for k, v in r["vae_floor"].items()},
                 **{f"chance/{k}": v for k, v in r["chance"].items()},
                 **{
                     f"{group}/{k}": v for group in PRIOR_GROUPS for k, v in r.get(group, {}).items()
@@ -534,6 +548,7 @@ def by_domain(records: list[dict], n_resamples: int = 2000, judge_name: str = ""
     domains = sorted({str(r["meta"].get("domain", "")) for r in records})
     if len(domains) < 2:
         return {}
+    has_vae_floor = all("vae_floor" in r for r in records)
     out = {}
     for domain in domains:
         subset = [r for r in records if str(r["meta"].get("domain", "")) == domain]
@@ -547,6 +562,7 @@ def by_domain(records: list[dict], n_resamples: int = 2000, judge_name: str = ""
                 judge_name,
                 n_resamples=n_resamples,
                 priors={g: _group_metrics(subset, g) for g in PRIOR_GROUPS},
+                vae_floor=[r["vae_floor"] for r in subset] if has_vae_floor else None,
             ),
             **depth_summaries(subset, n_resamples),
         }

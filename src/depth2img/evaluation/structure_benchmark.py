@@ -15,7 +15,9 @@ we measure, per output:
   right colours, not the right geometry: a wrong scene in the right condition can score higher.
 
 Reference rows: ``source`` (the unedited source image: right geometry, wrong condition),
-``target`` (the true target render: the judge's floor), ``wrong_scene`` (another scene's true
+``target`` (the true target render: the judge's floor), ``target_vae`` (the true target render
+encoded and decoded by the depth model's VAE: the judge's VAE floor, the best a generation can
+show it; the gate needs it apart from chance too), ``wrong_scene`` (another scene's true
 render in the target condition: right condition, wrong geometry = chance) and the layout priors
 (depth maps that know only the domain's layout; the domain mean comes from held-out *training*
 scenes of the renderer). Every interval resamples scenes (all target conditions of a scene
@@ -45,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import to_near_high
-from depth2img.evaluation.bootstrap import format_n, format_stat, paired_difference, summarize
+from depth2img.evaluation.bootstrap import format_stat, paired_difference, summarize
 from depth2img.evaluation.depth_metrics import (
     DEPTH_METRICS,
     HIGHER_IS_BETTER,
@@ -54,7 +56,7 @@ from depth2img.evaluation.depth_metrics import (
     image_depth_metrics,
     unavailable_stat,
 )
-from depth2img.evaluation.judge_quality import judge_quality, structure_verdict
+from depth2img.evaluation.judge_quality import gate_sentence, judge_quality, structure_verdict
 from depth2img.evaluation.judges import judge_native_and_resized
 from depth2img.evaluation.priors import PRIOR_LABELS, mean_depth_map, score_priors
 from depth2img.evaluation.runner import json_safe
@@ -63,6 +65,7 @@ from depth2img.evaluation.structure_measures import (
     STRUCTURE_METRICS,
     image_measures,
 )
+from depth2img.evaluation.vae_floor import vae_round_trip
 
 IMAGE_METRICS = (*STRUCTURE_METRICS, *APPEARANCE_METRICS)
 ALL_METRICS = (*DEPTH_METRICS, *IMAGE_METRICS)
@@ -408,6 +411,10 @@ def run_benchmark(
         "wrong_scene": _wrong_scene(judge, tasks),
         **_priors(tasks, training_domain_mean(settings)),
     }
+    if "depth2img" in methods:
+        vae = methods["depth2img"][0].vae
+        decoded = vae_round_trip(vae, [t.target for t in tasks], batch_size=settings.batch_size)
+        per_task["target_vae"] = _score(judge, decoded, tasks)
     rows = [
         _summary_row(name, None, values, clusters, settings) for name, values in per_task.items()
     ]
@@ -419,6 +426,7 @@ def run_benchmark(
         change_judge="--judge /path/to/dpt-large",
         n_resamples=settings.bootstrap_resamples,
         priors={k: v for k, v in per_task.items() if k.startswith("prior_")},
+        vae_floor=per_task.get("target_vae"),
     )
     if gate["warning"]:
         warnings.warn(gate["warning"], UserWarning, stacklevel=2)
@@ -520,6 +528,7 @@ def _summary_row(
 ROW_LABELS = {
     "source": "source (right geometry, wrong condition)",
     "target": "target (true render = judge floor)",
+    "target_vae": "target through the VAE (= judge VAE floor)",
     "wrong_scene": "wrong scene (right condition = chance)",
     **{f"prior_{k}": f"prior: {v}" for k, v in PRIOR_LABELS.items()},
     **METHOD_LABELS,
@@ -564,7 +573,6 @@ def markdown_table(result: dict) -> str:
 
     settings = result["settings"]
     gate = result["judge_quality"]
-    diff = gate["floor_minus_chance"]
     lines = [
         f"# Structure-preservation benchmark: {settings['domain']}",
         "",
@@ -576,9 +584,7 @@ def markdown_table(result: dict) -> str:
         "target render; depth against the exact rendered depth. psnr/ssim are *appearance* "
         "measures: a wrong scene in the right condition can score well on them.",
         "",
-        f"Judge quality: floor - chance {gate['metric']} = {format_stat(diff, 3)} "
-        f"({format_n(diff)}): the judge **{'separates' if gate['separates'] else 'CANNOT separate'}"
-        "** floor from chance here.",
+        gate_sentence(gate),
         "",
         *([f"> **Warning:** {gate['warning']}", ""] if gate["warning"] else []),
         *([f"Note: {gate['prior_note']}.", ""] if gate.get("prior_note") else []),

@@ -1,0 +1,140 @@
+"""The judge-quality gate's VAE floor: a judge that reads the real images but not their VAE
+decodes gives no depth verdict on generations; the round trip itself is the VAE's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from depth2img.evaluation.judge_quality import (
+    CANNOT_SEPARATE,
+    CANNOT_SEPARATE_VAE,
+    gate_sentence,
+    judge_quality,
+)
+
+SHIPPED_VAE = Path(__file__).resolve().parents[2] / "data/models/tiny-sd-base/vae"
+
+
+def _metrics(values):
+    return [{"depth_absrel": float(v)} for v in values]
+
+
+def _data(seed=0, scenes=16, per_scene=4):
+    rng = np.random.default_rng(seed)
+    n = scenes * per_scene
+    chance = 0.5 + 0.1 * rng.normal(size=n)
+    floor = chance - 0.2 + 0.02 * rng.normal(size=n)
+    return floor, chance, [f"s{i // per_scene}" for i in range(n)], rng
+
+
+def test_vae_floor_at_chance_blocks_the_verdict_though_the_floor_separates():
+    floor, chance, clusters, rng = _data()
+    vae_floor = chance + 0.05 * rng.normal(size=len(chance))  # decodes read like another scene
+    gate = judge_quality(
+        _metrics(floor), _metrics(chance), clusters, "shipped-tiny-judge",
+        vae_floor=_metrics(vae_floor),
+    )  # fmt: skip
+    assert gate["floor_separates"] and gate["vae_floor_separates"] is False
+    assert not gate["separates"]
+    assert CANNOT_SEPARATE_VAE in gate["warning"] and CANNOT_SEPARATE not in gate["warning"]
+    assert gate["vae_floor_minus_chance"]["n_scenes"] == 16
+    assert gate["floor_minus_vae_floor"]["ci_high"] < 0  # the real images read better
+    text = gate_sentence(gate)
+    assert "**separates** floor from chance" in text
+    assert "**CANNOT separate** the VAE floor from chance" in text
+    assert "no depth verdict on generations" in text
+
+
+def test_vae_floor_below_chance_keeps_the_verdict():
+    floor, chance, clusters, rng = _data(1)
+    vae_floor = floor + 0.05 + 0.02 * rng.normal(size=len(floor))  # a bit worse than the floor
+    gate = judge_quality(
+        _metrics(floor), _metrics(chance), clusters, "x", vae_floor=_metrics(vae_floor)
+    )
+    assert gate["separates"] and gate["vae_floor_separates"] and gate["warning"] is None
+    assert gate["vae_floor_minus_chance"]["ci_high"] < 0
+    assert "**separates** the VAE floor from chance." in gate_sentence(gate)
+
+
+def test_a_failing_floor_stays_the_first_warning_and_no_vae_floor_means_the_old_gate():
+    floor, chance, clusters, _ = _data(2)
+    blind = judge_quality(
+        _metrics(chance), _metrics(chance), clusters, "x", vae_floor=_metrics(floor)
+    )
+    assert not blind["separates"] and CANNOT_SEPARATE in blind["warning"]
+    old = judge_quality(_metrics(floor), _metrics(chance), clusters, "x")
+    assert old["separates"] and old["vae_floor_minus_chance"] is None
+    assert old["vae_floor_separates"] is None and "VAE floor" not in gate_sentence(old)
+
+
+def test_compare_reads_the_vae_floor_column_and_drops_the_verdicts():
+    from depth2img.evaluation.compare import compare_results, markdown_comparison
+
+    floor, chance, clusters, rng = _data(3, scenes=10)
+    base = 0.4 + 0.1 * rng.normal(size=len(floor))
+
+    def result(values, model, vae_floor=None):
+        rows = []
+        for i, (v, f, c) in enumerate(zip(values, floor, chance)):
+            row = {"key": f"k{i}", "seed": i, "scene": clusters[i],
+                   "generated/depth_absrel": v, "generated/depth_spearman": 1 - v,
+                   "floor/depth_absrel": f, "chance/depth_absrel": c}  # fmt: skip
+            if vae_floor is not None:
+                row["vae_floor/depth_absrel"] = vae_floor[i]
+            rows.append(row)
+        return {"model": model, "judge": "j", "per_image": rows, "depth": {"generated": {}}}
+
+    b = result(base, "b")
+    seeing = compare_results(result(base - 0.05, "a", floor + 0.03), b, n_resamples=300)
+    assert seeing["judge_quality"]["vae_floor_separates"] and seeing["verdicts"]
+    blind = compare_results(result(base - 0.05, "a", chance), b, n_resamples=300)
+    assert blind["verdicts"] == [] and not blind["judge_quality"]["separates"]
+    assert CANNOT_SEPARATE_VAE in blind["judge_quality"]["warning"]
+    assert "CANNOT separate** the VAE floor" in markdown_comparison(blind)
+
+
+def test_eval_report_has_a_vae_floor_column_and_says_when_it_blocks():
+    from depth2img.evaluation.bootstrap import paired_difference
+    from depth2img.evaluation.report import HEADER, markdown_report
+
+    assert "VAE floor (real images, VAE encode-decode)" in HEADER
+    clusters = [f"s{i // 2}" for i in range(8)]
+    good = paired_difference(np.full(8, 0.1), np.full(8, 0.3), clusters)
+    none = paired_difference(np.full(8, 0.3), np.full(8, 0.3) + np.linspace(-0.01, 0.01, 8))
+    result = {
+        "N": 8, "n_scenes": 4, "seeds": list(range(8)), "depth": {},
+        "paired": {"generated - chance": {"depth_absrel": good}},
+        "judge_quality": {"metric": "depth_absrel", "floor_minus_chance": good,
+                          "floor_separates": True, "vae_floor_minus_chance": none,
+                          "vae_floor_separates": False, "separates": False},
+    }  # fmt: skip
+    text = markdown_report(result)
+    assert "**separates** floor from chance" in text
+    assert "**CANNOT separate** the VAE floor from chance" in text
+    assert "Paired differences" not in text and "better than chance" not in text
+
+
+@pytest.mark.skipif(not SHIPPED_VAE.is_dir(), reason="shipped tiny VAE not present")
+def test_round_trip_goes_through_the_vae_mean_or_seeded_sample():
+    import torch
+    from diffusers import AutoencoderKL
+
+    from depth2img.evaluation.vae_floor import vae_round_trip
+
+    torch.set_num_threads(1)
+    vae = AutoencoderKL.from_pretrained(SHIPPED_VAE).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    mean = vae_round_trip(vae, images, batch_size=2)
+    assert len(mean) == 3 and mean[0].shape == (32, 32, 3) and mean[0].dtype == np.uint8
+    assert not np.array_equal(mean[0], images[0])  # a lossy decode, not a copy
+    np.testing.assert_array_equal(mean[1], vae_round_trip(vae, images[1:2])[0])  # no batch effect
+    sample = vae_round_trip(vae, images, posterior="sample", seed=3)
+    again = vae_round_trip(vae, images, posterior="sample", seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(sample, again))
+    assert not np.array_equal(sample[0], mean[0])
+    with pytest.raises(ValueError, match="posterior"):
+        vae_round_trip(vae, images, posterior="mode")
