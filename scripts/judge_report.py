@@ -8,6 +8,8 @@ table and writes JSON. See ``tools/build_tiny_base/judge_eval.py`` for the defin
 
     python scripts/judge_report.py                       # the shipped judge
     python scripts/judge_report.py --judge /path/to/model_or_judge --scenes 24 --out r.json
+    python scripts/judge_report.py --vae data/models/tiny-sd-base --round-trip sample
+        # every view encoded and decoded by that VAE first (what a generation looks like)
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64, help="render size in px")
     parser.add_argument("--seed", type=int, default=0, help="renderer seed")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
+    parser.add_argument(
+        "--vae",
+        type=Path,
+        default=None,
+        help="model folder with a vae/ (or a VAE folder): judge VAE round trips of every view",
+    )
+    parser.add_argument(
+        "--round-trip",
+        choices=("mean", "sample"),
+        default="mean",
+        help="with --vae: decode the posterior mean or a (seeded) posterior sample",
+    )
     return parser.parse_args(argv)
 
 
@@ -41,6 +55,7 @@ def main(argv=None) -> int:
     if args.scenes < 2 or args.size < 16:
         print("error: --scenes must be >= 2 and --size >= 16", file=sys.stderr)
         return 2
+    import numpy as np
     import torch
 
     from depth2img.depth_estimation import DepthEstimator
@@ -51,10 +66,30 @@ def main(argv=None) -> int:
     except (OSError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    transform = None
+    if args.vae is not None:
+        from diffusers import AutoencoderKL
+
+        from depth2img.evaluation.vae_floor import vae_round_trip
+
+        folder = args.vae / "vae" if (args.vae / "vae").is_dir() else args.vae
+        if not (folder / "config.json").is_file():
+            print(f"error: --vae {args.vae} holds no VAE (config.json)", file=sys.stderr)
+            return 2
+        vae = AutoencoderKL.from_pretrained(folder).eval()
+
+        def transform(images):
+            return np.stack(vae_round_trip(vae, list(images), args.round_trip, seed=args.seed))
+
     report = judge_report(
-        lambda images: judge(list(images)), scenes=args.scenes, size=args.size, seed=args.seed
+        lambda images: judge(list(images)),
+        scenes=args.scenes,
+        size=args.size,
+        seed=args.seed,
+        transform=transform,
     )
     report["judge"] = judge.name
+    report["vae_round_trip"] = None if args.vae is None else [str(args.vae), args.round_trip]
     print(format_table(report))
     failed = [f"{r['domain']}/{r['view']}" for r in report["rows"] if not r["meets_goal"]]
     print(f"goal met in {len(report['rows']) - len(failed)}/{len(report['rows'])} rows", end="")

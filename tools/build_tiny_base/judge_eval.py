@@ -18,6 +18,20 @@ and every row >= 0.2 above the best prior of its domain.
 use average ranks for ties, so any judge whose output is not *exactly* constant where the
 reference is (aerial: ~90 % flat ground) loses correlation however small its noise: on aerial
 scenes even a perfect map with 1e-6 noise scores ~0.5. Read aerial Spearman against it.
+
+Why: with average ranks the ~90 % tied ground pixels all share one reference rank, while a
+continuous prediction spreads them over ranks 1 .. 0.9 n; that spread counts as error, so no
+prediction without exact ties exceeds ~0.5 on such a map, however right its order. Kendall's
+tau-b is capped the same way (sqrt of the share of untied pairs, ~0.44). The goal stays the
+standard Spearman; two clearly labelled extra measures show what the judge reads there:
+
+- ``somers_d``: Somers' D of the prediction given the exact depth, ``(C - D) / pairs the exact
+  depth orders`` (concordant minus discordant pairs over the pairs whose true depths differ;
+  pairs tied in the truth do not count). A perfect ordering scores 1 with or without ties,
+  a constant map 0; its tie ceiling is 1.
+- ``spearman_off_mode``: Spearman over the pixels off the map's most frequent exact value (the
+  flat ground, or a flat sky), when that value covers >= 20 % of the valid pixels (else NaN):
+  does the judge order the structures among themselves?
 """
 
 from __future__ import annotations
@@ -74,6 +88,48 @@ def _scores(pred: np.ndarray, depth: np.ndarray) -> tuple[float, float]:
     return m["depth_spearman"], m["depth_absrel"]
 
 
+def _tied_pairs(values: np.ndarray) -> float:
+    _, counts = np.unique(values, return_counts=True)
+    return float((counts * (counts - 1) / 2).sum())
+
+
+def somers_d(pred: np.ndarray, depth: np.ndarray) -> float:
+    """Somers' D of ``pred`` given ``depth`` (both (H, W), near-is-high): concordant minus
+    discordant pixel pairs over the pairs whose exact depths differ. NaN for a flat ``depth``.
+
+    From Kendall's tau-b (O(n log n)): ``C - D = tau_b * sqrt((n0 - t_pred)(n0 - t_depth))``.
+    """
+    from scipy.stats import kendalltau
+
+    x, y = np.ravel(pred).astype(np.float64), np.ravel(depth).astype(np.float64)
+    n0 = len(x) * (len(x) - 1) / 2
+    t_x, t_y = _tied_pairs(x), _tied_pairs(y)
+    if n0 - t_y <= 0:
+        return float("nan")
+    if n0 - t_x <= 0:
+        return 0.0  # a constant prediction orders nothing
+    tau_b = kendalltau(x, y).statistic
+    return float(tau_b * np.sqrt((n0 - t_x) * (n0 - t_y)) / (n0 - t_y))
+
+
+MODE_SHARE = 0.2
+
+
+def spearman_off_mode(pred: np.ndarray, depth: np.ndarray) -> float:
+    """Spearman over pixels whose exact depth is not the map's most frequent value, when that
+    value covers >= ``MODE_SHARE`` of the pixels (flat ground / sky); NaN otherwise."""
+    from scipy.stats import spearmanr
+
+    y, x = np.ravel(depth), np.ravel(pred)
+    values, counts = np.unique(y, return_counts=True)
+    if counts.max() < MODE_SHARE * len(y):
+        return float("nan")
+    keep = y != values[counts.argmax()]
+    if keep.sum() < 3 or np.unique(y[keep]).size < 2:
+        return float("nan")
+    return float(spearmanr(x[keep], y[keep]).statistic)
+
+
 def judge_report(
     predict,
     scenes: int = 12,
@@ -81,6 +137,7 @@ def judge_report(
     seed: int = 0,
     train_scenes: int = 60,
     domains: tuple[str, ...] = DOMAINS,
+    transform=None,
 ) -> dict:
     """Score a judge on every domain x view.
 
@@ -89,6 +146,8 @@ def judge_report(
             ``DepthEstimator.__call__`` on a list of arrays.
         scenes: held-out scenes per domain (indices from ``HELDOUT_START``).
         train_scenes: training scenes per domain for the ``domain_mean`` prior.
+        transform: optional ``(N, H, W, 3) uint8 -> (N, H, W, 3) uint8`` applied to every view
+            before the judge sees it (e.g. a VAE round trip); the depth stays exact.
 
     Returns:
         ``{"rows": [...], "settings": {...}}``; a row has domain, view, n, the judge's and every
@@ -107,6 +166,8 @@ def judge_report(
             view_images = torch.stack([apply_geometric(x.float(), params) for x in img_t])
             view_images = view_images.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
             view_depth = torch.stack([apply_geometric(d, params) for d in dep_t])[:, 0].numpy()
+            if transform is not None:
+                view_images = np.asarray(transform(view_images), dtype=np.uint8)
             preds = np.asarray(predict(view_images), dtype=np.float32)
             judged = [_scores(p, d) for p, d in zip(preds, view_depth)]
             row = {
@@ -115,6 +176,10 @@ def judge_report(
                 "n": len(judged),
                 "judge_spearman": float(np.nanmean([s for s, _ in judged])),
                 "judge_absrel": float(np.nanmean([a for _, a in judged])),
+                "judge_somers_d": _nanmean([somers_d(p, d) for p, d in zip(preds, view_depth)]),
+                "judge_spearman_off_mode": _nanmean(
+                    [spearman_off_mode(p, d) for p, d in zip(preds, view_depth)]
+                ),
             }
             for name, prior in priors.items():
                 scored = [_scores(prior, d) for d in view_depth]
@@ -150,12 +215,18 @@ def judge_report(
     }
 
 
+def _nanmean(values: list[float]) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
 def format_table(report: dict) -> str:
     """Markdown table: one line per domain x view."""
     lines = [
         "| domain | view | judge Spearman | judge AbsRel | domain mean | lower rows near "
-        "| periphery near | margin | Spearman goal | margin goal | tie ceiling |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| periphery near | margin | Spearman goal | margin goal | tie ceiling "
+        "| extra: Somers' D | extra: Spearman off mode |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         priors = " | ".join(
@@ -166,14 +237,19 @@ def format_table(report: dict) -> str:
             f"| {r['domain']} | {r['view']} | {r['judge_spearman']:.3f} | "
             f"{r['judge_absrel']:.3f} | {priors} | {r['margin']:+.2f} | "
             f"{'yes' if r['meets_spearman_goal'] else 'NO'} | {_margin_cell(r)} | "
-            f"{r.get('tie_ceiling_spearman', float('nan')):.2f} |"
+            f"{r.get('tie_ceiling_spearman', float('nan')):.2f} | "
+            f"{r.get('judge_somers_d', float('nan')):.3f} | "
+            f"{r.get('judge_spearman_off_mode', float('nan')):.3f} |"
         )
     lines.append("")
     lines.append(
         "Priors: Spearman / AbsRel. margin = judge Spearman - best prior Spearman; "
         "'n/a' = the best prior scores above 0.8, so a margin of 0.2 is impossible. "
         "tie ceiling = Spearman of the exact depth + 1e-6 noise (what a perfect judge without "
-        "exact ties scores)."
+        "exact ties scores). Extra measures (not the goal; tie-aware, see judge_eval): "
+        "Somers' D = concordant - discordant pairs over the pairs the exact depth orders; "
+        "Spearman off mode = over pixels off the most frequent exact depth (flat ground / sky; "
+        "nan when no value covers 20 %)."
     )
     return "\n".join(lines)
 
