@@ -137,8 +137,12 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
    encoder with overlapping convolutional patch embeddings and no absolute position embedding),
    input {cfg["image_size"]} px, {cfg["judge_steps"]} steps, batch {cfg["judge_batch"]}, scale-and-shift-invariant L1 + gradient
    loss on near-is-high depth of all three domains + the procedural scenes. Every batch is
-   **rotated by multiples of 90 deg, mirrored, and {cfg["judge_crop_probability"]:.0%} of it cropped off-centre (50-100 %
-   of the side) and rescaled**, image and depth together (`depth2img.data.synthetic.augment`).
+   **rotated by multiples of 90 deg, mirrored, and {cfg["judge_crop_probability"]:.0%} of it cropped off-centre ({cfg.get("judge_min_crop", 0.5):.0%}-100 %
+   of the side) and rescaled**, image and depth together (`depth2img.data.synthetic.augment`);
+   then **{cfg.get("judge_vae_probability", 0):.0%} of it goes through the shipped VAE** (encode -> posterior sample or
+   mean -> decode) and {cfg.get("judge_photometric_probability", 0):.0%} is washed out (contrast, brightness, saturation), with the
+   exact depth as target: every generated image is a VAE decode, and a judge trained on clean
+   renders read chance-level depth on decodes of street and aerial scenes.
    The first shipped judge (a tiny DPT trained on upright renders) had learned each domain's
    layout: Spearman -0.60 on street scenes rotated 180 deg, -0.18 on an off-centre endoscopy crop.
 4. **Depth UNet**: {_depth_start(info)}, then {cfg["depth_steps"]} steps with the depth channel on {", ".join(f"{k} {v}" for k, v in mix["unet"].items() if k != "views_per_image")}
