@@ -58,7 +58,8 @@ def test_cli_writes_images_metrics_and_report(one_process_run):
     assert metrics["extractor"] == "fd_tiny" and "eval/fid" not in metrics["metrics"]
     # 3 scenes x 2 conditions: the CIs resample the 3 scenes, not the 6 images.
     assert metrics["n_scenes"] == 3
-    for group in ("generated", "floor", "chance", "prior_lower_rows_near", "prior_domain_mean"):
+    groups = ("generated", "floor", "vae_floor", "chance", "prior_lower_rows_near")
+    for group in (*groups, "prior_domain_mean"):
         for name in DEPTH_METRICS:
             assert metrics["depth"][group][name]["n"] == 6, (group, name)
             assert metrics["depth"][group][name]["n_scenes"] == 3
@@ -78,6 +79,9 @@ def test_cli_writes_images_metrics_and_report(one_process_run):
     assert "dpt_large" in metrics["judge_quality_warning"]  # advice fits a non-DPT-Large judge
     report = (run_dir / "report.md").read_text()
     assert "floor (real images)" in report and "chance" in report
+    assert "VAE floor (real images, VAE encode-decode)" in report
+    assert metrics["judge_quality"]["vae_floor_minus_chance"]["n_scenes"] == 3
+    assert "vae_floor/depth_absrel" in metrics["per_image"][0]
     assert "6 images from 3 scenes" in report and "Paired differences" not in report
     assert "spread over subsets, not an error bar" in report
     assert "every subset holds all images" in report  # N = 6 <= kid_subset_size
