@@ -11,7 +11,6 @@ of the shipped one (before it is shipped).
 
 import os
 
-
 import numpy as np
 import pytest
 import torch
