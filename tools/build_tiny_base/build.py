@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(instead of the widened parent): more steps' worth of depth training on a small budget",
     )
     parser.add_argument(
+        "--judge-init",
+        type=Path,
+        default=None,
+        help="existing depth2img folder whose depth_estimator/ the judge stage continues from "
+        "(judge_continue_steps at judge_continue_lr) instead of training from scratch",
+    )
+    parser.add_argument(
         "--steps-scale",
         type=float,
         default=1.0,
@@ -150,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         _check_folder(args.parent, "--parent", ("vae", "text_encoder", "tokenizer", "unet")),
         _check_folder(args.depth_unet, "--depth-unet", ("unet",)),
         _check_folder(args.depth_init, "--depth-init", ("unet",)),
+        _check_folder(args.judge_init, "--judge-init", ("depth_estimator",)),
     ):
         if message:
             print(message, file=sys.stderr)
             return 2
     cfg = getattr(configs.BuildConfig, args.preset)(args.seed)
     cfg.num_threads = args.threads
-    for name in ("vae_steps", "judge_steps", "base_steps", "depth_steps"):
+    for name in ("vae_steps", "judge_steps", "judge_continue_steps", "base_steps", "depth_steps"):
         setattr(cfg, name, max(1, round(getattr(cfg, name) * args.steps_scale)))
     torch.set_num_threads(cfg.num_threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -271,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     # 5. depth judge: every domain + procedural scenes + dense towns, augmented per batch
     judge_set = dataset.concat(train, procedural.subset(np.arange(cfg.judge_procedural)), dense)
     judge_images, judge_depth = judge_set.images_tensor(), judge_set.depth_tensor()
+    judge_init = None
+    if args.judge_init is not None:
+        judge_init = GLPNForDepthEstimation.from_pretrained(
+            args.judge_init, subfolder="depth_estimator"
+        )
     judge_key = fingerprint(
         "judge",
         fingerprint(judge_images, judge_depth, cfg.seed),
@@ -279,12 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         [training._median_mad_normalize, training._optimizer, training.resize_prediction],
         [random_params, apply_geometric, training.vae_round_trip, training.photometric_jitter],
         fingerprint([p.detach() for p in vae.parameters()]),  # the judge trains on its decodes
+        "scratch" if judge_init is None else [p.detach() for p in judge_init.parameters()],
     )
     judge, reused["judge"] = cache.run(
         "judge",
         judge_key,
         build=lambda: GLPNForDepthEstimation(GLPNConfig(**configs.judge_config())),
-        train=lambda: training.train_judge(judge_images, judge_depth, cfg, vae)[0],
+        train=lambda: training.train_judge(judge_images, judge_depth, cfg, vae, judge_init)[0],
     )
     pred = training.predict_depth(judge, held_images)
     judge_metrics = {}
@@ -400,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "parent": str(args.parent) if args.parent else None,
         "depth_unet_from": str(args.depth_unet) if args.depth_unet else None,
         "depth_init": str(args.depth_init) if args.depth_init else None,
+        "judge_init": str(args.judge_init) if args.judge_init else None,
         "timings_s": timings,
         "reused_stages": [stage for stage, hit in reused.items() if hit],
         "params": {

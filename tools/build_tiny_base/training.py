@@ -256,6 +256,7 @@ def train_judge(
     depth: torch.Tensor,
     cfg: configs.BuildConfig,
     vae: AutoencoderKL | None = None,
+    init: GLPNForDepthEstimation | None = None,
 ) -> tuple[GLPNForDepthEstimation, list[float]]:
     """Train the judge to predict near-is-high relative depth, with geometric augmentation and
     the inputs it meets on generated images.
@@ -273,13 +274,18 @@ def train_judge(
         images: (N, 3, H, W) in [-1, 1] (what the judge's processor gives).
         depth: (N, 1, H, W) model-convention depth in [-1, 1]; the target is ``(d + 1) / 2``.
         vae: the shipped VAE (None: no round trips).
+        init: a trained judge to continue from (``judge_continue_steps`` at
+            ``judge_continue_lr``); None trains a fresh one (``judge_steps`` at ``judge_lr``).
     """
-    judge = build_judge(cfg.seed + 2)
-    judge.train()
-    opt, sched = _optimizer(judge, cfg.judge_lr, cfg.judge_steps)
+    if init is None:
+        judge, steps, lr = build_judge(cfg.seed + 2), cfg.judge_steps, cfg.judge_lr
+    else:
+        judge, steps, lr = copy.deepcopy(init), cfg.judge_continue_steps, cfg.judge_continue_lr
+    judge.train().requires_grad_(True)
+    opt, sched = _optimizer(judge, lr, steps)
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     history = []
-    bar = tqdm(range(cfg.judge_steps), desc="train depth judge", unit="step")
+    bar = tqdm(range(steps), desc="train depth judge", unit="step")
     for _ in bar:
         idx = torch.randint(0, len(images), (cfg.judge_batch,), generator=gen)
         x, d, _ = augment_pair(
