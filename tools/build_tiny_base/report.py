@@ -135,7 +135,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
    parameters): {parent_note}.
 3. **Depth judge**: `GLPNForDepthEstimation`, {_fmt_params(p["judge"])} parameters (hierarchical
    encoder with overlapping convolutional patch embeddings and no absolute position embedding),
-   input {cfg["image_size"]} px, {cfg["judge_steps"]} steps, batch {cfg["judge_batch"]}, scale-and-shift-invariant L1 + gradient
+   input {cfg["image_size"]} px, {_judge_steps(info)}, batch {cfg["judge_batch"]}, scale-and-shift-invariant L1 + gradient
    loss on near-is-high depth of all three domains + the procedural scenes. Every batch is
    **rotated by multiples of 90 deg, mirrored, and {cfg["judge_crop_probability"]:.0%} of it cropped off-centre ({cfg.get("judge_min_crop", 0.5):.0%}-100 %
    of the side) and rescaled**, image and depth together (`depth2img.data.synthetic.augment`);
@@ -278,3 +278,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _judge_steps(info: dict) -> str:
+    """How the judge stage trained: from scratch, or continued from ``--judge-init``."""
+    cfg = info["config"]
+    if info.get("judge_init"):
+        return (
+            f"continued from the judge in `{info['judge_init']}` for "
+            f"{cfg['judge_continue_steps']} steps (lr {cfg['judge_continue_lr']:g})"
+        )
+    return f"{cfg['judge_steps']} steps"
