@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from depth2img.cli.demo_report import write_demo_report
+from depth2img.cli.demo_structure import demo_references
 from depth2img.paths import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "outputs" / "demo"
@@ -135,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         + ["--out", str(out / "samples"), "--device", "cpu"],
         out / "logs" / "generate.log",
     )
+    print("\n==> judge-free structure measures and the judge's floor through the VAE", flush=True)
+    start = time.perf_counter()
+    references = demo_references(
+        {name: out / f"eval_{name}" for name in evals}, shards / "val", args.eval_samples, args.size
+    )
+    timings["reference measures"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - started
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    report = write_demo_report(out, evals, timings, settings)
+    report = write_demo_report(out, evals, timings, settings, references)
     print(f"\nDemo finished in {timings['total'] / 60:.1f} min. Report: {report}")
     print(f"HTML version: {report.with_suffix('.html')}")
     return 0
