@@ -105,6 +105,8 @@ def test_report_gives_no_depth_verdict_when_the_judge_is_blind(tmp_path):
 def test_demo_defaults_fit_the_tiny_model():
     args = parse_args([])
     assert args.size == 64 and args.steps > 0 and args.eval_samples >= 16
+    # LoRA measured better than a full fine-tune on FD, KID and structure (docs/benchmarks.md).
+    assert args.recipe == "lora" and parse_args(["--recipe", "full"]).recipe == "full"
 
 
 def _references(vae_floor_ci_high, height_difference):
