@@ -143,6 +143,7 @@ def test_judge_blind_to_vae_output_gives_no_depth_verdict_and_judge_free_decides
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["depth_kept"] is None and summary["judge_depth_kept"] is False
     assert summary["judge_reads_vae_output"] is False and summary["structure_kept"] is True
+    assert summary["vae_floor_minus_chance"]["ci_high"] == 0.02
     # A judge that reads the VAE's output keeps its verdict.
     reads = verdict(evals, references=_references(vae_floor_ci_high=-0.1, height_difference=0))
     assert reads["depth_kept"] is False and reads["judge_reads_vae_output"] is True

@@ -190,6 +190,8 @@ def verdict(
             out["judge_depth_kept"] = not absrel["ci_low"] > 0  # a significant rise = a loss
         reads_vae = None if not references else references["vae_gate"]["reads_vae_output"]
         out["judge_reads_vae_output"] = reads_vae
+        if references:  # the judge's depth_absrel, VAE floor - chance, paired (scene CI)
+            out["vae_floor_minus_chance"] = references["vae_gate"]
         if gate["separates"] and reads_vae is not False and absrel.get("ci_low") is not None:
             out["depth_kept"] = out["judge_depth_kept"]
     out["structure_kept"] = structure_kept(references)
