@@ -317,7 +317,8 @@ def write_demo_report(
         "Depth consistency compares the judge's depth of each generated image with the height "
         "map it was conditioned on; both models saw the same inputs and seeds, so the "
         "difference is paired per image and its 95 % CI resamples scenes. *Floor*: the judge on "
-        "the real renders (the best a perfect generator can score with this judge). *Chance*: "
+        "the real renders (what a generator producing the true pixels would score; a latent model's "
+        "images also pass through its VAE: see *floor through the VAE*). *Chance*: "
         "real renders against another scene's depth (no structure kept). *Prior*: the mean "
         "height map of the other evaluated scenes (a layout guess with no image at all). See "
         "docs/evaluation.md.",
