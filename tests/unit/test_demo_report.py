@@ -6,7 +6,8 @@ import json
 import numpy as np
 
 from depth2img.cli.demo import parse_args
-from depth2img.cli.demo_report import verdict, write_demo_report
+from depth2img.cli.demo_report import structure_kept, verdict, write_demo_report
+from depth2img.cli.demo_structure import STRUCTURE_ROWS
 from depth2img.evaluation.bootstrap import summarize
 
 N, SCENES = 20, 5
@@ -77,7 +78,8 @@ def test_report_pairs_models_and_reads_depth_when_the_judge_separates(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| depth AbsRel"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3].startswith("0.1") and "[" in cells[3]  # +0.1 with its interval
-    assert cells[4].startswith("0.1") and cells[5].startswith("0.5")  # floor, chance
+    assert cells[4].startswith("0.1") and cells[6].startswith("0.5")  # floor, chance
+    assert cells[5] == "–"  # no floor through the VAE without references
     assert "spread over subsets" in text and "not an error bar" in text
     assert "| fd_tiny | 2.0000 | 1.0000 |" in text
     assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
@@ -103,3 +105,52 @@ def test_report_gives_no_depth_verdict_when_the_judge_is_blind(tmp_path):
 def test_demo_defaults_fit_the_tiny_model():
     args = parse_args([])
     assert args.size == 64 and args.steps > 0 and args.eval_samples >= 16
+    # LoRA measured better than a full fine-tune on FD, KID and structure (docs/benchmarks.md).
+    assert args.recipe == "lora" and parse_args(["--recipe", "full"]).recipe == "full"
+
+
+def _references(vae_floor_ci_high, height_difference):
+    """``demo_structure.demo_references``-like: the judge's VAE gate and judge-free rows."""
+    diff = {"mean": height_difference, "ci_low": height_difference - 0.02}
+    diff["ci_high"] = height_difference + 0.02
+    stat = summarize(np.full(N, 0.3))
+    structure = {
+        key: {"base": stat, "finetuned": stat, "difference": dict(diff), "floor": stat,
+              "floor_vae": stat, "chance": stat}
+        for key, _ in STRUCTURE_ROWS
+    }  # fmt: skip
+    gate = {"mean": 0.0, "ci_low": -0.05, "ci_high": vae_floor_ci_high}
+    gate["reads_vae_output"] = vae_floor_ci_high < 0
+    return {
+        "structure": structure,
+        "vae_floor": {"depth_absrel": summarize(CHANCE)},
+        "vae_gate": gate,
+    }
+
+
+def test_judge_blind_to_vae_output_gives_no_depth_verdict_and_judge_free_decides(tmp_path):
+    evals = {
+        "base": _eval(2.0, 0.05, 0.30, GOOD_FLOOR, CHANCE, seed=0),
+        "finetuned": _eval(1.0, 0.01, 0.40, GOOD_FLOOR, CHANCE, seed=1),  # judge: worse
+    }
+    # The judge reads VAE round trips of real images at chance: no judge verdict.
+    blind = _references(vae_floor_ci_high=0.02, height_difference=0.05)
+    text = write_demo_report(tmp_path, evals, {}, {}, blind).read_text()
+    assert "encoded and decoded by the VAE* at chance" in text
+    assert "LOST depth consistency" not in text
+    assert "no judge-free measure is significantly lower" in text
+    assert "| edge F1 vs conditioning height map (judge-free) |" in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["depth_kept"] is None and summary["judge_depth_kept"] is False
+    assert summary["judge_reads_vae_output"] is False and summary["structure_kept"] is True
+    assert summary["vae_floor_minus_chance"]["ci_high"] == 0.02
+    # A judge that reads the VAE's output keeps its verdict.
+    reads = verdict(evals, references=_references(vae_floor_ci_high=-0.1, height_difference=0))
+    assert reads["depth_kept"] is False and reads["judge_reads_vae_output"] is True
+
+
+def test_structure_kept_fails_on_a_significant_judge_free_loss():
+    assert structure_kept(_references(-0.1, height_difference=0.05)) is True
+    assert structure_kept(_references(-0.1, height_difference=0.0)) is True  # CI spans 0
+    assert structure_kept(_references(-0.1, height_difference=-0.05)) is False
+    assert structure_kept(None) is None

@@ -5,7 +5,10 @@ Reads the two ``metrics.json`` written by ``depth2img-eval`` (same samples and s
 ``report.md`` and ``report.html`` next to them, linking the sample grid and the evaluation
 grids. Depth consistency is compared per image (``evaluation.compare.compare_results``: the
 fine-tuned minus the base model, scene-clustered CIs) and only read when the judge separates
-floor from chance on this data.
+floor from chance on this data **and** its floor through the VAE (the real renders encoded and
+decoded) beats chance: a generated image is always VAE-decoded, so a judge that reads the VAE's
+round trips of real renders at chance cannot rank two generators by depth. Judge-free structure
+measures (``cli.demo_structure``) are reported next to the judge and carry the verdict then.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 from pathlib import Path
 
 from depth2img.artifacts.atomic import write_json_atomic
+from depth2img.cli.demo_structure import STRUCTURE_ROWS
 from depth2img.evaluation.bootstrap import format_n, format_stat
 from depth2img.evaluation.compare import compare_results
 from depth2img.evaluation.judge_quality import CANNOT_SEPARATE, CANNOT_SEPARATE_VAE
@@ -58,17 +62,32 @@ HEADER = [
     "fine-tuned",
     "fine-tuned - base (paired)",
     "floor (real images)",
+    "floor through the VAE",
     "chance",
     "prior: eval-set mean depth",
     "better",
 ]
+STRUCTURE_HEADER = [
+    "judge-free measure",
+    "base (shipped)",
+    "fine-tuned",
+    "fine-tuned - base (paired)",
+    "floor (real images)",
+    "floor through the VAE",
+    "chance",
+    "better",
+]
 
 
-def comparison_rows(evals: dict[str, dict], comparison: dict | None = None) -> list[list[str]]:
-    """Rows: metric | base | fine-tuned | paired difference | floor | chance | prior | better
-    (mean [95 % CI], scenes resampled); FD and KID (set statistics, no interval) last."""
+def comparison_rows(
+    evals: dict[str, dict], comparison: dict | None = None, references: dict | None = None
+) -> list[list[str]]:
+    """Rows: metric | base | fine-tuned | paired difference | floor | floor through the VAE |
+    chance | prior | better (mean [95 % CI], scenes resampled); FD and KID (set statistics, no
+    interval) last. ``references``: ``demo_structure.demo_references`` (None = VAE column "–")."""
     base, tuned = evals["base"], evals["finetuned"]
     comparison = comparison or paired_depth(evals)
+    vae_floor = (references or {}).get("vae_floor", {})
     rows = []
     for key, label, better in DEPTH_ROWS:
         diff = comparison["depth"].get(key)
@@ -79,6 +98,7 @@ def comparison_rows(evals: dict[str, dict], comparison: dict | None = None) -> l
                 _cell(_depth_stat(tuned, "generated", key)),
                 _cell(diff),
                 _cell(_depth_stat(base, "floor", key)),
+                _cell(vae_floor.get(key)) if key in vae_floor else "–",
                 _cell(_depth_stat(base, "chance", key)),
                 _cell(_depth_stat(base, "prior_domain_mean", key)),
                 better,
@@ -89,7 +109,7 @@ def comparison_rows(evals: dict[str, dict], comparison: dict | None = None) -> l
     kid_key = _kid_key(fd_key)
     rows.append(
         [fd_key, _fmt(quality_base.get(fd_key)), _fmt(quality_tuned.get(fd_key)), "–", "0", "–",
-         "–", "lower"]
+         "–", "–", "lower"]
     )  # fmt: skip
     rows.append(
         [
@@ -102,16 +122,48 @@ def comparison_rows(evals: dict[str, dict], comparison: dict | None = None) -> l
             "0",
             "–",
             "–",
+            "–",
             "lower",
         ]
     )
     return rows
 
 
-def verdict(evals: dict[str, dict], comparison: dict | None = None) -> dict:
+def structure_rows(references: dict) -> list[list[str]]:
+    """Rows of the judge-free table (``STRUCTURE_HEADER``), all higher = better."""
+    rows = []
+    for key, label in STRUCTURE_ROWS:
+        entry = references["structure"][key]
+        rows.append(
+            [label]
+            + [
+                "–" if entry.get(group) is None else _cell(entry[group])
+                for group in ("base", "finetuned", "difference", "floor", "floor_vae", "chance")
+            ]
+            + ["higher"]
+        )
+    return rows
+
+
+def structure_kept(references: dict | None) -> bool | None:
+    """No judge-free measure significantly lower after fine-tuning (None without references)."""
+    if not references:
+        return None
+    highs = [entry["difference"].get("ci_high") for entry in references["structure"].values()]
+    if any(high is None for high in highs):
+        return None
+    return all(high >= 0 for high in highs)
+
+
+def verdict(
+    evals: dict[str, dict], comparison: dict | None = None, references: dict | None = None
+) -> dict:
     """Did fine-tuning improve realism (FD and KID lower) without a significant loss of depth
     consistency (paired depth_absrel CI not above 0)? Depth is judged only when the judge
-    separates floor from chance; otherwise ``depth_kept`` is None."""
+    separates floor from chance and (with ``references``) reads the VAE's round trips of the
+    real renders better than chance; otherwise ``depth_kept`` is None and ``judge_depth_kept``
+    keeps what the judge alone would have said. ``structure_kept``: no judge-free measure
+    significantly lower."""
     fd_key = evals["base"]["extractor"]
     kid_key = _kid_key(fd_key)
     fd = [evals[m]["image_quality"].get(fd_key) for m in ("base", "finetuned")]
@@ -135,13 +187,46 @@ def verdict(evals: dict[str, dict], comparison: dict | None = None) -> dict:
         out["floor_minus_chance"] = gate["floor_minus_chance"]
         out["vae_floor_minus_chance"] = gate.get("vae_floor_minus_chance")
         out["depth_absrel_finetuned_minus_base"] = absrel
-        if gate["separates"] and absrel.get("ci_low") is not None:
-            out["depth_kept"] = not absrel["ci_low"] > 0  # a significant rise = a loss
+        if absrel.get("ci_low") is not None:
+            out["judge_depth_kept"] = not absrel["ci_low"] > 0  # a significant rise = a loss
+        reads_vae = None if not references else references["vae_gate"]["reads_vae_output"]
+        out["judge_reads_vae_output"] = reads_vae
+        if references:  # the judge's depth_absrel, VAE floor - chance, paired (scene CI)
+            out["vae_floor_minus_chance"] = references["vae_gate"]
+        if gate["separates"] and reads_vae is not False and absrel.get("ci_low") is not None:
+            out["depth_kept"] = out["judge_depth_kept"]
+    out["structure_kept"] = structure_kept(references)
     return out
 
 
-def _depth_sentence(result: dict, comparison: dict) -> str:
+def _structure_sentence(result: dict, references: dict | None) -> str:
+    if not references:
+        return ""
+    height = references["structure"]["height_edge_f1"]["difference"]
+    kept = (
+        "no judge-free measure is significantly lower after fine-tuning"
+        if result["structure_kept"]
+        else "a judge-free measure is significantly LOWER after fine-tuning"
+    )
+    return (
+        f"Judge-free structure: fine-tuned - base edge F1 against the height map = "
+        f"{format_stat(height)} ({format_n(height)}, paired); {kept} (table below)."
+    )
+
+
+def _depth_sentence(result: dict, comparison: dict, references: dict | None = None) -> str:
     gate = comparison["judge_quality"]
+    if references and not references["vae_gate"]["reads_vae_output"]:
+        absrel = comparison["depth"]["depth_absrel"]
+        vae = references["vae_floor"]["depth_absrel"]
+        return (
+            "Depth consistency by the judge: no verdict: the judge reads the real renders "
+            f"*encoded and decoded by the VAE* at chance (depth_absrel {format_stat(vae)} vs "
+            f"chance {format_stat(result.get('chance_absrel'))}), and every generated image is "
+            "VAE-decoded, so the judge cannot rank the two models by depth (its fine-tuned - "
+            f"base depth_absrel = {format_stat(absrel)} measures closeness to the VAE's look). "
+            "The judge-free measures below decide."
+        )
     if gate.get("floor_separates", gate["separates"]) and not gate["separates"]:
         vae = gate["vae_floor_minus_chance"]
         return (
@@ -195,12 +280,18 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: dict) -> Path:
-    """Write ``report.md``, ``report.html`` and ``summary.json`` under ``out``; return the .md."""
+def write_demo_report(
+    out: Path, evals: dict[str, dict], timings: dict, args: dict, references: dict | None = None
+) -> Path:
+    """Write ``report.md``, ``report.html`` and ``summary.json`` under ``out``; return the .md.
+
+    ``references``: ``demo_structure.demo_references`` (judge-free table, the judge's floor
+    through the VAE); None leaves them out."""
     header = HEADER
     comparison = paired_depth(evals)
-    rows = comparison_rows(evals, comparison)
-    result = verdict(evals, comparison)
+    rows = comparison_rows(evals, comparison, references)
+    result = verdict(evals, comparison, references)
+    result["chance_absrel"] = _depth_stat(evals["base"], "chance", "depth_absrel")
     n = evals["finetuned"]["N"]
     n_scenes = comparison["n_scenes"]
     write_comparison_grid(out)
@@ -226,18 +317,35 @@ def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: di
         f"(N = {n} generated vs {n} real images from {n_scenes} scenes, judge "
         f"`{evals['finetuned']['judge']}`).",
         "",
-        _depth_sentence(result, comparison),
+        _depth_sentence(result, comparison, references),
+        "",
+        _structure_sentence(result, references),
         "",
         "Depth consistency compares the judge's depth of each generated image with the height "
         "map it was conditioned on; both models saw the same inputs and seeds, so the "
         "difference is paired per image and its 95 % CI resamples scenes. *Floor*: the judge on "
-        "the real renders (the best a perfect generator can score with this judge). *Chance*: "
+        "the real renders (what a generator producing the true pixels would score; a latent model's "
+        "images also pass through its VAE: see *floor through the VAE*). *Chance*: "
         "real renders against another scene's depth (no structure kept). *Prior*: the mean "
         "height map of the other evaluated scenes (a layout guess with no image at all). See "
         "docs/evaluation.md.",
         "",
         _markdown_table(header, rows),
         "",
+        *(
+            [
+                "*Floor through the VAE*: the judge on the real renders encoded and decoded by "
+                "the model's VAE, the best a generator whose images the VAE decodes can score. "
+                "Judge-free measures (no depth network): edges of the generated image against the "
+                "true render of the same scene and condition, and against the conditioning "
+                "height map (`depth2img.cli.demo_structure`).",
+                "",
+                _markdown_table(STRUCTURE_HEADER, structure_rows(references)),
+                "",
+            ]
+            if references
+            else []
+        ),
         *(f"- {note}" for note in evals["finetuned"].get("image_quality_notes", [])),
         "",
     ]
@@ -288,7 +396,9 @@ def write_demo_report(out: Path, evals: dict[str, dict], timings: dict, args: di
         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
         "td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}</style>"
         f"<h1>depth2img demo</h1><p>{html.escape(md[2])}</p><p>{html.escape(md[4])}</p>"
-        f"{table_html(header, rows)}{figures}<h2>Timings</h2>"
+        f"<p>{html.escape(md[6])}</p>{table_html(header, rows)}"
+        + (table_html(STRUCTURE_HEADER, structure_rows(references)) if references else "")
+        + f"{figures}<h2>Timings</h2>"
         f"{table_html(['step', 'wall time'], timing_rows)}"
     )
     (out / "report.html").write_text(page)
