@@ -9,6 +9,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MODELS = {
     "shipped": "tiny-depth2img",  # the depth model (5-channel UNet) + tiny depth judge
     "shipped-base": "tiny-sd-base",  # its 4-channel text-to-image parent (img2img baseline)
+    # a bare ControlNetModel folder for shipped-base (its depth2img.json names the base)
+    "shipped-sd-controlnet": "tiny-sd-depth-controlnet",
+    "shipped-sdxl": "tiny-sdxl-base",  # a tiny SDXL-architecture text-to-image model
+    "shipped-sdxl-controlnet": "tiny-sdxl-depth-controlnet",  # ControlNet for shipped-sdxl
 }
 
 
@@ -25,7 +29,8 @@ def resolve_model_source(source: str) -> str:
     """
     if source in SHIPPED_MODELS:
         path = models_dir() / SHIPPED_MODELS[source]
-        if not (path / "model_index.json").is_file():
+        # a pipeline folder has model_index.json, a bare ControlNet folder config.json
+        if not any((path / name).is_file() for name in ("model_index.json", "config.json")):
             raise FileNotFoundError(
                 f"the shipped model {source!r} is missing at {path}. Rebuild it with "
                 "`python -m tools.build_tiny_base` or set DEPTH2IMG_MODELS_DIR."

@@ -158,6 +158,13 @@ class BuildConfig:
     # dropout a first build ignored the depth channel after 1000 steps. Dropping half of the
     # captions makes depth the only layout cue for those samples, which bootstraps its use.
     depth_caption_dropout: float = 0.5
+    # Depth ControlNet on the frozen parent (stage sd_controlnet): same views and data as the
+    # depth stage. ControlNet papers use 1e-5 on 1 B-parameter models; a tiny ControlNet whose
+    # zero convolutions start at 0 needs Adam steps of ~1e-3 to open its path in a few hundred
+    # steps (see controlnet_stage).
+    controlnet_steps: int = 1500
+    controlnet_lr: float = 1e-3
+    controlnet_caption_dropout: float = 0.5
     ema_decay: float = 0.99  # short runs: a long EMA lags far behind the trained weights
     num_threads: int = 1  # 2 threads on 2 oversubscribed cores was 10x slower (OpenMP spin)
 
@@ -181,6 +188,7 @@ class BuildConfig:
             following_probe_captions=1,
             base_steps=30,
             depth_steps=30,
+            controlnet_steps=20,
             unet_batch=8,
         )
 
@@ -195,6 +203,7 @@ class BuildConfig:
             judge_steps=250,
             base_steps=100,
             depth_steps=220,
+            controlnet_steps=300,
         )
 
     @classmethod

@@ -1,7 +1,9 @@
 """Write the tiny base model as two diffusers folders and check that they load.
 
 - ``tiny-depth2img``: ``StableDiffusionDepth2ImgPipeline`` (5-channel UNet + tiny DPT judge);
-- ``tiny-sd-base``: ``StableDiffusionImg2ImgPipeline`` with the 4-channel parent UNet.
+- ``tiny-sd-base``: ``StableDiffusionImg2ImgPipeline`` with the 4-channel parent UNet;
+- ``tiny-sd-depth-controlnet``: a bare ``ControlNetModel`` folder for that parent (with a
+  ``depth2img.json`` naming its base, so ``depth2img-generate`` loads it alone).
 
 Each folder gets a ``checksums.json`` (``depth2img.artifacts.checksums.write_manifest``).
 """
@@ -15,7 +17,9 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     DDIMScheduler,
+    StableDiffusionControlNetPipeline,
     StableDiffusionDepth2ImgPipeline,
     StableDiffusionImg2ImgPipeline,
     UNet2DConditionModel,
@@ -23,6 +27,7 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel
 
 from depth2img.artifacts.checksums import verify_manifest, write_manifest
+from depth2img.data.depth_spec import DepthSpec
 from depth2img.models.tiny import sd_scheduler_config
 from depth2img.paths import SHIPPED_MODELS
 
@@ -30,6 +35,7 @@ from . import configs
 
 DEPTH_FOLDER = SHIPPED_MODELS["shipped"]
 BASE_FOLDER = SHIPPED_MODELS["shipped-base"]
+SD_CONTROLNET_FOLDER = SHIPPED_MODELS["shipped-sd-controlnet"]
 
 
 def judge_processor():
@@ -142,3 +148,56 @@ def check_folders(depth_dir: Path, base_dir: Path) -> dict:
         BASE_FOLDER: round(folder_size_mb(base_dir), 2),
     }
     return facts
+
+
+def save_controlnet(
+    out: Path, controlnet: ControlNetModel, folder_name: str, base_alias: str, family: str, **facts
+) -> Path:
+    """Save a bare ``ControlNetModel`` folder with ``checksums.json`` and a ``depth2img.json``
+    that names its base (a shipped alias), family and depth convention.
+
+    ``facts`` (e.g. training steps) are added to ``depth2img.json``.
+    """
+    folder = out / folder_name
+    _replace_folder(folder)
+    controlnet.save_pretrained(folder)
+    meta = {
+        "base_model": base_alias,
+        "family": family,
+        "conditioning": "controlnet",
+        "depth_kind": "inverse",
+        "depth_spec": DepthSpec().to_dict(),
+        "source_kind": "controlnet_folder",
+        "train_mode": "full",
+        "ema": True,
+        **facts,
+    }
+    (folder / "depth2img.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_manifest(folder)
+    return folder
+
+
+def check_sd_controlnet(folder: Path, base_dir: Path) -> dict:
+    """Verify the ControlNet folder's checksums and run 2 CPU steps of vanilla
+    ``StableDiffusionControlNetPipeline`` (its base from ``base_dir``). Raises on failure."""
+    from PIL import Image
+
+    verify_manifest(folder, folder / "checksums.json")
+    controlnet = ControlNetModel.from_pretrained(folder)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        base_dir, controlnet=controlnet, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    size = configs.IMAGE_SIZE
+    control = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+    out = pipe(
+        "a street",
+        image=control,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    return {
+        "controlnet_output_shape": list(out.shape),
+        "size_mb": {folder.name: round(folder_size_mb(folder), 2)},
+    }

@@ -97,6 +97,7 @@ Two small diffusers folders, trained by this project on its own synthetic scenes
 |---|---|---|
 | `tiny-depth2img/` | depth model: VAE, text encoder, tokenizer, **5-channel UNet** (4 latents + 1 depth), DDIM scheduler, tiny GLPN depth judge (`depth_estimator/`, `feature_extractor/`) | `StableDiffusionDepth2ImgPipeline.from_pretrained`, `load_components("shipped")`, `DepthEstimator.from_pretrained("shipped")` |
 | `tiny-sd-base/` | its 4-channel text-to-image parent (same VAE/text encoder) | `StableDiffusionImg2ImgPipeline.from_pretrained`; `load_components("shipped-base", convert_to_depth=True)` widens it to 4 + 1 channels (zero-init) |
+| `tiny-sd-depth-controlnet/` | a depth `ControlNetModel` for `tiny-sd-base` (control image: depth at the image size, [0, 1], near = white) | `ControlNetModel.from_pretrained` + `StableDiffusionControlNetPipeline.from_pretrained("tiny-sd-base", controlnet=...)`; `depth2img-generate --model shipped-sd-controlnet` |
 
 Each folder has a `checksums.json` (SHA-256 of every weight file, verify with
 `depth2img.artifacts.checksums.verify_manifest`). Images are {cfg["image_size"]}x{cfg["image_size"]} px;
@@ -185,6 +186,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
   depth map vs another scene's of the same domain; x1.00 would mean the depth channel is ignored:
 {_reliance_lines(m.get("depth_reliance", {}))}
 
+{_controlnet_section(info)}
 Spearman uses average ranks for ties; AbsRel follows `depth2img.evaluation.depth_metrics`
 (reference min-max to [0.1, 1] near-is-high, prediction aligned by least-squares scale and
 non-negative shift).
@@ -203,6 +205,26 @@ the UNets on purpose.
     path = out / "README.md"
     path.write_text(text)
     return path
+
+
+def _controlnet_section(info: dict) -> str:
+    """README lines of the depth ControlNet (empty for builds without it)."""
+    m, cfg = info["metrics"], info["config"]
+    if "controlnet_depth_following" not in m:
+        return ""
+    return f"""- **Depth ControlNet** (`tiny-sd-depth-controlnet/`, {_fmt_params(info["params"]["sd_controlnet"])}
+  parameters, `ControlNetModel.from_unet` of the frozen `tiny-sd-base` UNet): {cfg["controlnet_steps"]} steps on
+  the same data and augmented views as the depth UNet, learning rate {cfg["controlnet_lr"]:g} (warm-up + cosine),
+  {cfg["controlnet_caption_dropout"]:.0%} caption dropout, EMA {cfg["ema_decay"]}. Same depth-following check
+  (`samples_controlnet.png`: the rows of `samples.png`):
+
+{following_table(m["controlnet_depth_following"])}
+
+{_following_verdict(m["controlnet_depth_following"])}
+
+  Depth reliance (judge-free, as above, through the ControlNet):
+{_reliance_lines(m.get("controlnet_depth_reliance", {}))}
+"""
 
 
 def _judge_verdict(report: dict) -> str:

@@ -33,7 +33,7 @@ from depth2img.data.depth_spec import DepthSpec
 from depth2img.models.components import Components
 from depth2img.models.conditioning import get_conditioner
 from depth2img.models.loading import AUTO, TINY_SOURCES, build_components, load_components
-from depth2img.paths import resolve_model_source
+from depth2img.paths import SHIPPED_MODELS, resolve_model_source
 
 DEPTH2IMG_JSON = "depth2img.json"
 UNET_PREFIX = "unet."
@@ -314,6 +314,9 @@ def load_generator_components(
     """
     text = str(source)
     path = Path(text)
+    if text in SHIPPED_MODELS and not path.exists():
+        # a shipped alias: a bare ControlNet folder (shipped-sd-controlnet) loads on its base
+        path = Path(resolve_model_source(text))
     if path.is_file():
         components, spec, info = _load_checkpoint(path, use_ema, base_model, load_depth_estimator)
     elif is_controlnet_folder(path):

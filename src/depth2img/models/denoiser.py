@@ -36,7 +36,8 @@ class Denoiser:
         self.unet = unet if unet is not None else components.unet
         # Read once: diffusers' ``ModelMixin.dtype`` walks every submodule (~6 % of a tiny
         # model's sampling time when read per step).
-        self.unet_dtype = next(self.unet.parameters()).dtype
+        # (no UNet yet: a builder encoding prompts before it trains one)
+        self.unet_dtype = None if self.unet is None else next(self.unet.parameters()).dtype
 
     @property
     def needs_depth(self) -> bool:
