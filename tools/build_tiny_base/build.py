@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, GLPNConfig, GLPNForDepthEstimation
 
 from depth2img.data.depth_spec import DepthSpec
@@ -41,13 +41,11 @@ from depth2img.evaluation.depth_metrics import batch_depth_metrics
 from depth2img.evaluation.priors import mean_depth_map
 from depth2img.inference.sampling import encode_prompts
 from depth2img.models.components import Components
-from depth2img.models.conditioning import get_conditioner
 from depth2img.models.conditioning.concat import expand_unet_input_channels
-from depth2img.models.families import PromptEmbeds
 from depth2img.models.loading import load_components
 from depth2img.models.tiny import sd_scheduler_config
 
-from . import configs, controlnet_stage, dataset, export, judge_eval, report, samples, training
+from . import configs, dataset, export, extra_models, judge_eval, report, samples, training
 from .stage_cache import StageCache, fingerprint
 
 
@@ -106,6 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="multiply every training step count (e.g. 0.5 on a slow machine)",
+    )
+    parser.add_argument(
+        "--skip-sdxl",
+        action="store_true",
+        help="skip the tiny SDXL base and its ControlNet (stages sdxl_base, sdxl_controlnet)",
     )
     return parser.parse_args(argv)
 
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = getattr(configs.BuildConfig, args.preset)(args.seed)
     cfg.num_threads = args.threads
     steps = ("vae_steps", "judge_steps", "judge_continue_steps", "base_steps", "depth_steps")
-    for name in steps + ("controlnet_steps",):
+    for name in steps + ("controlnet_steps", "sdxl_base_steps", "sdxl_controlnet_steps"):
         setattr(cfg, name, max(1, round(getattr(cfg, name) * args.steps_scale)))
     torch.set_num_threads(cfg.num_threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -362,29 +365,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     lap("depth")
 
-    # 6b. depth ControlNet on the frozen parent, same data and views as the depth stage
-    controlnet, reused["sd_controlnet"] = sd_controlnet_stage(
-        cache, cfg, base_key, base_unet, latents, view_depth, text_emb, uncond, scheduler
+    # 6b. tiny SDXL base + its depth ControlNet, depth ControlNet on the SD parent
+    extra_data = extra_models.TrainingData(latents, view_depth, unet_set.captions, len(mix))
+    parent = Components(vae, text_encoder, tokenizer, base_unet, scheduler)
+    extras = extra_models.train_extra_models(
+        cache, cfg, parent, base_key, extra_data, text_emb, uncond, scheduler, not args.skip_sdxl
     )
-    lap("sd_controlnet")
+    reused.update(extras.reused)
+    lap("extra_models")
 
     # 7. diffusers folders + checksums + vanilla load checks
     depth_dir, base_dir = export.save_pipelines(
         args.out, vae, text_encoder, tokenizer, base_unet, depth_unet, judge
     )
     checks = export.check_folders(depth_dir, base_dir)
-    controlnet_dir = export.save_controlnet(
-        args.out,
-        controlnet,
-        export.SD_CONTROLNET_FOLDER,
-        "shipped-base",
-        "sd",
-        steps=cfg.controlnet_steps,
-        learning_rate=cfg.controlnet_lr,
-    )
-    controlnet_checks = export.check_sd_controlnet(controlnet_dir, base_dir)
-    checks["size_mb"].update(controlnet_checks.pop("size_mb"))
-    checks.update(controlnet_checks)
+    extra_dirs, extra_checks = extra_models.export_extra_models(args.out, extras, base_dir, cfg)
+    checks["size_mb"].update(extra_checks.pop("size_mb"))
+    checks.update(extra_checks)
     lap("export")
 
     # 8. judge report, depth following, samples grid: from the saved folder (what users get)
@@ -421,24 +418,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"[build] depth reliance {reliance}", flush=True)
     lap("following")
-    controlnet_model = load_controlnet_components(base_dir, controlnet_dir)
-    controlnet_following = samples.depth_following(
-        controlnet_model, shipped_judge.model, conditions, domain_means
-    )
-    print(f"[build] ControlNet depth following {report.following_table(controlnet_following)}")
-    controlnet_reliance = sd_controlnet_reliance(
-        controlnet_model,
+    reliance_set = (
         held_images[gen_sel],
         held_depth[gen_sel],
         [held.captions[i] for i in gen_sel],
         [held.domains[i] for i in gen_sel],
     )
-    print(f"[build] ControlNet depth reliance {controlnet_reliance}", flush=True)
+    controlnet_models, controlnet_metrics = {}, {}
+    for name, base_folder in (
+        ("sd_controlnet", base_dir),
+        ("sdxl_controlnet", extra_dirs.get("sdxl_base")),
+    ):
+        if name not in extra_dirs:
+            continue
+        model, cn_following, cn_reliance = extra_models.evaluate_controlnet(
+            base_folder,
+            extra_dirs[name],
+            shipped_judge.model,
+            conditions,
+            domain_means,
+            reliance_set,
+        )
+        controlnet_models[name] = model
+        controlnet_metrics[name] = {"depth_following": cn_following, "depth_reliance": cn_reliance}
+        print(f"[build] {name} depth following {report.following_table(cn_following)}")
+        print(f"[build] {name} depth reliance {cn_reliance}", flush=True)
     lap("controlnet_following")
     grid_rows = _grid_rows(held, conditions)
     grid = samples.sample_grid(loaded, *grid_rows[:3])
     grid.save(args.out / "samples.png")
-    samples.sample_grid(controlnet_model, *grid_rows[:3]).save(args.out / "samples_controlnet.png")
+    for name, model in controlnet_models.items():
+        samples.sample_grid(model, *grid_rows[:3]).save(args.out / f"samples_{name}.png")
+    if "sdxl_base" in extra_dirs:
+        text_captions = [held.captions[i] for i in gen_sel[:: max(1, len(gen_sel) // 6)]][:6]
+        extra_models.text_to_image_grid(extra_dirs["sdxl_base"], text_captions).save(
+            args.out / "samples_sdxl_base.png"
+        )
+        extra_models.text_to_image_grid(base_dir, text_captions).save(
+            args.out / "samples_sd_base.png"
+        )
     lap("samples")
     timings["total"] = round(time.time() - start, 1)
 
@@ -459,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             "judge": _count(judge),
             "base_unet": _count(base_unet),
             "depth_unet": _count(depth_unet),
-            "sd_controlnet": _count(controlnet),
+            **{name: _count(m) for name, m in _extra_networks(extras).items()},
         },
         "data": {
             "train": {d: int(sum(x == d for x in train.domains)) for d in DOMAINS},
@@ -480,8 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             "judge_report": judge_rows,
             "depth_following": following,
             "depth_reliance": reliance,
-            "controlnet_depth_following": controlnet_following,
-            "controlnet_depth_reliance": controlnet_reliance,
+            "controlnets": controlnet_metrics,
         },
         "checks": checks,
         "versions": {"torch": torch.__version__},
@@ -492,83 +509,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sd_controlnet_stage(
-    cache: StageCache,
-    cfg: configs.BuildConfig,
-    base_key: str,
-    base_unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    view_depth: torch.Tensor,
-    text_emb: torch.Tensor,
-    uncond: torch.Tensor,
-    scheduler: DDPMScheduler,
-):
-    """Train (or load from the cache) the depth ControlNet on the frozen SD parent.
-
-    Args:
-        latents: (V, N, 4, h, w) scaled latents of V views; view_depth: (V, N, 1, H, W) their
-            depth in [-1, 1]; text_emb: (N, L, D); uncond: (1, L, D).
-
-    Returns:
-        (ControlNetModel (EMA weights), reused from the cache).
-    """
-    size_hw = tuple(view_depth.shape[-2:])
-    factor = size_hw[0] // latents.shape[-2]
-    control = controlnet_stage.control_images(view_depth, size_hw)  # [V, N, 1, H, W] in [0, 1]
-    key = fingerprint(
-        "sd_controlnet",
-        base_key,
-        [latents, control, text_emb, uncond, sd_scheduler_config()],
-        _fields(cfg, "seed", "controlnet_steps", "controlnet_lr", "controlnet_caption_dropout"),
-        _fields(cfg, "unet_batch", "ema_decay"),
-        [controlnet_stage.train_controlnet, controlnet_stage.controlnet_prediction],
-        [controlnet_stage.build_controlnet, controlnet_stage.added_cond_for, training._optimizer],
-    )
-    return cache.run(
-        "sd_controlnet",
-        key,
-        build=lambda: controlnet_stage.build_controlnet(base_unet, factor),
-        train=lambda: controlnet_stage.train_controlnet(
-            base_unet,
-            controlnet_stage.build_controlnet(base_unet, factor),
-            latents,
-            control,
-            PromptEmbeds(text_emb),
-            PromptEmbeds(uncond),
-            scheduler,
-            steps=cfg.controlnet_steps,
-            lr=cfg.controlnet_lr,
-            batch=cfg.unet_batch,
-            caption_dropout=cfg.controlnet_caption_dropout,
-            ema_decay=cfg.ema_decay,
-            seed=cfg.seed + 8,
-            desc="train SD depth ControlNet",
-        )[0],
-    )
-
-
-def load_controlnet_components(base_dir: Path, controlnet_dir: Path) -> Components:
-    """The saved parent (``base_dir``) with the saved ControlNet attached (what users get)."""
-    components = load_components(str(base_dir), conditioning="none")
-    components.controlnet = ControlNetModel.from_pretrained(controlnet_dir).eval()
-    get_conditioner("controlnet").attach(components)
-    return components
-
-
-def sd_controlnet_reliance(components, images, depth, captions, domains) -> dict:
-    """Judge-free depth reliance of a ControlNet model on held-out renders (see
-    ``controlnet_stage.controlnet_reliance``; the mismatched map is the next scene of the same
-    domain, as for the depth UNet)."""
-    latents = training.encode_latents(components.vae, images) * components.scaling_factor
-    control = controlnet_stage.control_images(depth, tuple(images.shape[-2:]))
-    networks = controlnet_stage.controlnet_networks(
-        components.unet, components.controlnet, components.family
-    )
-    partner = torch.from_numpy(samples._roll_within_groups(domains))
-    text = PromptEmbeds(encode_prompts(components, captions))
-    return controlnet_stage.controlnet_reliance(
-        networks, latents, control, partner, text, components.scheduler
-    )
+def _extra_networks(extras) -> dict:
+    """Name -> trained network of the extra stages (for parameter counts)."""
+    networks = {"sd_controlnet": extras.controlnet}
+    if extras.sdxl is not None:
+        networks |= {
+            "sdxl_unet": extras.sdxl.unet,
+            "sdxl_text_encoder_2": extras.sdxl.text_encoder_2,
+        }
+        networks["sdxl_controlnet"] = extras.sdxl_controlnet
+    return networks
 
 
 def _grid_rows(held: dataset.RenderedSet, conditions: dict):

@@ -165,6 +165,9 @@ class BuildConfig:
     controlnet_steps: int = 1500
     controlnet_lr: float = 1e-3
     controlnet_caption_dropout: float = 0.5
+    # Tiny SDXL-architecture base (text-to-image, same data as the SD base) and its ControlNet.
+    sdxl_base_steps: int = 800
+    sdxl_controlnet_steps: int = 1000
     ema_decay: float = 0.99  # short runs: a long EMA lags far behind the trained weights
     num_threads: int = 1  # 2 threads on 2 oversubscribed cores was 10x slower (OpenMP spin)
 
@@ -189,6 +192,8 @@ class BuildConfig:
             base_steps=30,
             depth_steps=30,
             controlnet_steps=20,
+            sdxl_base_steps=20,
+            sdxl_controlnet_steps=20,
             unet_batch=8,
         )
 
@@ -204,6 +209,8 @@ class BuildConfig:
             base_steps=100,
             depth_steps=220,
             controlnet_steps=300,
+            sdxl_base_steps=200,
+            sdxl_controlnet_steps=300,
         )
 
     @classmethod
@@ -212,3 +219,32 @@ class BuildConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# --- tiny SDXL-architecture base (tiny-sdxl-base) ----------------------------------------------
+SDXL_TEXT2_HIDDEN = 32  # width of the second (projection) text encoder
+SDXL_PROJECTION_DIM = 32  # its pooled projection = the UNet's text_embeds
+SDXL_TIME_EMBED_DIM = 16  # per micro-conditioning number (6 of them in time_ids)
+
+
+def sdxl_text_encoder_2_config(vocab_size: int, max_length: int, bos: int, eos: int) -> dict:
+    """CLIPTextModelWithProjection, 2 layers, 32 wide, 32-d projection (frozen, random)."""
+    config = text_encoder_config(vocab_size, max_length, bos, eos)
+    config.update(hidden_size=SDXL_TEXT2_HIDDEN, intermediate_size=2 * SDXL_TEXT2_HIDDEN)
+    config.update(projection_dim=SDXL_PROJECTION_DIM)
+    return config
+
+
+def sdxl_unet_config() -> dict:
+    """The tiny UNet with SDXL's conditioning: cross-attention on both encoders' hidden states
+    concatenated (64 + 32), ``text_time`` addition embedding (pooled projection + 6 time ids),
+    same widths as the SD base (~2.8 M parameters)."""
+    config = unet_config(in_channels=4)
+    config.update(
+        cross_attention_dim=TEXT_HIDDEN + SDXL_TEXT2_HIDDEN,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=SDXL_PROJECTION_DIM + 6 * SDXL_TIME_EMBED_DIM,
+        transformer_layers_per_block=1,
+    )
+    return config

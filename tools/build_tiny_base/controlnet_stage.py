@@ -88,23 +88,25 @@ def added_cond_for(family: str, embeds: PromptEmbeds, image_hw: tuple[int, int])
     return get_family(family).added_cond(None, embeds, geometry)
 
 
-def controlnet_prediction(
+def denoiser_prediction(
     networks: Components,
     noisy: torch.Tensor,
     timesteps: torch.Tensor,
     embeds: PromptEmbeds,
-    control: torch.Tensor,
+    control: torch.Tensor | None,
+    image_hw: tuple[int, int],
 ) -> torch.Tensor:
-    """One prediction of the frozen UNet steered by the ControlNet.
+    """One prediction: the frozen UNet steered by the ControlNet (conditioning ``controlnet``)
+    or the UNet alone (``none``, a text-to-image model being trained).
 
     Args:
         noisy: (B, 4, h, w) noised scaled latents; timesteps: (B,) ints.
         embeds: caption embeddings (batch B; ``pooled`` set for SDXL).
-        control: (B, 1 or 3, H, W) control image in [0, 1] at the image size.
+        control: (B, 1 or 3, H, W) control image in [0, 1] at the image size, or None.
+        image_hw: (H, W) of the images (SDXL time ids).
     """
-    image_hw = tuple(control.shape[-2:])
     added = added_cond_for(networks.family, embeds, image_hw)
-    if control.shape[1] == 1:
+    if control is not None and control.shape[1] == 1:
         control = as_rgb(control)
     return Denoiser(networks).predict(noisy, timesteps, embeds, control, added)
 
@@ -123,11 +125,11 @@ def _drop_captions(embeds: PromptEmbeds, uncond: PromptEmbeds, drop: torch.Tenso
     return PromptEmbeds(hidden, pooled)
 
 
-def train_controlnet(
-    unet: UNet2DConditionModel,
-    controlnet: ControlNetModel,
+def train_denoiser(
+    networks: Components,
+    trained: torch.nn.Module,
     latents: torch.Tensor,
-    control: torch.Tensor,
+    control: torch.Tensor | None,
     text: PromptEmbeds,
     uncond: PromptEmbeds,
     scheduler: DDPMScheduler,
@@ -138,28 +140,30 @@ def train_controlnet(
     caption_dropout: float,
     ema_decay: float,
     seed: int,
-    family: str = "sd",
+    image_hw: tuple[int, int],
     min_snr_gamma: float = 5.0,
-    desc: str = "train ControlNet",
-) -> tuple[ControlNetModel, list[float]]:
-    """Train ``controlnet`` (in place) on a frozen ``unet``.
+    desc: str = "train",
+) -> tuple[torch.nn.Module, list[float]]:
+    """Diffusion training of ``trained`` (the ControlNet, or the UNet of a text-to-image model)
+    through ``networks`` (every other network frozen), like ``training.train_unet``.
 
     Args:
         latents: (V, N, 4, h, w) *scaled* latents of V views of N images.
-        control: (V, N, 1, H, W) control images in [0, 1] (:func:`control_images`), matching.
-        text: N caption embeddings; uncond: 1 embedding of "" (the family's negative rules).
+        control: (V, N, 1, H, W) control images in [0, 1] (:func:`control_images`) matching
+            ``latents``, or None (conditioning ``none``).
+        text: N caption embeddings; uncond: 1 embedding of "" (the family's negative rule).
         scheduler: noise schedule and ``prediction_type``.
-        family: ``sd`` or ``sdxl`` (SDXL adds pooled embeddings and time ids).
+        image_hw: (H, W) of the images (SDXL time ids: uncropped).
 
     Returns:
-        The EMA weights (a copy of ``controlnet``) and the loss history.
+        The EMA weights (a copy of ``trained``) and the loss history.
     """
-    unet.eval().requires_grad_(False)
-    controlnet.train().requires_grad_(True)
-    networks = controlnet_networks(unet, controlnet, family)
-    params = [p for p in controlnet.parameters() if p.requires_grad]
-    ema = EMA(list(controlnet.named_parameters()), ema_decay)
-    opt, sched = _optimizer(controlnet, lr, steps)
+    for module in networks.networks.values():
+        module.eval().requires_grad_(False)
+    trained.train().requires_grad_(True)
+    params = [p for p in trained.parameters() if p.requires_grad]
+    ema = EMA(list(trained.named_parameters()), ema_decay)
+    opt, sched = _optimizer(trained, lr, steps)
     gen = torch.Generator().manual_seed(seed)
     views, n = latents.shape[:2]
     history = []
@@ -173,7 +177,8 @@ def train_controlnet(
         noisy = scheduler.add_noise(x0, noise, t)
         drop = torch.rand(batch, generator=gen) < caption_dropout
         embeds = _drop_captions(_select(text, idx), uncond, drop)
-        pred = controlnet_prediction(networks, noisy, t, embeds, control[view, idx])
+        cond = None if control is None else control[view, idx]
+        pred = denoiser_prediction(networks, noisy, t, embeds, cond, image_hw)
         weights = min_snr_weights(
             compute_snr(scheduler, t), min_snr_gamma, scheduler.config.prediction_type
         )
@@ -186,10 +191,41 @@ def train_controlnet(
         ema.update(params)
         history.append(loss.item())
         bar.set_postfix(loss=f"{sum(history[-100:]) / len(history[-100:]):.4f}")
-    averaged = copy.deepcopy(controlnet).eval().requires_grad_(False)
+    averaged = copy.deepcopy(trained).eval().requires_grad_(False)
     named = dict(averaged.named_parameters())
     ema.copy_to([named[name] for name in ema.names])
     return averaged, history
+
+
+def train_controlnet(
+    unet: UNet2DConditionModel,
+    controlnet: ControlNetModel,
+    latents: torch.Tensor,
+    control: torch.Tensor,
+    text: PromptEmbeds,
+    uncond: PromptEmbeds,
+    scheduler: DDPMScheduler,
+    *,
+    family: str = "sd",
+    desc: str = "train ControlNet",
+    **options,
+) -> tuple[ControlNetModel, list[float]]:
+    """Train ``controlnet`` (in place) on a frozen ``unet`` (:func:`train_denoiser`; ``options``
+    are its keyword arguments). Returns the EMA ControlNet and the loss history."""
+    networks = controlnet_networks(unet, controlnet, family)
+    image_hw = tuple(control.shape[-2:])
+    return train_denoiser(
+        networks,
+        controlnet,
+        latents,
+        control,
+        text,
+        uncond,
+        scheduler,
+        image_hw=image_hw,
+        desc=desc,
+        **options,
+    )
 
 
 # Timestep bands of the reliance probe (same as ``samples.RELIANCE_BANDS``).
@@ -232,12 +268,13 @@ def controlnet_reliance(
         for name, which in (("matched", reps), ("mismatched", partner[reps])):
             pred = torch.cat(
                 [
-                    controlnet_prediction(
+                    denoiser_prediction(
                         networks,
                         noisy[i : i + 64],
                         t[i : i + 64],
                         _select(embeds, torch.arange(i, min(i + 64, len(x0)))),
                         control[which[i : i + 64]],
+                        tuple(control.shape[-2:]),
                     )
                     for i in range(0, len(x0), 64)
                 ]

@@ -173,6 +173,7 @@ def save_controlnet(
         **facts,
     }
     (folder / "depth2img.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    scrub_local_paths(folder)
     write_manifest(folder)
     return folder
 

@@ -207,24 +207,33 @@ the UNets on purpose.
     return path
 
 
+_CONTROLNET_TEXT = {
+    "sd_controlnet": ("tiny-sd-depth-controlnet", "tiny-sd-base", "controlnet_steps"),
+    "sdxl_controlnet": ("tiny-sdxl-depth-controlnet", "tiny-sdxl-base", "sdxl_controlnet_steps"),
+}
+
+
 def _controlnet_section(info: dict) -> str:
-    """README lines of the depth ControlNet (empty for builds without it)."""
+    """README lines of the depth ControlNets (empty for builds without them)."""
     m, cfg = info["metrics"], info["config"]
-    if "controlnet_depth_following" not in m:
-        return ""
-    return f"""- **Depth ControlNet** (`tiny-sd-depth-controlnet/`, {_fmt_params(info["params"]["sd_controlnet"])}
-  parameters, `ControlNetModel.from_unet` of the frozen `tiny-sd-base` UNet): {cfg["controlnet_steps"]} steps on
-  the same data and augmented views as the depth UNet, learning rate {cfg["controlnet_lr"]:g} (warm-up + cosine),
-  {cfg["controlnet_caption_dropout"]:.0%} caption dropout, EMA {cfg["ema_decay"]}. Same depth-following check
-  (`samples_controlnet.png`: the rows of `samples.png`):
+    parts = []
+    for name, metrics in m.get("controlnets", {}).items():
+        folder, base, steps = _CONTROLNET_TEXT[name]
+        following = metrics["depth_following"]
+        parts.append(f"""- **Depth ControlNet `{folder}/`** ({_fmt_params(info["params"][name])} parameters,
+  `ControlNetModel.from_unet` of the frozen `{base}` UNet): {cfg[steps]} steps on the same data
+  and augmented views as the depth UNet, learning rate {cfg["controlnet_lr"]:g} (warm-up + cosine),
+  {cfg["controlnet_caption_dropout"]:.0%} caption dropout, EMA {cfg["ema_decay"]}. Same depth-following
+  check (`samples_{name}.png`: the rows of `samples.png`):
 
-{following_table(m["controlnet_depth_following"])}
+{following_table(following)}
 
-{_following_verdict(m["controlnet_depth_following"])}
+{_following_verdict(following)}
 
   Depth reliance (judge-free, as above, through the ControlNet):
-{_reliance_lines(m.get("controlnet_depth_reliance", {}))}
-"""
+{_reliance_lines(metrics["depth_reliance"])}
+""")
+    return "\n".join(parts)
 
 
 def _judge_verdict(report: dict) -> str:

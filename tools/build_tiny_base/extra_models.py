@@ -1,0 +1,339 @@
+"""The builder's models beyond the concat depth model: depth ControlNets and a tiny SDXL base.
+
+Stages (each cached by ``StageCache``, keyed like the others by data, settings and code):
+
+- ``sdxl_base``: ``tiny-sdxl-base`` UNet (``sdxl_stage``), text-to-image on the SD base's data;
+- ``sdxl_controlnet``: its depth ControlNet;
+- ``sd_controlnet``: a depth ControlNet on the frozen SD parent (``tiny-sd-base``).
+
+The ControlNets see the depth stage's data: the domain mix and procedural scenes, each as the
+image + geometrically augmented views (``build.augmented_views``), control images from the same
+depth maps (``controlnet_stage.control_images``).
+
+Evaluation (from the saved folders): the depth-following check of ``samples.depth_following``
+and the judge-free depth reliance through the ControlNet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from PIL import Image
+
+from depth2img.artifacts.checksums import write_manifest
+from depth2img.inference.sampling import generate
+from depth2img.models.components import Components
+from depth2img.models.conditioning import get_conditioner
+from depth2img.models.denoiser import Denoiser
+from depth2img.models.families import PromptEmbeds, get_family
+from depth2img.models.loading import load_components
+from depth2img.models.tiny import sd_scheduler_config
+from depth2img.paths import SHIPPED_MODELS
+
+from . import configs, controlnet_stage, export, samples, sdxl_stage, training
+from .stage_cache import StageCache, fingerprint
+
+SD_CONTROLNET_FOLDER = SHIPPED_MODELS["shipped-sd-controlnet"]
+SDXL_FOLDER = SHIPPED_MODELS["shipped-sdxl"]
+SDXL_CONTROLNET_FOLDER = SHIPPED_MODELS["shipped-sdxl-controlnet"]
+
+_CONTROLNET_CODE = [
+    controlnet_stage.train_controlnet,
+    controlnet_stage.train_denoiser,
+    controlnet_stage.denoiser_prediction,
+    controlnet_stage._drop_captions,
+    controlnet_stage.build_controlnet,
+    controlnet_stage.added_cond_for,
+    training._optimizer,
+]
+
+
+@dataclass
+class TrainingData:
+    """What every extra stage trains on (built once by ``build.main``).
+
+    latents: (V, N, 4, h, w) scaled latents of V views; view_depth: (V, N, 1, H, W) in [-1, 1];
+    captions: N; n_base: the first n_base images are the base UNet's (upright) domain mix.
+    """
+
+    latents: torch.Tensor
+    view_depth: torch.Tensor
+    captions: list[str]
+    n_base: int
+
+
+@dataclass
+class ExtraModels:
+    controlnet: ControlNetModel | None = None
+    sdxl: Components | None = None  # text-to-image SDXL-family components (trained UNet)
+    sdxl_controlnet: ControlNetModel | None = None
+    reused: dict = field(default_factory=dict)
+
+
+def _fields(cfg: configs.BuildConfig, *names: str) -> dict:
+    values = cfg.to_dict()
+    return {name: values[name] for name in names}
+
+
+def controlnet_for(
+    cache: StageCache,
+    stage: str,
+    parent_key: str,
+    unet: UNet2DConditionModel,
+    family: str,
+    data: TrainingData,
+    text: PromptEmbeds,
+    uncond: PromptEmbeds,
+    scheduler: DDPMScheduler,
+    cfg: configs.BuildConfig,
+    steps: int,
+    seed: int,
+) -> tuple[ControlNetModel, bool]:
+    """Train (or load from the cache) a depth ControlNet on the frozen ``unet``.
+
+    Returns:
+        (ControlNetModel with EMA weights, reused from the cache).
+    """
+    size_hw = tuple(data.view_depth.shape[-2:])
+    factor = size_hw[0] // data.latents.shape[-2]
+    control = controlnet_stage.control_images(data.view_depth, size_hw)  # [V, N, 1, H, W]
+    pooled = [] if text.pooled is None else [text.pooled, uncond.pooled]
+    key = fingerprint(
+        stage,
+        parent_key,
+        [data.latents, control, text.hidden, uncond.hidden, pooled, sd_scheduler_config()],
+        {"steps": steps, "family": family, "seed": seed},
+        _fields(cfg, "controlnet_lr", "controlnet_caption_dropout", "unet_batch", "ema_decay"),
+        _CONTROLNET_CODE,
+    )
+    return cache.run(
+        stage,
+        key,
+        build=lambda: controlnet_stage.build_controlnet(unet, factor),
+        train=lambda: controlnet_stage.train_controlnet(
+            unet,
+            controlnet_stage.build_controlnet(unet, factor),
+            data.latents,
+            control,
+            text,
+            uncond,
+            scheduler,
+            family=family,
+            steps=steps,
+            lr=cfg.controlnet_lr,
+            batch=cfg.unet_batch,
+            caption_dropout=cfg.controlnet_caption_dropout,
+            ema_decay=cfg.ema_decay,
+            seed=seed,
+            desc=f"train {stage}",
+        )[0],
+    )
+
+
+def sdxl_base_for(
+    cache: StageCache,
+    cfg: configs.BuildConfig,
+    parent: Components,
+    data: TrainingData,
+    scheduler: DDPMScheduler,
+) -> tuple[Components, PromptEmbeds, PromptEmbeds, str, bool]:
+    """The tiny SDXL base on the SD parent's VAE, text encoder and tokenizer: train (or load)
+    its UNet text-to-image on the SD base's data (upright domain mix, ``data.n_base``).
+
+    Returns:
+        (components, caption embeds (N), uncond embeds (1), stage key, reused).
+    """
+    text_encoder_2 = sdxl_stage.build_text_encoder_2(parent.tokenizer, cfg.seed + 9)
+    sdxl = sdxl_stage.sdxl_components(
+        parent.vae, parent.text_encoder, parent.tokenizer, text_encoder_2, None, scheduler
+    )
+    family = get_family("sdxl")
+    with torch.no_grad():
+        text = family.encode_prompts(sdxl, data.captions)
+        uncond = family.encode_negative(sdxl, [""])
+    n = data.n_base
+    image_hw = tuple(data.view_depth.shape[-2:])
+    key = fingerprint(
+        "sdxl_base",
+        [data.latents[:1, :n], text.hidden[:n], text.pooled[:n], uncond.hidden, uncond.pooled],
+        [p.detach() for p in text_encoder_2.parameters()],
+        sd_scheduler_config(),
+        _fields(cfg, "seed", "sdxl_base_steps", "unet_lr", "unet_batch", "caption_dropout"),
+        _fields(cfg, "ema_decay"),
+        [sdxl_stage.train_sdxl_unet, sdxl_stage.build_sdxl_unet, configs.sdxl_unet_config],
+        _CONTROLNET_CODE,
+    )
+    unet, reused = cache.run(
+        "sdxl_base",
+        key,
+        build=lambda: UNet2DConditionModel(**configs.sdxl_unet_config()),
+        train=lambda: sdxl_stage.train_sdxl_unet(
+            sdxl,
+            sdxl_stage.build_sdxl_unet(cfg.seed + 10),
+            data.latents[:1, :n],
+            PromptEmbeds(text.hidden[:n], text.pooled[:n]),
+            uncond,
+            scheduler,
+            image_hw,
+            steps=cfg.sdxl_base_steps,
+            lr=cfg.unet_lr,
+            batch=cfg.unet_batch,
+            caption_dropout=cfg.caption_dropout,
+            ema_decay=cfg.ema_decay,
+            seed=cfg.seed + 11,
+            desc="train SDXL base UNet",
+        )[0],
+    )
+    sdxl.unet = unet.eval().requires_grad_(False)
+    return sdxl, text, uncond, key, reused
+
+
+def train_extra_models(
+    cache: StageCache,
+    cfg: configs.BuildConfig,
+    parent: Components,
+    base_key: str,
+    data: TrainingData,
+    text_emb: torch.Tensor,
+    uncond: torch.Tensor,
+    scheduler: DDPMScheduler,
+    with_sdxl: bool = True,
+) -> ExtraModels:
+    """SDXL base + its ControlNet (unless ``with_sdxl`` is False), then the SD ControlNet.
+
+    Args:
+        parent: the SD parent (vae, text_encoder, tokenizer, unet frozen).
+        text_emb: (N, L, D) SD caption embeddings of ``data.captions``; uncond: (1, L, D).
+    """
+    models = ExtraModels()
+    if with_sdxl:
+        sdxl, text, sdxl_uncond, sdxl_key, models.reused["sdxl_base"] = sdxl_base_for(
+            cache, cfg, parent, data, scheduler
+        )
+        models.sdxl = sdxl
+        models.sdxl_controlnet, models.reused["sdxl_controlnet"] = controlnet_for(
+            cache, "sdxl_controlnet", sdxl_key, sdxl.unet, "sdxl", data, text, sdxl_uncond,
+            scheduler, cfg, cfg.sdxl_controlnet_steps, cfg.seed + 12,
+        )  # fmt: skip
+    models.controlnet, models.reused["sd_controlnet"] = controlnet_for(
+        cache, "sd_controlnet", base_key, parent.unet, "sd", data, PromptEmbeds(text_emb),
+        PromptEmbeds(uncond), scheduler, cfg, cfg.controlnet_steps, cfg.seed + 8,
+    )  # fmt: skip
+    return models
+
+
+def export_extra_models(
+    out: Path, models: ExtraModels, base_dir: Path, cfg: configs.BuildConfig
+) -> tuple[dict[str, Path], dict]:
+    """Write the folders (checksums; ``depth2img.json`` naming each ControlNet's base) and run
+    vanilla diffusers pipelines on them.
+
+    Returns:
+        ({"sd_controlnet" | "sdxl_base" | "sdxl_controlnet": folder}, facts incl. "size_mb").
+    """
+    folders = {}
+    folders["sd_controlnet"] = export.save_controlnet(
+        out, models.controlnet, SD_CONTROLNET_FOLDER, "shipped-base", "sd",
+        steps=cfg.controlnet_steps, learning_rate=cfg.controlnet_lr,
+    )  # fmt: skip
+    facts = export.check_sd_controlnet(folders["sd_controlnet"], base_dir)
+    if models.sdxl is not None:
+        sdxl_dir = out / SDXL_FOLDER
+        export._replace_folder(sdxl_dir)
+        sdxl_stage.save_sdxl_base(models.sdxl, sdxl_dir)
+        export.scrub_local_paths(sdxl_dir)
+        write_manifest(sdxl_dir)
+        folders["sdxl_base"] = sdxl_dir
+        folders["sdxl_controlnet"] = export.save_controlnet(
+            out, models.sdxl_controlnet, SDXL_CONTROLNET_FOLDER, "shipped-sdxl", "sdxl",
+            steps=cfg.sdxl_controlnet_steps, learning_rate=cfg.controlnet_lr,
+        )  # fmt: skip
+        facts.update(sdxl_stage.check_sdxl_folders(sdxl_dir, folders["sdxl_controlnet"]))
+        for name in ("sdxl_base", "sdxl_controlnet"):
+            facts["size_mb"][folders[name].name] = round(export.folder_size_mb(folders[name]), 2)
+    return folders, facts
+
+
+def load_controlnet_components(base_dir: Path, controlnet_dir: Path) -> Components:
+    """The saved base (``base_dir``) with the saved ControlNet attached (what users get)."""
+    components = load_components(str(base_dir), conditioning="none")
+    components.controlnet = ControlNetModel.from_pretrained(controlnet_dir).eval()
+    get_conditioner("controlnet").attach(components)
+    return components
+
+
+def controlnet_reliance(
+    components: Components,
+    images: torch.Tensor,
+    depth: torch.Tensor,
+    captions: list[str],
+    domains: list[str],
+) -> dict:
+    """Judge-free depth reliance of a ControlNet model on held-out renders.
+
+    Args:
+        images: (N, 3, H, W) in [-1, 1]; depth: (N, 1, H, W) in [-1, 1]; the mismatched map
+            of sample i is the next sample of the same domain (as for the depth UNet).
+
+    Returns:
+        ``controlnet_stage.controlnet_reliance``'s dict (per band matched / mismatched / ratio).
+    """
+    latents = training.encode_latents(components.vae, images) * components.scaling_factor
+    control = controlnet_stage.control_images(depth, tuple(images.shape[-2:]))
+    networks = controlnet_stage.controlnet_networks(
+        components.unet, components.controlnet, components.family
+    )
+    partner = torch.from_numpy(samples._roll_within_groups(domains))
+    with torch.no_grad():
+        text = Denoiser(components).encode_prompts(captions)
+    return controlnet_stage.controlnet_reliance(
+        networks, latents, control, partner, text, components.scheduler
+    )
+
+
+def evaluate_controlnet(
+    base_dir: Path,
+    controlnet_dir: Path,
+    judge: torch.nn.Module,
+    conditions: dict,
+    domain_means: dict,
+    reliance_set: tuple,
+) -> tuple[Components, dict, dict]:
+    """Depth following (judge) and depth reliance (judge-free) of a saved ControlNet.
+
+    Args:
+        reliance_set: (images, depth, captions, domains) of held-out renders.
+
+    Returns:
+        (loaded components, following, reliance).
+    """
+    components = load_controlnet_components(base_dir, controlnet_dir)
+    following = samples.depth_following(components, judge, conditions, domain_means)
+    reliance = controlnet_reliance(components, *reliance_set)
+    return components, following, reliance
+
+
+def text_to_image_grid(folder: Path, captions: list[str], seeds: int = 3) -> Image.Image:
+    """Rows = captions, columns = seeds: a text-to-image folder's generations (no depth; 20 DDIM
+    steps, guidance ``samples.GUIDANCE``), 2x upscaled."""
+    components = load_components(str(folder), conditioning="none")
+    size = configs.IMAGE_SIZE
+    rows = []
+    for r, caption in enumerate(captions):
+        images = generate(
+            components,
+            None,
+            [caption] * seeds,
+            seeds=[100 * r + s for s in range(seeds)],
+            num_inference_steps=samples.STEPS,
+            guidance_scale=samples.GUIDANCE,
+            height=size,
+            width=size,
+        )  # [S, 3, H, W] in [0, 1]
+        rows.append(torch.cat(list(images), dim=-1))
+    grid = (torch.cat(rows, dim=-2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST)
