@@ -39,11 +39,29 @@ from depth2img.models.losses import (
 from .training import _optimizer
 
 
-def build_controlnet(unet: UNet2DConditionModel, vae_scale_factor: int) -> ControlNetModel:
-    """A ControlNet copied from ``unet`` (zero convolutions; exact parent at step 0)."""
-    return ControlNetModel.from_unet(
+def build_controlnet(
+    unet: UNet2DConditionModel, vae_scale_factor: int, seed: int = 0
+) -> ControlNetModel:
+    """A ControlNet copied from ``unet``, exactly its parent at step 0 (zero convolutions on
+    every residual), with a *randomly* initialized (seeded) last layer of the conditioning
+    embedding.
+
+    diffusers zero-initializes that layer too, so the depth path starts as a product of two
+    zeros (conditioning ``conv_out`` x zero convolutions): with Adam each moves ~lr per step and
+    the depth signal grows only ~(steps x lr)^2, which on a tiny model and a few hundred CPU steps
+    left the first tiny ControlNet near chance. With a random ``conv_out`` the zero
+    convolutions get a depth-carrying gradient from step 1; the residuals still start at 0.
+    """
+    controlnet = ControlNetModel.from_unet(
         unet, conditioning_embedding_out_channels=embedding_channels(vae_scale_factor)
     )
+    conv_out = controlnet.controlnet_cond_embedding.conv_out
+    gen = torch.Generator().manual_seed(seed)
+    fan_in = conv_out.weight[0].numel()
+    bound = (1.0 / fan_in) ** 0.5  # torch's default Conv2d weight range
+    with torch.no_grad():
+        conv_out.weight.copy_((torch.rand(conv_out.weight.shape, generator=gen) * 2 - 1) * bound)
+    return controlnet
 
 
 def control_images(depth: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:

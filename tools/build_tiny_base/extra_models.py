@@ -113,10 +113,10 @@ def controlnet_for(
     return cache.run(
         stage,
         key,
-        build=lambda: controlnet_stage.build_controlnet(unet, factor),
+        build=lambda: controlnet_stage.build_controlnet(unet, factor, seed),
         train=lambda: controlnet_stage.train_controlnet(
             unet,
-            controlnet_stage.build_controlnet(unet, factor),
+            controlnet_stage.build_controlnet(unet, factor, seed),
             data.latents,
             control,
             text,
