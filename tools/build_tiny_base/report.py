@@ -90,13 +90,15 @@ def write_readme(out: Path, info: dict) -> Path:
     )
     text = f"""# Shipped tiny base models
 
-Two small diffusers folders, trained by this project on its own synthetic scenes
+Small diffusers folders, trained by this project on its own synthetic scenes
 (`depth2img.data.synthetic`), so that the demo, tests, notebook and evaluation run offline:
 {quick_note}
 | folder | what | loads with |
 |---|---|---|
 | `tiny-depth2img/` | depth model: VAE, text encoder, tokenizer, **5-channel UNet** (4 latents + 1 depth), DDIM scheduler, tiny GLPN depth judge (`depth_estimator/`, `feature_extractor/`) | `StableDiffusionDepth2ImgPipeline.from_pretrained`, `load_components("shipped")`, `DepthEstimator.from_pretrained("shipped")` |
 | `tiny-sd-base/` | its 4-channel text-to-image parent (same VAE/text encoder) | `StableDiffusionImg2ImgPipeline.from_pretrained`; `load_components("shipped-base", convert_to_depth=True)` widens it to 4 + 1 channels (zero-init) |
+| `tiny-sdxl-base/` | a tiny SDXL-architecture text-to-image model: the same VAE (its own `scaling_factor`), the same frozen text encoder + a second one with projection (pooled embedding), a UNet with SDXL's `text_time` micro-conditioning | `StableDiffusionXLPipeline.from_pretrained`, `load_components("shipped-sdxl")` |
+| `tiny-sdxl-depth-controlnet/` | a depth `ControlNetModel` for `tiny-sdxl-base` | `StableDiffusionXLControlNetPipeline.from_pretrained("tiny-sdxl-base", controlnet=...)`; `depth2img-generate --model shipped-sdxl-controlnet` |
 | `tiny-sd-depth-controlnet/` | a depth `ControlNetModel` for `tiny-sd-base` (control image: depth at the image size, [0, 1], near = white) | `ControlNetModel.from_pretrained` + `StableDiffusionControlNetPipeline.from_pretrained("tiny-sd-base", controlnet=...)`; `depth2img-generate --model shipped-sd-controlnet` |
 
 Each folder has a `checksums.json` (SHA-256 of every weight file, verify with
@@ -214,9 +216,17 @@ _CONTROLNET_TEXT = {
 
 
 def _controlnet_section(info: dict) -> str:
-    """README lines of the depth ControlNets (empty for builds without them)."""
+    """README lines of the tiny SDXL base and the depth ControlNets (empty without them)."""
     m, cfg = info["metrics"], info["config"]
     parts = []
+    if "sdxl_unet" in info["params"]:
+        parts.append(f"""- **Tiny SDXL base** (`tiny-sdxl-base/`, UNet {_fmt_params(info["params"]["sdxl_unet"])} parameters,
+  second text encoder {_fmt_params(info["params"]["sdxl_text_encoder_2"])}, random and frozen): {cfg["sdxl_base_steps"]} steps
+  text-to-image on the SD base's data (upright domain mix), learning rate {cfg["unet_lr"]:g},
+  {cfg["caption_dropout"]:.0%} caption dropout (empty prompts = zero embeddings, SDXL's default).
+  `samples_sdxl_base.png` / `samples_sd_base.png`: text-to-image generations of both bases
+  (rows = held-out captions, columns = seeds).
+""")
     for name, metrics in m.get("controlnets", {}).items():
         folder, base, steps = _CONTROLNET_TEXT[name]
         following = metrics["depth_following"]
