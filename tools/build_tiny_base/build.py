@@ -106,6 +106,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="multiply every training step count (e.g. 0.5 on a slow machine)",
     )
     parser.add_argument(
+        "--judge",
+        type=Path,
+        default=None,
+        help="existing depth2img folder whose depth judge (depth_estimator/) is kept instead of "
+        "trained (the judge stage is ~30 %% of a from-scratch build)",
+    )
+    parser.add_argument(
         "--skip-sdxl",
         action="store_true",
         help="skip the tiny SDXL base and its ControlNet (stages sdxl_base, sdxl_controlnet)",
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_folder(args.depth_unet, "--depth-unet", ("unet",)),
         _check_folder(args.depth_init, "--depth-init", ("unet",)),
         _check_folder(args.judge_init, "--judge-init", ("depth_estimator",)),
+        _check_folder(args.judge, "--judge", ("depth_estimator",)),
     ):
         if message:
             print(message, file=sys.stderr)
@@ -300,12 +308,16 @@ def main(argv: list[str] | None = None) -> int:
         fingerprint([p.detach() for p in vae.parameters()]),  # the judge trains on its decodes
         "scratch" if judge_init is None else [p.detach() for p in judge_init.parameters()],
     )
-    judge, reused["judge"] = cache.run(
-        "judge",
-        judge_key,
-        build=lambda: GLPNForDepthEstimation(GLPNConfig(**configs.judge_config())),
-        train=lambda: training.train_judge(judge_images, judge_depth, cfg, vae, judge_init)[0],
-    )
+    if args.judge is not None:
+        judge = GLPNForDepthEstimation.from_pretrained(args.judge, subfolder="depth_estimator")
+        judge, reused["judge"] = judge.eval().requires_grad_(False), True
+    else:
+        judge, reused["judge"] = cache.run(
+            "judge",
+            judge_key,
+            build=lambda: GLPNForDepthEstimation(GLPNConfig(**configs.judge_config())),
+            train=lambda: training.train_judge(judge_images, judge_depth, cfg, vae, judge_init)[0],
+        )
     pred = training.predict_depth(judge, held_images)
     judge_metrics = {}
     for d in DOMAINS:
@@ -469,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         "depth_unet_from": str(args.depth_unet) if args.depth_unet else None,
         "depth_init": str(args.depth_init) if args.depth_init else None,
         "judge_init": str(args.judge_init) if args.judge_init else None,
+        "judge_from": str(args.judge) if args.judge else None,
         "timings_s": timings,
         "reused_stages": [stage for stage, hit in reused.items() if hit],
         "params": {
