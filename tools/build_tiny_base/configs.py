@@ -163,12 +163,12 @@ class BuildConfig:
     # zero convolutions start at 0 needs Adam steps of ~1e-3 to open its path in a few hundred
     # steps (see controlnet_stage.build_controlnet). A pilot (600 steps, 1e-3, diffusers' zero
     # conditioning conv_out, a third of the data) reached reliance x1.11 / x1.05 / x1.01.
-    controlnet_steps: int = 1500
+    controlnet_steps: int = 1000
     controlnet_lr: float = 1e-3
     controlnet_caption_dropout: float = 0.5
     # Tiny SDXL-architecture base (text-to-image, same data as the SD base) and its ControlNet.
-    sdxl_base_steps: int = 1000  # the SD base's budget
-    sdxl_controlnet_steps: int = 1000
+    sdxl_base_steps: int = 700
+    sdxl_controlnet_steps: int = 700
     ema_decay: float = 0.99  # short runs: a long EMA lags far behind the trained weights
     num_threads: int = 1  # 2 threads on 2 oversubscribed cores was 10x slower (OpenMP spin)
 
