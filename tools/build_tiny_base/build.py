@@ -3,7 +3,8 @@
 Steps: render data (domains + layout-free procedural scenes) -> tokenizer + frozen random text
 encoder -> VAE -> 4-channel base UNet (or all three from ``--parent``) -> depth judge with
 geometric augmentation -> widen the base to 5 channels -> depth UNet on augmented views ->
-diffusers folders + checksums -> load checks -> judge report, depth following, samples.png ->
+tiny SDXL base + its depth ControlNet, depth ControlNet on the SD parent (``extra_models``) ->
+diffusers folders + checksums -> load checks -> judge report, depth following, samples*.png ->
 README.md + build_info.json.
 
 Examples:
@@ -16,7 +17,8 @@ Examples:
 instead of training one, so fine-tuning recipes tuned on it stay valid. ``--cache-dir`` reuses
 trained stages (judge, depth UNet, and VAE/base without ``--parent``) whose data, settings and
 code are unchanged. ``--depth-unet DIR`` takes the depth UNet from an existing depth2img folder
-(rebuild only the judge).
+(rebuild only the judge); ``--judge DIR`` keeps an existing folder's judge; ``--skip-sdxl``
+leaves out the SDXL base and its ControlNet.
 """
 
 from __future__ import annotations
