@@ -63,7 +63,8 @@ def test_folders_exist_with_readme_and_samples():
     assert (models_dir() / "README.md").is_file()
     assert (models_dir() / "samples.png").is_file()
     total = sum(p.stat().st_size for p in models_dir().rglob("*") if p.is_file())
-    assert total < 45 * 2**20, f"shipped models are {total / 2**20:.1f} MB, keep them small"
+    # budget 60 MiB: the depth model, its parent, the tiny SDXL base and two depth ControlNets
+    assert total < 60 * 2**20, f"shipped models are {total / 2**20:.1f} MB, keep them small"
 
 
 def test_checksums_verify_and_detect_tampering(tmp_path):
