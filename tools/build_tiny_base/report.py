@@ -234,7 +234,7 @@ def _controlnet_section(info: dict) -> str:
   `ControlNetModel.from_unet` of the frozen `{base}` UNet): {cfg[steps]} steps on the same data
   and augmented views as the depth UNet, learning rate {cfg["controlnet_lr"]:g} (warm-up + cosine),
   {cfg["controlnet_caption_dropout"]:.0%} caption dropout, EMA {cfg["ema_decay"]}. Same depth-following
-  check (`samples_{name}.png`: the rows of `samples.png`):
+  check (`samples_{name}.png`: the rows of `samples.png`, seeds 0 and 1):
 
 {following_table(following)}
 
