@@ -36,6 +36,7 @@ def test_benchmark_writes_tables_json_and_plot_for_every_domain(
         assert set(rows) == {
             ("source", None),
             ("target", None),
+            ("target_vae", None),
             ("wrong_scene", None),
             ("prior_lower_rows_near", None),
             ("prior_periphery_near", None),
@@ -59,6 +60,8 @@ def test_benchmark_writes_tables_json_and_plot_for_every_domain(
         pairs = {(p["a"], p["b"]) for p in result["paired"]}
         assert ("concat s=0.4", "img2img s=0.4") in pairs
         assert ("concat s=1", "wrong_scene") in pairs
+        # The gate also reads the judge's VAE floor (targets through the VAE) against chance.
+        assert result["judge_quality"]["vae_floor_minus_chance"]["n"] == 4
         # A random judge cannot separate floor from chance: no depth verdict.
         assert "cannot separate floor from chance" in result["judge_quality_warning"]
         table = (out / domain / "benchmark.md").read_text()
