@@ -32,7 +32,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from depth2img.data.depth_spec import DepthSpec
@@ -41,6 +40,7 @@ from depth2img.evaluation.depth_metrics import chance_pairs, image_depth_metrics
 from depth2img.evaluation.judges import judge_native_and_resized, load_judge
 from depth2img.evaluation.runner import load_eval_set
 from depth2img.evaluation.structure_measures import edge_f1, grad_corr
+from depth2img.evaluation.vae_floor import vae_round_trip as shared_vae_round_trip
 from depth2img.models.loading import build_components
 
 # (key, label): all higher = better
@@ -100,17 +100,9 @@ def load_targets(shards: Path, num_samples: int, size: int, depth_spec: DepthSpe
     }
 
 
-@torch.no_grad()
 def vae_round_trip(vae, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """(N, H, W, 3) uint8 -> the same images encoded (posterior mean) and decoded by ``vae``."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)
-        pixels = chunk.float().div(127.5).sub(1).to(vae.dtype)
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.float()
-        uint8 = decoded.clamp(-1, 1).add(1).mul(127.5).round().byte()
-        out.append(uint8.permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
+    return np.stack(shared_vae_round_trip(vae, list(images), batch_size=batch_size))
 
 
 def judge_metrics(judge, images: np.ndarray, depths, valid) -> list[dict]:

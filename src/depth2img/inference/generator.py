@@ -31,7 +31,7 @@ from depth2img.inference.io import (
     load_image,
 )
 from depth2img.inference.loading import load_generator_components
-from depth2img.inference.sampling import INIT_LATENTS_FROM, generate
+from depth2img.inference.sampling import generate
 from depth2img.inference.sizing import generation_size, native_resolution
 from depth2img.models.components import Components
 
@@ -245,11 +245,6 @@ class Depth2ImgGenerator:
         prompts, images, depths, batch = _broadcast(prompts, images, depths)
         if num_images < 1:
             raise InputError(f"num_images must be >= 1, got {num_images}")
-        if init_latents_from not in INIT_LATENTS_FROM:
-            raise InputError(
-                f"init_latents_from must be one of {', '.join(INIT_LATENTS_FROM)}, "
-                f"got {init_latents_from!r}"
-            )
         repeat = lambda values: [v for v in values for _ in range(num_images)]  # noqa: E731
         pil_images = [None if im is None else load_image(im) for im in images]
         if any(im is None for im in pil_images) and any(im is not None for im in pil_images):
