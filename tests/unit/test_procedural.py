@@ -11,6 +11,7 @@ from depth2img.data.synthetic.procedural import (
     Oriented,
     Plane,
     probe_depth_maps,
+    random_probe_depth_maps,
     random_rotation,
     render_dense_aerial,
     render_procedural,
@@ -79,3 +80,14 @@ def test_probe_maps_point_where_their_names_say():
     assert maps["ramp_left"][:, 0].mean() > maps["ramp_left"][:, -1].mean()
     assert maps["sphere"][8, 8] == maps["sphere"].max() and maps["sphere"][0, 0] == 0
     assert len(np.unique(maps["steps"])) == 4
+
+
+def test_random_probe_maps_vary_and_are_deterministic():
+    maps = random_probe_depth_maps(16, count=8, seed=3)
+    assert len(maps) == 8 and maps.keys() == random_probe_depth_maps(16, 8, 3).keys()
+    for name, m in maps.items():
+        assert m.shape == (16, 16) and m.dtype == np.float32
+        assert m.min() >= 0 and m.max() <= 1 and np.ptp(m) > 0.3, name
+    ramps = [m for name, m in maps.items() if "ramp@" in name]
+    assert len(ramps) == 2 and not np.allclose(ramps[0], ramps[1])  # random directions
+    assert random_probe_depth_maps(16, 8, 4).keys() != maps.keys()  # the seed changes them

@@ -418,7 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         for d in DOMAINS
     }
     conditions = samples.following_conditions(
-        held, DOMAINS, cfg.following_scenes, cfg.following_probe_captions
+        held,
+        DOMAINS,
+        cfg.following_scenes,
+        cfg.following_probe_captions,
+        cfg.following_random_probes,
     )
     following = samples.depth_following(loaded, shipped_judge.model, conditions, domain_means)
     print(f"[build] depth following {report.following_table(following)}", flush=True)
@@ -452,10 +456,12 @@ def main(argv: list[str] | None = None) -> int:
             conditions,
             domain_means,
             reliance_set,
+            cfg.following_controlnet_scales,
         )
         controlnet_models[name] = model
         controlnet_metrics[name] = {"depth_following": cn_following, "depth_reliance": cn_reliance}
-        print(f"[build] {name} depth following {report.following_table(cn_following)}")
+        for scale, table in cn_following.items():
+            print(f"[build] {name} depth following, scale {scale} {report.following_table(table)}")
         print(f"[build] {name} depth reliance {cn_reliance}", flush=True)
     lap("controlnet_following")
     grid_rows = _grid_rows(held, conditions)

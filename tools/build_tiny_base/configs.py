@@ -141,9 +141,13 @@ class BuildConfig:
     # Depth stage: procedural scenes in the mix and augmented views of every image.
     depth_procedural: int = 600
     depth_views: int = 3  # the image + (views - 1) geometrically augmented copies
-    # Depth-following check: held-out scenes per domain (x 3 rotations) and captions per probe.
-    following_scenes: int = 6
+    # Depth-following check: held-out scenes per domain (x 3 rotations), captions per canonical
+    # probe, random probes (one cluster each: 6 probe clusters gave CIs of +-0.6), and the
+    # ControlNet conditioning scales checked (1 = as trained; 3 = a stronger control signal).
+    following_scenes: int = 12
     following_probe_captions: int = 2
+    following_random_probes: int = 24
+    following_controlnet_scales: tuple = (1.0, 3.0)
     base_steps: int = 1000
     depth_steps: int = 2400  # the shipped build continues from the previous depth UNet
     unet_batch: int = 16
@@ -193,6 +197,8 @@ class BuildConfig:
             depth_views=2,
             following_scenes=3,
             following_probe_captions=1,
+            following_random_probes=4,
+            following_controlnet_scales=(1.0,),
             base_steps=30,
             depth_steps=30,
             controlnet_steps=20,

@@ -302,17 +302,29 @@ def evaluate_controlnet(
     conditions: dict,
     domain_means: dict,
     reliance_set: tuple,
+    scales: tuple = (1.0,),
 ) -> tuple[Components, dict, dict]:
     """Depth following (judge) and depth reliance (judge-free) of a saved ControlNet.
 
     Args:
         reliance_set: (images, depth, captions, domains) of held-out renders.
+        scales: ControlNet conditioning scales at which following is checked.
 
     Returns:
-        (loaded components, following, reliance).
+        (loaded components, following ``{str(scale): samples.depth_following result}``,
+        reliance).
     """
     components = load_controlnet_components(base_dir, controlnet_dir)
-    following = samples.depth_following(components, judge, conditions, domain_means)
+    following = {
+        str(scale): samples.depth_following(
+            components,
+            judge,
+            conditions,
+            domain_means,
+            controlnet_conditioning_scale=scale,
+        )
+        for scale in scales
+    }
     reliance = controlnet_reliance(components, *reliance_set)
     return components, following, reliance
 

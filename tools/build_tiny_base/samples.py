@@ -7,19 +7,23 @@ Depth reliance (judge-free): the UNet's denoising error on held-out latents with
 map vs another scene's depth map of the same domain, at fixed noise and timesteps.
 
 Depth following: generate from depth maps whose layout training never showed — held-out scenes
-rotated by 90/180/270 deg and analytic probe maps (ramps in four directions, a sphere, steps,
-``procedural.probe_depth_maps``) with each domain's captions — judge the generated images and
-compare, per image and paired:
+rotated by 90/180/270 deg, the analytic probe maps (ramps in four directions, a sphere, steps,
+``procedural.probe_depth_maps``) and random probes of the same kinds
+(``procedural.random_probe_depth_maps``), with each domain's captions — judge the generated
+images and compare, per image and paired:
 
 - own: judged Spearman vs the conditioning depth;
-- chance: the same judged depth vs another depth map (another held-out scene at the same
-  rotation; for probes, an upright held-out scene of the domain);
+- chance: the same judged depth vs every other conditioning map of the check (same domain and
+  set, another scene or probe; any rotation), averaged — the score of a randomly drawn depth map;
+- partner (strict, reported, not a pass criterion): vs another held-out scene at the SAME
+  rotation (for probes an upright held-out scene). Street scenes share one layout, so even the
+  real renders barely beat it (the ``real_render`` entry shows what a perfect generator scores);
 - priors: each layout prior (``depth2img.evaluation.priors``) vs the conditioning depth, i.e.
   what a "judge" that always outputs the layout would score.
 
-Differences own - chance and own - prior get scene-clustered 95 % bootstrap intervals
-(``depth2img.evaluation.bootstrap.paired_difference``; a cluster is a held-out scene or a probe
-map).
+A set passes when own - chance and own - every prior are positive with scene-clustered 95 %
+bootstrap intervals (``depth2img.evaluation.bootstrap.paired_difference``; a cluster is a
+held-out scene or a probe map) that exclude zero.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import DepthSpec, depth_to_uint8_preview
-from depth2img.data.synthetic.procedural import PROBE_NAMES, probe_depth_maps
+from depth2img.data.synthetic.procedural import (
+    PROBE_NAMES,
+    probe_depth_maps,
+    random_probe_depth_maps,
+)
 from depth2img.evaluation.bootstrap import paired_difference
 from depth2img.evaluation.depth_metrics import spearman
 from depth2img.evaluation.priors import prior_maps
@@ -44,7 +52,12 @@ ROTATIONS = (1, 2, 3)  # quarter turns of the held-out depth maps in the followi
 
 
 def generate_images(
-    components, depth: torch.Tensor, captions: list[str], seeds: list[int], batch: int = 16
+    components,
+    depth: torch.Tensor,
+    captions: list[str],
+    seeds: list[int],
+    batch: int = 16,
+    **generate_kwargs,
 ) -> torch.Tensor:
     """One image per depth map with the library sampler.
 
@@ -65,6 +78,7 @@ def generate_images(
                 seeds=seeds[i : i + batch],
                 num_inference_steps=STEPS,
                 guidance_scale=GUIDANCE,
+                **generate_kwargs,
             )
         )
     return torch.cat(out)
@@ -136,22 +150,32 @@ def depth_reliance(
     return out
 
 
-def following_conditions(held, domains: tuple[str, ...], scenes: int, probe_captions: int):
+def following_conditions(
+    held, domains: tuple[str, ...], scenes: int, probe_captions: int, random_probes: int = 0
+):
     """Depth maps for the following check, per domain: rotated held-out scenes and probes.
 
     Args:
         held: ``dataset.RenderedSet`` of held-out samples.
-        scenes: held-out scenes per domain that are rotated; probe_captions: captions per probe.
+        scenes: held-out scenes per domain that are rotated; probe_captions: captions per
+            canonical probe (``procedural.probe_depth_maps``); random_probes: extra probe maps
+            at random angles, positions and sizes (``procedural.random_probe_depth_maps``, one
+            caption each, one cluster each: the canonical six alone give CIs over 6 clusters).
 
     Returns:
-        dict with "depth" (N, 1, H, W) in [-1, 1], "partner_depth" (N, 1, H, W) (the chance
-        map), "captions", "domains", "sets" ("rotated" / "probe"), "clusters" (scene id or
-        probe name), "names" (what each row shows).
+        dict with "depth" (N, 1, H, W) in [-1, 1], "partner_depth" (N, 1, H, W) (the strict
+        chance map: another held-out scene at the same rotation; for probes an upright held-out
+        scene), "real_images" (N, 3, H, W) in [-1, 1], the rotated real render of a rotated
+        row and NaN for probes (which have none), "captions", "domains", "sets" ("rotated" /
+        "probe"), "clusters" (scene id or probe name), "names" (what each row shows).
     """
     size = held.depth.shape[-1]
     probes = probe_depth_maps(size)
-    rows = {k: [] for k in ("depth", "partner_depth", "captions", "domains", "sets", "clusters")}
+    extra = random_probe_depth_maps(size, random_probes, seed=1) if random_probes else {}
+    keys = ("depth", "partner_depth", "real_images", "captions", "domains", "sets", "clusters")
+    rows = {k: [] for k in keys}
     rows["names"] = []
+    no_render = np.full((size, size, 3), np.nan, np.float32)
     for domain in domains:
         idx = [i for i, d in enumerate(held.domains) if d == domain][:scenes]
         for k in ROTATIONS:
@@ -159,24 +183,55 @@ def following_conditions(held, domains: tuple[str, ...], scenes: int, probe_capt
                 other = idx[(j + 1) % len(idx)]
                 rows["depth"].append(np.rot90(held.depth[i], k))
                 rows["partner_depth"].append(np.rot90(held.depth[other], k))
+                rows["real_images"].append(np.rot90(held.images[i], k) / 127.5 - 1.0)
                 rows["captions"].append(held.captions[i])
                 rows["domains"].append(domain)
                 rows["sets"].append("rotated")
                 rows["clusters"].append(held.scene_ids[i])
                 rows["names"].append(f"{held.scene_ids[i]} rot{90 * k}")
-        for p, name in enumerate(PROBE_NAMES):
-            for j in range(probe_captions):
-                i = idx[(p + j) % len(idx)]
-                rows["depth"].append(probes[name] * 2.0 - 1.0)
-                rows["partner_depth"].append(held.depth[idx[(p + j + 1) % len(idx)]])
-                rows["captions"].append(held.captions[i])
-                rows["domains"].append(domain)
-                rows["sets"].append("probe")
-                rows["clusters"].append(name)
-                rows["names"].append(f"{name} / {held.scene_ids[i]}")
+        probe_rows = [
+            (name, probes[name], j) for name in PROBE_NAMES for j in range(probe_captions)
+        ]
+        probe_rows += [(name, m, 0) for name, m in extra.items()]
+        for p, (name, depth01, j) in enumerate(probe_rows):
+            i = idx[(p + j) % len(idx)]
+            rows["depth"].append(depth01 * 2.0 - 1.0)
+            rows["partner_depth"].append(held.depth[idx[(p + j + 1) % len(idx)]])
+            rows["real_images"].append(no_render)
+            rows["captions"].append(held.captions[i])
+            rows["domains"].append(domain)
+            rows["sets"].append("probe")
+            rows["clusters"].append(name)
+            rows["names"].append(f"{name} / {held.scene_ids[i]}")
     for key in ("depth", "partner_depth"):
         rows[key] = torch.from_numpy(np.stack(rows[key]).astype(np.float32))[:, None]
+    real = np.stack(rows["real_images"]).astype(np.float32)
+    rows["real_images"] = torch.from_numpy(real).permute(0, 3, 1, 2).contiguous()
     return rows
+
+
+def _spearman_rows(judged: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Spearman of judged[i] vs maps[i] per row. judged, maps: (N, H, W)."""
+    return np.array([spearman(judged[i].ravel(), maps[i].ravel()) for i in range(len(judged))])
+
+
+def _any_other_chance(judged: np.ndarray, depth: np.ndarray, groups, clusters) -> np.ndarray:
+    """Per row: the mean Spearman of its judged depth vs every other conditioning map of its
+    group (domain x set) from another cluster — what the image scores against a depth map drawn
+    at random from the check (any rotation, any probe), i.e. chance."""
+    groups, clusters = np.asarray(groups), np.asarray(clusters)
+    out = np.empty(len(judged))
+    for i in range(len(judged)):
+        others = np.flatnonzero((groups == groups[i]) & (clusters != clusters[i]))
+        scores = [spearman(judged[i].ravel(), depth[j].ravel()) for j in others]
+        out[i] = np.mean(scores) if scores else np.nan  # a group of one cluster has no chance
+    return out
+
+
+def _diff_stats(a: np.ndarray, b: np.ndarray, clusters: list[str]) -> dict:
+    stats = paired_difference(a, b, clusters)
+    keep = ("mean", "ci_low", "ci_high", "n", "n_scenes", "excludes_zero")
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items() if k in keep}
 
 
 def depth_following(
@@ -185,6 +240,7 @@ def depth_following(
     conditions: dict,
     domain_means: dict[str, np.ndarray],
     seed: int = 0,
+    **generate_kwargs,
 ) -> dict:
     """Judged Spearman of generated images vs their own depth, chance and priors (see module).
 
@@ -192,56 +248,77 @@ def depth_following(
         judge: near-is-high depth network (``training.predict_depth``).
         conditions: from :func:`following_conditions`.
         domain_means: domain -> (H, W) near-is-high mean depth of training scenes.
+        generate_kwargs: passed to the sampler (e.g. ``controlnet_conditioning_scale``).
 
     Returns:
-        ``{domain: {set: {"n_images", "n_clusters", "own", "chance", "<prior>",
-        "own_minus_chance": paired_difference, "own_minus_<prior>": ..., "passes"}}}``.
+        ``{domain: {set: {"n_images", "n_clusters", "own", "chance", "partner", "<prior>",
+        "own_minus_chance", "own_minus_<prior>" (paired differences; the pass criterion),
+        "own_minus_partner" (strict, reported only), "passes", "real_render" (rotated sets: the
+        same scores of the judge on the real rotated renders — what a perfect generator
+        reaches)}}}``.
     """
     depth = conditions["depth"]
     n = len(depth)
     seeds = [seed + i for i in range(n)]
-    images = generate_images(components, depth, conditions["captions"], seeds)
+    images = generate_images(components, depth, conditions["captions"], seeds, **generate_kwargs)
     judged = predict_depth(judge, images * 2.0 - 1.0).numpy()
+    maps = depth[:, 0].numpy()
+    partner_maps = conditions["partner_depth"][:, 0].numpy()
+    domains, sets = np.asarray(conditions["domains"]), np.asarray(conditions["sets"])
+    groups = [f"{d}/{s}" for d, s in zip(domains, sets)]
+    clusters_all = conditions["clusters"]
+    scores = {
+        "own": _spearman_rows(judged, maps),
+        "chance": _any_other_chance(judged, maps, groups, clusters_all),
+        "partner": _spearman_rows(judged, partner_maps),
+    }
+    real = conditions["real_images"]
+    has_real = ~torch.isnan(real).flatten(1).any(1).numpy()
+    real_scores = {}
+    if has_real.any():
+        real_judged = np.full_like(judged, np.nan)
+        real_judged[has_real] = predict_depth(judge, real[has_real]).numpy()
+        real_scores = {
+            "own": _spearman_rows(real_judged, maps),
+            "chance": _any_other_chance(real_judged, maps, groups, clusters_all),
+            "partner": _spearman_rows(real_judged, partner_maps),
+        }
     size = depth.shape[-2:]
-    own = np.array([spearman(judged[i].ravel(), depth[i, 0].numpy().ravel()) for i in range(n)])
-    chance = np.array(
-        [
-            spearman(judged[i].ravel(), conditions["partner_depth"][i, 0].numpy().ravel())
-            for i in range(n)
-        ]
-    )
     result = {}
-    domains = np.asarray(conditions["domains"])
-    sets = np.asarray(conditions["sets"])
     for domain in dict.fromkeys(conditions["domains"]):
         priors = prior_maps(*size, domain_means.get(domain))
         prior_scores = {
-            name: np.array([spearman(prior.ravel(), depth[i, 0].numpy().ravel()) for i in range(n)])
+            name: np.array([spearman(prior.ravel(), maps[i].ravel()) for i in range(n)])
             for name, prior in priors.items()
         }
         result[domain] = {}
         for subset in dict.fromkeys(conditions["sets"]):
             sel = np.flatnonzero((domains == domain) & (sets == subset))
-            clusters = [conditions["clusters"][i] for i in sel]
-            entry = {
-                "n_images": int(len(sel)),
-                "n_clusters": len(set(clusters)),
-                "own": round(float(own[sel].mean()), 4),
-                "chance": round(float(chance[sel].mean()), 4),
+            clusters = [clusters_all[i] for i in sel]
+            entry = {"n_images": int(len(sel)), "n_clusters": len(set(clusters))}
+            entry |= {k: round(float(v[sel].mean()), 4) for k, v in scores.items()}
+            criteria = {
+                "own_minus_chance": _diff_stats(scores["own"][sel], scores["chance"][sel], clusters)
             }
-            diffs = {"own_minus_chance": paired_difference(own[sel], chance[sel], clusters)}
-            for name, scores in prior_scores.items():
-                entry[name] = round(float(scores[sel].mean()), 4)
-                diffs[f"own_minus_{name}"] = paired_difference(own[sel], scores[sel], clusters)
-            for key, stats in diffs.items():
-                entry[key] = {
-                    k: (round(v, 4) if isinstance(v, float) else v)
-                    for k, v in stats.items()
-                    if k in ("mean", "ci_low", "ci_high", "n", "n_scenes", "excludes_zero")
-                }
-            entry["passes"] = all(
-                d["excludes_zero"] and d["mean"] > 0 for d in entry.values() if isinstance(d, dict)
+            for name, prior_score in prior_scores.items():
+                entry[name] = round(float(prior_score[sel].mean()), 4)
+                criteria[f"own_minus_{name}"] = _diff_stats(
+                    scores["own"][sel], prior_score[sel], clusters
+                )
+            entry |= criteria
+            entry["passes"] = all(d["excludes_zero"] and d["mean"] > 0 for d in criteria.values())
+            entry["own_minus_partner"] = _diff_stats(
+                scores["own"][sel], scores["partner"][sel], clusters
             )
+            if real_scores and has_real[sel].all():
+                r = {k: round(float(v[sel].mean()), 4) for k, v in real_scores.items()}
+                r["own_minus_chance"] = _diff_stats(
+                    real_scores["own"][sel], real_scores["chance"][sel], clusters
+                )
+                r["own_minus_partner"] = _diff_stats(
+                    real_scores["own"][sel], real_scores["partner"][sel], clusters
+                )
+                entry["real_render"] = r
             result[domain][subset] = entry
     return result
 

@@ -12,7 +12,9 @@ break that:
   trees than the ``aerial`` domain, less bare ground) through the aerial renderer, whose
   shading and cast shadows carry the height.
 - :func:`probe_depth_maps`: analytic depth maps (ramps in four directions, a sphere, steps)
-  for checking that a depth-conditioned generator follows a map it never saw.
+  for checking that a depth-conditioned generator follows a map it never saw;
+  :func:`random_probe_depth_maps`: many more of the same kinds at random angles, positions and
+  sizes (one statistical cluster each, so a following check has enough independent maps).
 
 Depth is exact: z-depth along the optical axis (``depth_kind == "depth"``) for
 :func:`render_procedural`, height above ground (``"height"``) for :func:`render_dense_aerial`.
@@ -353,3 +355,48 @@ def probe_depth_maps(size: int = 64) -> dict[str, np.ndarray]:
         "steps": np.floor(np.clip((x + y) / 2, 0, 0.999) * 4) / 3,
     }
     return {name: m.astype(np.float32) for name, m in maps.items()}
+
+
+PROBE_KINDS = ("ramp", "sphere", "steps", "box")
+
+
+def random_probe_depth_maps(
+    size: int = 64, count: int = 24, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``count`` analytic near-is-high depth maps in [0, 1], each (size, size) float32.
+
+    Kinds cycle through :data:`PROBE_KINDS` with random parameters (deterministic in ``seed``):
+    ``ramp`` a plane tilted towards a random direction; ``sphere`` a hemisphere of random centre
+    and radius in front of a far wall; ``steps`` 3-5 bands at increasing depth along a random
+    direction; ``box`` a raised rectangle on a ramp. Names carry the parameters (e.g.
+    ``ramp@137deg``), so a map is identifiable in a report.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    maps: dict[str, np.ndarray] = {}
+    for i in range(count):
+        kind = PROBE_KINDS[i % len(PROBE_KINDS)]
+        angle = float(rng.uniform(0, 360))
+        # Coordinate along the direction `angle` (0 deg = towards the right, 90 = up), in [0, 1].
+        a = np.deg2rad(angle)
+        along = (x - 0.5) * np.cos(a) - (y - 0.5) * np.sin(a)
+        along = (along - along.min()) / max(float(np.ptp(along)), 1e-6)
+        if kind == "ramp":
+            m, name = along, f"ramp@{angle:.0f}deg"
+        elif kind == "sphere":
+            cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.2, 0.4)
+            r2 = (x - cx) ** 2 + (y - cy) ** 2
+            m = np.where(r2 < r**2, 0.3 + 0.7 * np.sqrt(np.clip(1 - r2 / r**2, 0, 1)), 0.0)
+            name = f"sphere@({cx:.2f},{cy:.2f})r{r:.2f}"
+        elif kind == "steps":
+            bands = int(rng.integers(3, 6))
+            m = np.floor(np.clip(along, 0, 0.999) * bands) / (bands - 1)
+            name = f"steps{bands}@{angle:.0f}deg"
+        else:
+            cx, cy = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)
+            hw, hh = rng.uniform(0.12, 0.3), rng.uniform(0.12, 0.3)
+            inside = (np.abs(x - cx) < hw) & (np.abs(y - cy) < hh)
+            m = 0.6 * along + np.where(inside, 0.4, 0.0)
+            name = f"box@({cx:.2f},{cy:.2f})on{angle:.0f}deg"
+        maps[f"{i:02d}-{name}"] = m.astype(np.float32)
+    return maps

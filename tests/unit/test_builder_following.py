@@ -1,0 +1,50 @@
+"""The depth-following check of the tiny-base builder (tools/build_tiny_base/samples.py):
+which maps it asks for, and what it calls chance."""
+
+import numpy as np
+import pytest
+
+from depth2img.evaluation.depth_metrics import spearman
+from tools.build_tiny_base import dataset, samples
+
+
+@pytest.fixture(scope="module")
+def held():
+    return dataset.render_heldout(3, 32, seed=0)
+
+
+def test_following_conditions_rotate_render_and_depth_together(held):
+    cond = samples.following_conditions(held, ("street",), 3, 1, random_probes=4)
+    sets = np.asarray(cond["sets"])
+    rotated, probes = np.flatnonzero(sets == "rotated"), np.flatnonzero(sets == "probe")
+    assert len(rotated) == 3 * len(samples.ROTATIONS) and len(probes) == 6 + 4
+    street = [i for i, d in enumerate(held.domains) if d == "street"]
+    # Row 3 (second rotation block, first scene) is scene 0 turned by 180 deg: its real render,
+    # depth and same-rotation partner are rotated together.
+    row = 3
+    assert cond["names"][row].endswith("rot180")
+    expected = np.rot90(held.images[street[0]], 2) / 127.5 - 1.0
+    np.testing.assert_allclose(
+        cond["real_images"][row].permute(1, 2, 0).numpy(), expected, atol=1e-6
+    )
+    np.testing.assert_allclose(cond["depth"][row, 0].numpy(), np.rot90(held.depth[street[0]], 2))
+    np.testing.assert_allclose(
+        cond["partner_depth"][row, 0].numpy(), np.rot90(held.depth[street[1]], 2)
+    )
+    assert np.isnan(cond["real_images"][probes].numpy()).all()  # probes have no render
+    assert len({cond["clusters"][i] for i in probes}) == 10  # every probe map is a cluster
+    assert len({cond["clusters"][i] for i in rotated}) == 3  # rotations of a scene: one cluster
+
+
+def test_chance_averages_every_other_cluster_of_the_group():
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 8, 8))
+    groups = ["a", "a", "a", "b"]
+    clusters = ["s1", "s1", "s2", "s3"]
+    chance = samples._any_other_chance(maps, maps, groups, clusters)
+    # Row 0: only row 2 is in its group and another cluster (row 1 shares its scene).
+    assert chance[0] == pytest.approx(spearman(maps[0].ravel(), maps[2].ravel()))
+    assert chance[2] == pytest.approx(
+        np.mean([spearman(maps[2].ravel(), maps[j].ravel()) for j in (0, 1)])
+    )
+    assert np.isnan(chance[3])  # alone in its group: no other map to be chance
