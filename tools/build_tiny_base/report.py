@@ -192,7 +192,9 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
   prior positive with the interval excluding zero. Reported next to it, not a pass criterion:
   the strict chance (another held-out scene at the same rotation; scenes of one domain share
   their layout) and the same scores of the judge on the **real rotated renders** (what a
-  perfect generator reaches under this judge).
+  perfect generator reaches under this judge). The same check for any model, from the command
+  line: `python scripts/following_report.py --model shipped` (or a ControlNet alias/folder with
+  `--controlnet-scale`, or your `.ckpt`); it reproduces the numbers below.
 
 {following_table(m["depth_following"])}
 
@@ -335,10 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _judge_steps(info: dict) -> str:
     """How the judge stage trained: from scratch, or continued from ``--judge-init``."""
     cfg = info["config"]
@@ -348,3 +346,7 @@ def _judge_steps(info: dict) -> str:
             f"{cfg['judge_continue_steps']} steps (lr {cfg['judge_continue_lr']:g})"
         )
     return f"{cfg['judge_steps']} steps"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,6 +57,7 @@ def generate_images(
     captions: list[str],
     seeds: list[int],
     batch: int = 16,
+    guidance_scale: float = GUIDANCE,
     **generate_kwargs,
 ) -> torch.Tensor:
     """One image per depth map with the library sampler.
@@ -77,7 +78,7 @@ def generate_images(
                 captions[i : i + batch],
                 seeds=seeds[i : i + batch],
                 num_inference_steps=STEPS,
-                guidance_scale=GUIDANCE,
+                guidance_scale=guidance_scale,
                 **generate_kwargs,
             )
         )
@@ -248,7 +249,8 @@ def depth_following(
         judge: near-is-high depth network (``training.predict_depth``).
         conditions: from :func:`following_conditions`.
         domain_means: domain -> (H, W) near-is-high mean depth of training scenes.
-        generate_kwargs: passed to the sampler (e.g. ``controlnet_conditioning_scale``).
+        generate_kwargs: passed to :func:`generate_images` and the sampler (e.g.
+            ``guidance_scale``, ``controlnet_conditioning_scale``).
 
     Returns:
         ``{domain: {set: {"n_images", "n_clusters", "own", "chance", "partner", "<prior>",
