@@ -221,6 +221,19 @@ def bad_requests(inputs) -> list[tuple[str, dict, tuple[int, ...], str]]:
         ("strength 0", js({**ok, "image": image, "strength": 0}), (422,), "strength"),
         ("strength 1.5", js({**ok, "strength": 1.5}), (422,), "strength"),
         (
+            "ControlNet scale on a concat model",
+            js({**ok, "controlnet_conditioning_scale": 2.0}),
+            (422,),
+            "ControlNet models",
+        ),
+        (
+            "control start after end",
+            js({**ok, "control_guidance_start": 0.8, "control_guidance_end": 0.2}),
+            (422,),
+            "control_guidance_start",
+        ),
+        ("unknown init latents", js({**ok, "init_latents": "median"}), (422,), "init_latents"),
+        (
             "strength too low for steps",
             js({**ok, "image": image, "strength": 0.1}),
             (422,),
@@ -307,6 +320,70 @@ def test_bad_inputs_get_one_line_4xx_and_the_server_stays_healthy(server, inputs
     )
     assert good.status_code == 200
     assert "Traceback" not in server.log()
+
+
+def test_init_latents_mean_gives_the_python_api_pixels(server, inputs, generator):
+    request = {
+        "prompt": "a road",
+        "image": b64(inputs["image_png"]),
+        "depth": b64(inputs["depth_png"]),
+        "depth_kind": "depth",
+        "strength": 0.5,
+        "seed": 3,
+        "num_inference_steps": STEPS,
+    }
+    served = {}
+    for how in ("sample", "mean"):
+        response = post(server, {**request, "init_latents": how})
+        assert response.status_code == 200, response.text
+        served[how] = decode_png(response.json()["images"][0])
+    api = generator(
+        "a road",
+        image=str(inputs["files"]["image"]),
+        depth=str(inputs["files"]["depth"]),
+        depth_kind="depth",
+        strength=0.5,
+        seed=3,
+        num_inference_steps=STEPS,
+        init_latents_from="mean",
+    )
+    np.testing.assert_array_equal(served["mean"], np.asarray(api.images[0]))
+    assert not np.array_equal(served["mean"], served["sample"])
+
+
+def test_controlnet_server_takes_conditioning_scale_and_guidance_window(inputs):
+    """A ControlNet model served with its options: pixels equal the Python API's."""
+    from depth2img.inference import Depth2ImgGenerator
+
+    args = ["--model", "shipped-sd-controlnet", "--quiet", "--threads", "1"]
+    request = {
+        "prompt": "a street",
+        "depth": b64(inputs["depth_png"]),
+        "depth_kind": "depth",
+        "seed": 1,
+        "num_inference_steps": STEPS,
+    }
+    options = {
+        "controlnet_conditioning_scale": 2.0,
+        "control_guidance_start": 0.25,
+        "control_guidance_end": 0.75,
+    }
+    with ServerProcess(args, env=SERVER_ENV) as process:
+        plain = post(process, request)
+        tuned = post(process, {**request, **options})
+        assert plain.status_code == 200 and tuned.status_code == 200, tuned.text
+    generator = Depth2ImgGenerator.from_pretrained("shipped-sd-controlnet")
+    api = generator(
+        "a street",
+        depth=str(inputs["files"]["depth"]),
+        depth_kind="depth",
+        seed=1,
+        num_inference_steps=STEPS,
+        **options,
+    )
+    tuned_image = decode_png(tuned.json()["images"][0])
+    np.testing.assert_array_equal(tuned_image, np.asarray(api.images[0]))
+    assert not np.array_equal(tuned_image, decode_png(plain.json()["images"][0]))
 
 
 def test_full_queue_answers_503_with_retry_after(inputs):

@@ -76,6 +76,10 @@ class PreparedJob:
             r.strength if self.image is not None else None,
             r.scheduler,
             self.depth_kind,
+            r.init_latents if self.image is not None else None,
+            r.controlnet_conditioning_scale,
+            r.control_guidance_start,
+            r.control_guidance_end,
         )
 
 
@@ -193,6 +197,19 @@ class GenerationEngine:
                 check_depth_fits_image(tuple(depth.shape[-2:]), image.size[::-1], "")
         except InputError as err:
             raise RequestError(422, str(err).replace("--depth-kind", "depth_kind")) from None
+        control = (
+            request.controlnet_conditioning_scale,
+            request.control_guidance_start,
+            request.control_guidance_end,
+        )
+        conditioning = getattr(self.generator.components, "conditioning", None)
+        if conditioning != "controlnet" and control != (1.0, 0.0, 1.0):
+            raise RequestError(
+                422,
+                "controlnet_conditioning_scale / control_guidance_start / control_guidance_end "
+                f"apply to ControlNet models; this server runs a {conditioning!r} model: leave "
+                "them out",
+            )
         if image is not None:
             out_hw = default_output_size(self.generator.components, image.size[::-1])
             steps = request.num_inference_steps
@@ -234,6 +251,10 @@ class GenerationEngine:
             seeds=seeds,
             strength=first.strength,
             scheduler=first.scheduler,
+            init_latents_from=first.init_latents,
+            controlnet_conditioning_scale=first.controlnet_conditioning_scale,
+            control_guidance_start=first.control_guidance_start,
+            control_guidance_end=first.control_guidance_end,
             num_images=1,
             height=first.height,
             width=first.width,

@@ -88,6 +88,32 @@ class GenerateRequest(BaseModel):
         "height (above ground)",
     )
     scheduler: SchedulerName = Field("ddim", description="sampler")
+    init_latents: Literal["sample", "mean"] = Field(
+        "sample",
+        description="with an init image: its latents are a posterior draw (diffusers) or the "
+        "posterior mean (keeps a little more structure at low strength)",
+    )
+    controlnet_conditioning_scale: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="ControlNet models: weight of the depth residuals (1 = as trained)",
+    )
+    control_guidance_start: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="ControlNet models: fraction of the steps after which the ControlNet acts",
+    )
+    control_guidance_end: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="ControlNet models: fraction of the steps after which it stops",
+    )
 
 
 class GenerateResponse(BaseModel):
@@ -157,6 +183,12 @@ def parse_request(payload: object, limits: ServeLimits) -> GenerateRequest:
             422,
             f"num_inference_steps: {request.num_inference_steps} is above this server's "
             f"limit of {limits.max_steps}",
+        )
+    if request.control_guidance_start >= request.control_guidance_end:
+        raise RequestError(
+            422,
+            f"control_guidance_start ({request.control_guidance_start}) must be below "
+            f"control_guidance_end ({request.control_guidance_end})",
         )
     if request.num_images > limits.max_images:
         raise RequestError(
