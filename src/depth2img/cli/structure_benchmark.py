@@ -5,6 +5,7 @@ ControlNet over strength, on synthetic pairs.
     depth2img-benchmark --out outputs/threeway --controlnet /models/tiny-sd-depth-controlnet
     depth2img-benchmark --depth-model outputs/train/run/checkpoints/last.ckpt \\
         --img2img-model shipped-base --domain aerial --scenes 32 --size 128
+    depth2img-benchmark --out outputs/rotated --rotations 90,180,270   # layouts never seen
     depth2img-benchmark --help
 
 Writes ``benchmark.json``, ``benchmark.md`` (tables), ``benchmark.png`` (metric vs strength, one
@@ -35,6 +36,16 @@ What is measured (see docs/evaluation.md):
   CIs resample scenes; concat - img2img, controlnet - img2img, controlnet - concat and
   method - wrong scene are paired differences (same task, prompt and seed).
 
+Rotated layouts (--rotations, default 0 = upright only):
+  Each scene is also asked for rotated by the given quarter turns (counter-clockwise, np.rot90):
+  source image, true target render and exact depth are rotated TOGETHER, so edge_f1 and
+  grad_corr still compare against the exact answer, on layouts the models never saw upright.
+  The wrong scene is another scene at the SAME rotation (same layout class, other geometry =
+  chance); the layout priors stay upright maps scored against the rotated exact depth.
+  Clusters stay the SCENES: all rotations (and conditions) of a scene are one cluster, so
+  N scenes is unchanged when rotations are added. Rows and paired differences pool the given
+  rotations; with several, per-rotation rows and paired differences follow in benchmark.md.
+
 Methods (--methods, comma-separated):
   img2img     the 4-channel --img2img-model as it is: the init image is its only structure
   concat      the depth2img model --depth-model (depth as an extra latent channel)
@@ -46,6 +57,9 @@ Examples:
   depth2img-benchmark --out outputs/threeway --controlnet /models/tiny-sd-depth-controlnet \
       --methods img2img,concat,controlnet --strengths 0.2,0.4,0.6,0.8,1.0 --scenes 16
   depth2img-benchmark --depth-model outputs/train/run/checkpoints/last.ckpt --scenes 32
+  depth2img-benchmark --out outputs/rotated --methods img2img,concat,controlnet \
+      --controlnet data/models/tiny-sd-depth-controlnet --strengths 0.6,1.0 \
+      --rotations 90,180,270 --scenes 16
   depth2img-benchmark --depth-model /models/sd2-depth --img2img-model /models/sd2-base \\
       --judge /models/dpt-large --size 512 --steps 20 --scheduler unipc --device cuda
 """
@@ -70,6 +84,25 @@ def parse_strengths(values: list[str]) -> tuple[float, ...]:
                 f"--strengths: {part!r} is not a number; give values in (0, 1], e.g. 0.2,0.6,1.0"
             ) from None
     return tuple(strengths)
+
+
+def parse_rotations(values: list[str]) -> tuple[int, ...]:
+    """``["90,180", "270"]`` -> ``(90, 180, 270)`` (repeats dropped; range checked later by
+    ``check_settings``).
+
+    Raises:
+        ValueError: a value that is not a whole number of degrees.
+    """
+    angles = []
+    for part in (p for value in values for p in value.split(",") if p.strip()):
+        try:
+            angles.append(int(part))
+        except ValueError:
+            raise ValueError(
+                f"--rotations: {part!r} is not a whole number of degrees; give quarter turns "
+                "from 0,90,180,270, e.g. 90,180,270"
+            ) from None
+    return tuple(dict.fromkeys(angles))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoising strengths in (0, 1], comma- or space-separated; 1 = from pure noise "
         "(default: 0.2,0.4,0.6,0.8,1.0)",
     )
+    p.add_argument(
+        "--rotations",
+        nargs="+",
+        default=["0"],
+        help="quarter turns (deg, counter-clockwise) from 0,90,180,270, comma- or "
+        "space-separated: source, target render and exact depth are rotated together; the "
+        "wrong scene is another scene at the same rotation; clusters stay the scenes "
+        "(default: 0 = upright only)",
+    )
     p.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
     p.add_argument("--guidance-scale", type=float, default=7.5)
@@ -204,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             return _error(f"--{name.replace('_', '-')} must be >= 1")
     try:
         strengths = parse_strengths(args.strengths)
+        rotations = parse_rotations(args.rotations)
     except ValueError as err:
         return _error(str(err))
     methods = args.methods
@@ -226,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         source_condition=args.source_condition,
         target_conditions=tuple(args.target_conditions) if args.target_conditions else None,
         strengths=strengths,
+        rotations=rotations,
         size=args.size,
         steps=args.steps,
         guidance_scale=args.guidance_scale,

@@ -20,8 +20,19 @@ encoded and decoded by the depth model's VAE: the judge's VAE floor, the best a 
 show it; the gate needs it apart from chance too), ``wrong_scene`` (another scene's true
 render in the target condition: right condition, wrong geometry = chance) and the layout priors
 (depth maps that know only the domain's layout; the domain mean comes from held-out *training*
-scenes of the renderer). Every interval resamples scenes (all target conditions of a scene
-form one cluster) and every method comparison is paired (same task, same seed).
+scenes of the renderer). Every interval resamples scenes (all target conditions and rotations
+of a scene form one cluster) and every method comparison is paired (same task, same seed).
+
+Rotated layouts (``rotations``): each scene can also be asked for rotated by quarter turns
+(counter-clockwise, ``np.rot90``, the convention of ``data.synthetic.augment.dihedral``). The
+source image, the true target render and the exact depth are rotated *together*, so the
+judge-free measures still compare against the exact answer, on layouts the models never saw
+upright. The wrong-scene baseline pairs a task with another scene at the *same* rotation (same
+layout class, other geometry = chance); the layout priors stay upright maps scored against the
+rotated exact depth (a model that follows the upright layout prior scores like them). Rows and
+paired differences pool every requested rotation (scenes stay the clusters); with more than one
+rotation the result also has per-rotation rows (``rows_by_rotation``) and per-rotation paired
+differences (``paired_by_rotation``).
 
 Methods (``METHODS``; any subset, all on the same tasks, prompts and seeds, so every comparison
 is paired):
@@ -70,6 +81,8 @@ from depth2img.evaluation.vae_floor import vae_round_trip
 IMAGE_METRICS = (*STRUCTURE_METRICS, *APPEARANCE_METRICS)
 ALL_METRICS = (*DEPTH_METRICS, *IMAGE_METRICS)
 DEFAULT_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
+#: quarter-turn angles (degrees, counter-clockwise) a task can be rotated by
+ROTATIONS = (0, 90, 180, 270)
 DOMAINS = ("street", "endoscopy", "aerial")
 # Per domain: (source condition, target conditions) when the user gives none.
 DEFAULT_CONDITIONS = {
@@ -105,6 +118,8 @@ class BenchmarkSettings:
     source_condition: str | None = None  # None: the domain's default (DEFAULT_CONDITIONS)
     target_conditions: tuple[str, ...] | None = None
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS
+    #: quarter turns (deg, counter-clockwise) of source, target and depth; (0,) = upright only
+    rotations: tuple[int, ...] = (0,)
     size: int = 64
     steps: int = 20
     guidance_scale: float = 7.5
@@ -134,6 +149,16 @@ def check_settings(settings: BenchmarkSettings) -> None:
     for s in settings.strengths:
         if not 0 < s <= 1:
             raise ValueError(f"strengths must be in (0, 1], got {s:g}")
+    if not settings.rotations:
+        raise ValueError("no rotations: give one or more of 0, 90, 180, 270")
+    for angle in settings.rotations:
+        if angle not in ROTATIONS:
+            raise ValueError(
+                f"rotations must be quarter turns from 0, 90, 180, 270 (deg, counter-clockwise), "
+                f"got {angle:g}"
+            )
+    if len(set(settings.rotations)) != len(settings.rotations):
+        raise ValueError(f"rotations repeat an angle: {settings.rotations}; give each once")
     if "controlnet" in settings.methods and not settings.controlnet_model:
         raise ValueError("method controlnet needs a ControlNet folder: pass --controlnet PATH")
     if "img2img" in settings.methods and not settings.img2img_model:
@@ -160,7 +185,8 @@ def resolve_conditions(settings: BenchmarkSettings) -> BenchmarkSettings:
 
 @dataclass
 class PairedScene:
-    """One (scene, target condition) task: source image, true target render, exact depth."""
+    """One (scene, rotation, target condition) task: source image, true target render, exact
+    depth, all three rotated by ``rotation`` degrees counter-clockwise."""
 
     index: int
     scene_id: str
@@ -170,10 +196,19 @@ class PairedScene:
     depth_near_high: np.ndarray  # (H, W) float32, near is high, 0 where invalid
     valid: np.ndarray  # (H, W) bool
     target_condition: str
+    rotation: int = 0  # degrees, counter-clockwise, one of ROTATIONS
+
+
+def rotate(array: np.ndarray, degrees: int) -> np.ndarray:
+    """``array`` (H, W, ...) rotated counter-clockwise by ``degrees`` (a multiple of 90), as a
+    contiguous copy; the same turn as ``torch.rot90(x, k, dims=(-2, -1))`` on (..., H, W)."""
+    return np.ascontiguousarray(np.rot90(array, degrees // 90 % 4, axes=(0, 1)))
 
 
 def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
-    """Render every (scene, target condition) pair (conditions resolved per domain)."""
+    """Render every (scene, rotation, target condition) task, in that order (conditions
+    resolved per domain). Source, target and depth of a task are rotated together; with
+    ``rotations == (0,)`` the tasks (and their indices, hence seeds) are the upright ones."""
     from depth2img.data.synthetic import render_sample
 
     settings = resolve_conditions(settings)
@@ -183,22 +218,27 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
             settings.domain, scene, settings.source_condition, settings.size, settings.render_seed
         )
         near_high, valid = to_near_high(torch.from_numpy(source.depth), source.depth_kind)
-        for condition in settings.target_conditions:
-            target = render_sample(
+        targets = {
+            condition: render_sample(
                 settings.domain, scene, condition, settings.size, settings.render_seed
             )
-            tasks.append(
-                PairedScene(
-                    index=len(tasks),
-                    scene_id=source.scene_id,
-                    source=source.image,
-                    target=target.image,
-                    prompt=target.caption,
-                    depth_near_high=near_high.numpy(),
-                    valid=valid.numpy(),
-                    target_condition=condition,
+            for condition in settings.target_conditions
+        }
+        for angle in settings.rotations:
+            for condition, target in targets.items():
+                tasks.append(
+                    PairedScene(
+                        index=len(tasks),
+                        scene_id=source.scene_id,
+                        source=rotate(source.image, angle),
+                        target=rotate(target.image, angle),
+                        prompt=target.caption,
+                        depth_near_high=rotate(near_high.numpy(), angle),
+                        valid=rotate(valid.numpy(), angle),
+                        target_condition=condition,
+                        rotation=angle,
+                    )
                 )
-            )
     return tasks
 
 
@@ -240,23 +280,24 @@ def _score(judge, images: list[np.ndarray], tasks: list[PairedScene]) -> list[di
 
 
 def _wrong_scene(judge, tasks: list[PairedScene]) -> list[dict]:
-    """Right condition, wrong scene: another scene's true render in task i's target condition,
-    scored as an answer to task i (depth vs task i's exact depth = the judge's chance level;
+    """Right condition, wrong scene: another scene's true render in task i's target condition
+    and rotation, scored as an answer to task i (depth vs task i's exact depth = the judge's chance level;
     images vs task i's true render = what appearance alone earns).
 
     Needs 2 scenes; with one, every value is NaN (summaries show n/a).
     """
     if len({t.scene_id for t in tasks}) < 2:
         return [dict.fromkeys(ALL_METRICS, float("nan")) for _ in tasks]
-    order = _same_condition_partner(tasks)
+    order = wrong_scene_partner(tasks)
     return _score(judge, [tasks[j].target for j in order], tasks)
 
 
-def _same_condition_partner(tasks: list[PairedScene]) -> list[int]:
-    """For each task, another scene's task with the same target condition (chance pairs)."""
+def wrong_scene_partner(tasks: list[PairedScene]) -> list[int]:
+    """For each task, the index of another scene's task with the same target condition and the
+    same rotation (chance pairs: same condition and layout class, other geometry)."""
     partner = [0] * len(tasks)
-    for condition in {t.target_condition for t in tasks}:
-        members = [t.index for t in tasks if t.target_condition == condition]
+    for group in dict.fromkeys((t.target_condition, t.rotation) for t in tasks):
+        members = [t.index for t in tasks if (t.target_condition, t.rotation) == group]
         order = chance_pairs(len(members), [tasks[i].scene_id for i in members])
         for k, i in enumerate(members):
             partner[i] = members[order[k]]
@@ -456,7 +497,11 @@ def run_benchmark(
             samples[(name, strength)] = outputs
     bar.close()
     result = {
-        "settings": {**asdict(settings), "strengths": list(settings.strengths)},
+        "settings": {
+            **asdict(settings),
+            "strengths": list(settings.strengths),
+            "rotations": list(settings.rotations),
+        },
         "judge": judge.name,
         "judge_quality": gate,
         "judge_quality_warning": gate["warning"],
@@ -466,6 +511,10 @@ def run_benchmark(
         "rows": rows,
         "paired": paired_comparisons(per_task, clusters, settings),
     }
+    if len(settings.rotations) > 1:
+        result["rows_by_rotation"], result["paired_by_rotation"] = _by_rotation(
+            per_task, tasks, settings
+        )
     (out_dir / "benchmark.json").write_text(json.dumps(json_safe(result), indent=2))
     (out_dir / "benchmark.md").write_text(markdown_table(result))
     plot_benchmark(result, out_dir / "benchmark.png")
@@ -474,6 +523,25 @@ def run_benchmark(
 
 
 PAIRED_METRICS = ("edge_f1", "grad_corr", "depth_absrel", "depth_spearman", "psnr", "ssim")
+
+
+def _by_rotation(per_task: dict, tasks: list[PairedScene], settings) -> tuple[list, list]:
+    """Summary rows and paired differences of each rotation's tasks alone (scenes resampled),
+    each with a ``rotation`` key (degrees)."""
+    rows, paired = [], []
+    for angle in settings.rotations:
+        keep = [i for i, t in enumerate(tasks) if t.rotation == angle]
+        subset = {key: [values[i] for i in keep] for key, values in per_task.items()}
+        clusters = [tasks[i].scene_id for i in keep]
+        for key, values in subset.items():
+            name, strength = key if isinstance(key, tuple) else (key, None)
+            rows.append(
+                {"rotation": angle, **_summary_row(name, strength, values, clusters, settings)}
+            )
+        paired += [
+            {"rotation": angle, **pair} for pair in paired_comparisons(subset, clusters, settings)
+        ]
+    return rows, paired
 
 
 def method_pairs(methods, strengths) -> list[tuple]:
@@ -565,21 +633,44 @@ def methods_line(result: dict) -> str:
     return "; ".join(parts) + "; same tasks, prompts and seeds for every method"
 
 
+def rotations_of(result: dict) -> list[int]:
+    """The rotations (deg, counter-clockwise) a result was run on; ``[0]`` for older results."""
+    return list(result["settings"].get("rotations", [0]))
+
+
+def rotation_phrase(result: dict) -> str:
+    """``""`` for upright runs, else which rotations ran and that scenes stay the clusters."""
+    rotations = rotations_of(result)
+    if rotations == [0]:
+        return ""
+    angles = ", ".join(f"{a}°" for a in rotations)
+    return (
+        f"rotations {angles} counter-clockwise (source, target render and exact depth rotated "
+        "together; wrong scene = another scene at the same rotation; priors stay upright; "
+        "all rotations of a scene are one cluster)"
+    )
+
+
+def _fmt_cell(stat: dict) -> str:
+    if stat.get("unavailable"):
+        return "unavailable"
+    return format_stat(stat, 3)
+
+
 def markdown_table(result: dict) -> str:
-    """Reference and method rows (mean [95 % CI], scenes resampled) + paired differences."""
-
-    def fmt(stat):
-        if stat.get("unavailable"):
-            return "unavailable"
-        return format_stat(stat, 3)
-
+    """Reference and method rows (mean [95 % CI], scenes resampled) + paired differences;
+    with several rotations also per-rotation rows and paired differences."""
+    fmt = _fmt_cell
     settings = result["settings"]
     gate = result["judge_quality"]
+    rotated = rotation_phrase(result)
     lines = [
         f"# Structure-preservation benchmark: {settings['domain']}",
         "",
         f"{settings['domain']}: {settings['source_condition']} → "
-        f"{', '.join(settings['target_conditions'])}, {result['num_tasks']} tasks from "
+        f"{', '.join(settings['target_conditions'])}, "
+        + (f"{rotated}, " if rotated else "")
+        + f"{result['num_tasks']} tasks from "
         f"{result['num_scenes']} scenes (CIs resample scenes), {settings['size']} px, "
         f"{settings['steps']} {settings['scheduler']} steps, guidance {settings['guidance_scale']},"
         f" judge `{result['judge']}`. Structure (judge-free) and appearance against the true "
@@ -592,6 +683,11 @@ def markdown_table(result: dict) -> str:
         *([f"Note: {gate['prior_note']}.", ""] if gate.get("prior_note") else []),
         f"Methods: {methods_line(result)}.",
         "",
+        *(
+            [f"Rows pool all rotations ({', '.join(map(str, rotations_of(result)))} deg).", ""]
+            if rotated
+            else []
+        ),
         "| method | strength | "
         + " | ".join(
             _column_header(m, group, gate["separates"]) for group, ms in TABLE_GROUPS for m in ms
@@ -629,7 +725,42 @@ def markdown_table(result: dict) -> str:
         "fd_tiny / kid_tiny_* (benchmark.json) compare outputs with the true target renders; "
         "kid_tiny_std is the spread over KID subsets, not an error bar.",
     ]
+    if result.get("rows_by_rotation"):
+        lines += ["", *per_rotation_markdown(result)]
     return "\n".join(lines) + "\n"
+
+
+def per_rotation_markdown(result: dict) -> list[str]:
+    """Markdown lines: every row and paired difference per rotation (scenes resampled within
+    the rotation; depth differences only when the pooled judge gate passes)."""
+    separates = result["judge_quality"]["separates"]
+    lines = [
+        "## Per rotation (each rotation's tasks alone; 95 % CI resampling scenes)",
+        "",
+        "| rotation | method | strength | " + " | ".join(TABLE_METRICS) + " |",
+        "|---|---|---|" + "---|" * len(TABLE_METRICS),
+    ]
+    for row in result["rows_by_rotation"]:
+        strength = "—" if row["strength"] is None else f"{row['strength']:.1f}"
+        cells = " | ".join(_fmt_cell(row[m]) for m in TABLE_METRICS)
+        label = ROW_LABELS.get(row["method"], row["method"])
+        lines.append(f"| {row['rotation']} | {label} | {strength} | {cells} |")
+    lines += [
+        "",
+        "### Paired differences per rotation (same task, same seed)",
+        "",
+        "| rotation | comparison | " + " | ".join(PAIRED_METRICS) + " |",
+        "|---|---|" + "---|" * len(PAIRED_METRICS),
+    ]
+    for pair in result["paired_by_rotation"]:
+        cells = " | ".join(
+            format_stat(pair["metrics"][m], 3)
+            if separates or not m.startswith("depth_")
+            else "no verdict (judge gate)"
+            for m in PAIRED_METRICS
+        )
+        lines.append(f"| {pair['rotation']} | {pair['a']} - {pair['b']} | {cells} |")
+    return lines
 
 
 def benchmark_verdicts(result: dict) -> list[str]:

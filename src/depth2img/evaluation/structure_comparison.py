@@ -4,7 +4,9 @@ Reads the result dicts ``structure_benchmark.run_benchmark`` returns (or its ``b
 files), one per domain, and lays out per domain and strength: each method's mean [95 % CI]
 (scenes resampled) and each depth method's paired difference from img2img on the same tasks and
 seeds. Judge depth (``depth_absrel``) is shown only for domains whose judge passes its
-floor-minus-chance gate; elsewhere the cell says so.
+floor-minus-chance gate; elsewhere the cell says so. Runs on rotated layouts (``rotations``
+other than upright only) say which rotations they pool and add each method's paired difference
+from the wrong scene at the same rotation (chance).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from depth2img.evaluation.structure_benchmark import (
     METHOD_LABELS,
     METHODS,
     methods_line,
+    rotation_phrase,
 )
 
 #: measures of the comparison tables, with what kind of measure each is
@@ -87,6 +90,34 @@ def comparison_table(results: dict[str, dict], metric: str) -> list[str]:
     return lines
 
 
+def wrong_scene_table(results: dict[str, dict], metric: str) -> list[str]:
+    """Markdown lines: per domain and strength, each method's paired difference from the wrong
+    scene (another scene's true render at the same rotation = chance), 95 % CI over scenes."""
+    methods = sorted({m for r in results.values() for m in _methods(r)}, key=METHODS.index)
+    better = "higher" if HIGHER.get(metric, False) else "lower"
+    header = ["domain", "strength", *(f"{m} − wrong scene (paired)" for m in methods)]
+    lines = [
+        f"**{metric} − chance** ({COMPARISON_METRICS.get(metric, '')}; {better} is better)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
+    for domain, result in results.items():
+        gated = metric.startswith("depth_") and not result["judge_quality"]["separates"]
+        for strength in result["settings"]["strengths"]:
+            cells = [domain, f"{strength:g}"]
+            for method in methods:
+                diff = _paired(result, f"{method} s={strength:g}", "wrong_scene")
+                if diff is None:
+                    cells.append("—")
+                elif gated:
+                    cells.append("no verdict (judge gate)")
+                else:
+                    cells.append(format_stat(diff[metric], 3))
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _reference_line(results: dict[str, dict]) -> str:
     parts = []
     for domain, result in results.items():
@@ -108,8 +139,14 @@ def comparison_markdown(results: dict[str, dict]) -> str:
         "where the judge separates floor from chance; ssim is appearance, not structure.",
         "",
     ]
+    rotated = rotation_phrase(first)
+    if rotated:
+        lines += [f"Rotated layouts: {rotated}; every row pools these rotations.", ""]
     for metric in COMPARISON_METRICS:
         lines += [*comparison_table(results, metric), ""]
+    if rotated:
+        for metric in ("grad_corr", "edge_f1", "depth_absrel"):
+            lines += [*wrong_scene_table(results, metric), ""]
     return "\n".join(lines)
 
 
