@@ -94,3 +94,64 @@ def test_judge_free_measures_tell_structure_from_a_wrong_scene():
         wrong.append(image_measures(other, target))
     for key in ("edge_f1", "grad_corr"):
         assert np.mean([m[key] for m in same]) > np.mean([m[key] for m in wrong]) + 0.3, key
+
+
+def test_rotated_run_pools_rotations_with_scenes_as_clusters(
+    tiny_model_dir, tiny_base_dir, tmp_path
+):
+    """--rotations 0,180: twice the tasks, the same 2 scenes as clusters, per-rotation rows and
+    paired differences, and tables that say which rotations ran."""
+    out = tmp_path / "bench"
+    code = main(
+        [
+            "--out", str(out),
+            "--depth-model", str(tiny_model_dir),
+            "--img2img-model", str(tiny_base_dir),
+            "--judge", str(tiny_model_dir),
+            "--domain", "street",
+            "--scenes", "2",
+            "--strengths", "1.0",
+            "--rotations", "0,180",
+            "--size", "32",
+            "--steps", "1",
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "street" / "benchmark.json").read_text())
+    assert result["settings"]["rotations"] == [0, 180]
+    # 2 scenes x 2 rotations x 2 conditions; clusters are still the 2 scenes.
+    assert result["num_tasks"] == 8 and result["num_scenes"] == 2
+    rows = {(r["method"], r["strength"]): r for r in result["rows"]}
+    assert rows[("concat", 1.0)]["grad_corr"]["n"] == 8
+    assert rows[("concat", 1.0)]["grad_corr"]["n_scenes"] == 2
+    by_rotation = {
+        (r["rotation"], r["method"], r["strength"]): r for r in result["rows_by_rotation"]
+    }
+    for angle in (0, 180):
+        row = by_rotation[(angle, "concat", 1.0)]
+        assert row["grad_corr"]["n"] == 4 and row["grad_corr"]["n_scenes"] == 2
+        assert by_rotation[(angle, "target", None)]["edge_f1"]["mean"] == 1.0
+    # Pooled means are the means of the (equal-sized) per-rotation means.
+    pooled = rows[("concat", 1.0)]["edge_f1"]["mean"]
+    halves = [by_rotation[(a, "concat", 1.0)]["edge_f1"]["mean"] for a in (0, 180)]
+    assert pooled == pytest.approx(np.mean(halves))
+    paired = {(p["rotation"], p["a"], p["b"]) for p in result["paired_by_rotation"]}
+    assert (180, "concat s=1", "img2img s=1") in paired and (
+        0,
+        "concat s=1",
+        "wrong_scene",
+    ) in paired
+    table = (out / "street" / "benchmark.md").read_text()
+    assert "rotations 0°, 180° counter-clockwise" in table
+    assert "all rotations of a scene are one cluster" in table and "## Per rotation" in table
+    comparison = (out / "comparison.md").read_text()
+    assert "Rotated layouts:" in comparison and "concat − wrong scene (paired)" in comparison
+
+
+def test_help_says_what_rotations_do():
+    from depth2img.cli.structure_benchmark import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "--rotations" in text and "counter-clockwise" in text
+    assert "clusters stay the scenes" in text and "another scene at the same rotation" in text
