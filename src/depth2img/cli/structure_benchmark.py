@@ -37,7 +37,7 @@ What is measured (see docs/evaluation.md):
   method - wrong scene are paired differences (same task, prompt and seed).
 
 Rotated layouts (--rotations, default 0 = upright only):
-  Each scene is also asked for rotated by the given quarter turns (counter-clockwise, np.rot90):
+  Each scene is asked for at each given quarter turn (counter-clockwise, np.rot90):
   source image, true target render and exact depth are rotated TOGETHER, so edge_f1 and
   grad_corr still compare against the exact answer, on layouts the models never saw upright.
   The wrong scene is another scene at the SAME rotation (same layout class, other geometry =

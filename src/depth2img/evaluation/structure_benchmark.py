@@ -23,7 +23,7 @@ render in the target condition: right condition, wrong geometry = chance) and th
 scenes of the renderer). Every interval resamples scenes (all target conditions and rotations
 of a scene form one cluster) and every method comparison is paired (same task, same seed).
 
-Rotated layouts (``rotations``): each scene can also be asked for rotated by quarter turns
+Rotated layouts (``rotations``): each scene can be asked for at several quarter turns
 (counter-clockwise, ``np.rot90``, the convention of ``data.synthetic.augment.dihedral``). The
 source image, the true target render and the exact depth are rotated *together*, so the
 judge-free measures still compare against the exact answer, on layouts the models never saw
