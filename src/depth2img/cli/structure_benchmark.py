@@ -69,21 +69,29 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _parse_list(values: list[str], convert, option: str, hint: str) -> list:
+    """Comma- or space-separated values of one option, each through ``convert``.
+
+    Raises:
+        ValueError: one line naming the bad value and what to give instead.
+    """
+    parsed = []
+    for part in (p for value in values for p in value.split(",") if p.strip()):
+        try:
+            parsed.append(convert(part))
+        except ValueError:
+            raise ValueError(f"{option}: {part!r} is not {hint}") from None
+    return parsed
+
+
 def parse_strengths(values: list[str]) -> tuple[float, ...]:
     """``["0.2,0.4", "1"]`` -> ``(0.2, 0.4, 1.0)``.
 
     Raises:
         ValueError: a value that is not a number.
     """
-    strengths = []
-    for part in (p for value in values for p in value.split(",") if p.strip()):
-        try:
-            strengths.append(float(part))
-        except ValueError:
-            raise ValueError(
-                f"--strengths: {part!r} is not a number; give values in (0, 1], e.g. 0.2,0.6,1.0"
-            ) from None
-    return tuple(strengths)
+    hint = "a number; give values in (0, 1], e.g. 0.2,0.6,1.0"
+    return tuple(_parse_list(values, float, "--strengths", hint))
 
 
 def parse_rotations(values: list[str]) -> tuple[int, ...]:
@@ -93,16 +101,8 @@ def parse_rotations(values: list[str]) -> tuple[int, ...]:
     Raises:
         ValueError: a value that is not a whole number of degrees.
     """
-    angles = []
-    for part in (p for value in values for p in value.split(",") if p.strip()):
-        try:
-            angles.append(int(part))
-        except ValueError:
-            raise ValueError(
-                f"--rotations: {part!r} is not a whole number of degrees; give quarter turns "
-                "from 0,90,180,270, e.g. 90,180,270"
-            ) from None
-    return tuple(dict.fromkeys(angles))
+    hint = "a whole number of degrees; give quarter turns from 0,90,180,270, e.g. 90,180,270"
+    return tuple(dict.fromkeys(_parse_list(values, int, "--rotations", hint)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -710,13 +710,7 @@ def markdown_table(result: dict) -> str:
         "|---|" + "---|" * len(PAIRED_METRICS),
     ]
     for pair in result["paired"]:
-        cells = " | ".join(
-            format_stat(pair["metrics"][m], 3)
-            if gate["separates"] or not m.startswith("depth_")
-            else "no verdict (judge gate)"
-            for m in PAIRED_METRICS
-        )
-        lines.append(f"| {pair['a']} - {pair['b']} | {cells} |")
+        lines.append(f"| {pair['a']} - {pair['b']} | {_paired_cells(pair, gate['separates'])} |")
     verdicts = benchmark_verdicts(result)
     if verdicts:
         lines += ["", *(f"- {v}" for v in verdicts)]
@@ -753,14 +747,19 @@ def per_rotation_markdown(result: dict) -> list[str]:
         "|---|---|" + "---|" * len(PAIRED_METRICS),
     ]
     for pair in result["paired_by_rotation"]:
-        cells = " | ".join(
-            format_stat(pair["metrics"][m], 3)
-            if separates or not m.startswith("depth_")
-            else "no verdict (judge gate)"
-            for m in PAIRED_METRICS
-        )
+        cells = _paired_cells(pair, separates)
         lines.append(f"| {pair['rotation']} | {pair['a']} - {pair['b']} | {cells} |")
     return lines
+
+
+def _paired_cells(pair: dict, judge_separates: bool) -> str:
+    """Table cells of one paired difference; judged depth only where the judge gate passes."""
+    return " | ".join(
+        format_stat(pair["metrics"][m], 3)
+        if judge_separates or not m.startswith("depth_")
+        else "no verdict (judge gate)"
+        for m in PAIRED_METRICS
+    )
 
 
 def benchmark_verdicts(result: dict) -> list[str]:
