@@ -77,6 +77,9 @@ def test_cli_writes_images_metrics_and_report(one_process_run):
     assert metrics["judge_quality"]["separates"] is False
     assert "cannot separate floor from chance" in metrics["judge_quality_warning"]
     assert "dpt_large" in metrics["judge_quality_warning"]  # advice fits a non-DPT-Large judge
+    # Said once (the summary's WARNING line), not again as a Python warning.
+    output = proc.stdout + proc.stderr
+    assert output.count("cannot separate floor from chance") == 1, output[-3000:]
     report = (run_dir / "report.md").read_text()
     assert "floor (real images)" in report and "chance" in report
     assert "VAE floor (real images, VAE encode-decode)" in report

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -118,11 +119,26 @@ def run(cfg: DictConfig) -> dict:
 
         torch.cuda.set_device(settings.device)  # default-device ops follow this rank's GPU
     if models is None:
-        result = evaluate(settings)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = evaluate(settings)
+        _reissue_unsummarized(caught, result)
         if _is_rank_zero():
             _print_summary(result, out_dir)
         return result
     return run_comparison(settings, models, out_dir)
+
+
+SUMMARY_WARNINGS = ("judge_warning", "judge_quality_warning", "protocol_warning")
+
+
+def _reissue_unsummarized(caught: list, result: dict) -> None:
+    """Re-issue the evaluation's warnings except those the summary prints as ``WARNING:``
+    lines (each would otherwise appear twice)."""
+    summarized = {result.get(key) for key in SUMMARY_WARNINGS} - {None}
+    for w in caught:
+        if str(w.message) not in summarized:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def run_comparison(settings, models: list[str], out_dir: str) -> dict:
@@ -154,7 +170,7 @@ def _print_summary(result: dict, out_dir: str) -> None:
         shown = "n/a" if value is None else f"{value:.5g}"
         print(f"  {key:<{width}}  {shown}")
     print(f"N={result['N']} images / {result.get('n_scenes', '?')} scenes (CIs resample scenes)")
-    for key in ("judge_warning", "judge_quality_warning", "protocol_warning"):
+    for key in SUMMARY_WARNINGS:
         if result.get(key):
             print(f"WARNING: {result[key]}")
     print(f"wrote {out_dir}/metrics.json, report.md, report.html, grid.png")
