@@ -657,10 +657,16 @@ def _fmt_cell(stat: dict) -> str:
     return format_stat(stat, 3)
 
 
+def _row_cells(row: dict) -> str:
+    """One summary row as table cells: method | strength | each of TABLE_METRICS."""
+    strength = "—" if row["strength"] is None else f"{row['strength']:.1f}"
+    cells = " | ".join(_fmt_cell(row[m]) for m in TABLE_METRICS)
+    return f"{ROW_LABELS.get(row['method'], row['method'])} | {strength} | {cells}"
+
+
 def markdown_table(result: dict) -> str:
     """Reference and method rows (mean [95 % CI], scenes resampled) + paired differences;
     with several rotations also per-rotation rows and paired differences."""
-    fmt = _fmt_cell
     settings = result["settings"]
     gate = result["judge_quality"]
     rotated = rotation_phrase(result)
@@ -696,12 +702,9 @@ def markdown_table(result: dict) -> str:
         "|---|---|" + "---|" * (len(TABLE_METRICS) + 1),
     ]
     for row in result["rows"]:
-        strength = "—" if row["strength"] is None else f"{row['strength']:.1f}"
-        cells = " | ".join(fmt(row[m]) for m in TABLE_METRICS)
         fd = row.get("fd_tiny")
         fd_cell = "—" if fd is None else f"{fd:.4g}"
-        label = ROW_LABELS.get(row["method"], row["method"])
-        lines.append(f"| {label} | {strength} | {cells} | {fd_cell} |")
+        lines.append(f"| {_row_cells(row)} | {fd_cell} |")
     lines += [
         "",
         "## Paired differences (same task, same seed; 95 % CI resampling scenes)",
@@ -735,10 +738,7 @@ def per_rotation_markdown(result: dict) -> list[str]:
         "|---|---|---|" + "---|" * len(TABLE_METRICS),
     ]
     for row in result["rows_by_rotation"]:
-        strength = "—" if row["strength"] is None else f"{row['strength']:.1f}"
-        cells = " | ".join(_fmt_cell(row[m]) for m in TABLE_METRICS)
-        label = ROW_LABELS.get(row["method"], row["method"])
-        lines.append(f"| {row['rotation']} | {label} | {strength} | {cells} |")
+        lines.append(f"| {row['rotation']} | {_row_cells(row)} |")
     lines += [
         "",
         "### Paired differences per rotation (same task, same seed)",

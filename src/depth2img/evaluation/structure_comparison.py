@@ -80,14 +80,16 @@ def comparison_table(results: dict[str, dict], metric: str) -> list[str]:
                 cells.append("—" if row is None else format_stat(row[metric], 3))
             for a, b in pairs:
                 diff = _paired(result, f"{a} s={strength:g}", f"{b} s={strength:g}")
-                if diff is None:
-                    cells.append("—")
-                elif gated:
-                    cells.append("no verdict (judge gate)")
-                else:
-                    cells.append(format_stat(diff[metric], 3))
+                cells.append(_diff_cell(diff, metric, gated))
             lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _diff_cell(diff: dict | None, metric: str, gated: bool) -> str:
+    """One paired difference's table cell: "—" when not run, no verdict behind a failed gate."""
+    if diff is None:
+        return "—"
+    return "no verdict (judge gate)" if gated else format_stat(diff[metric], 3)
 
 
 def wrong_scene_table(results: dict[str, dict], metric: str) -> list[str]:
@@ -108,12 +110,7 @@ def wrong_scene_table(results: dict[str, dict], metric: str) -> list[str]:
             cells = [domain, f"{strength:g}"]
             for method in methods:
                 diff = _paired(result, f"{method} s={strength:g}", "wrong_scene")
-                if diff is None:
-                    cells.append("—")
-                elif gated:
-                    cells.append("no verdict (judge gate)")
-                else:
-                    cells.append(format_stat(diff[metric], 3))
+                cells.append(_diff_cell(diff, metric, gated))
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
