@@ -103,6 +103,8 @@ def test_gate_fails_when_floor_equals_chance_and_advice_fits_the_judge(judge):
     gate = judge_quality(_metrics(floor), _metrics(chance), list(clusters), judge)
     assert not gate["separates"]
     assert CANNOT_SEPARATE in gate["warning"]
+    advice = gate["warning"].split("No depth verdict is given. ")[1]
+    assert advice[0].isupper(), advice  # a sentence of its own
     if "dpt-large" in judge:
         assert "dpt_large" not in gate["warning"] and "already is DPT-Large" in gate["warning"]
     else:

@@ -54,7 +54,8 @@ def judge_advice(judge_name: str, n_scenes: int, change_judge: str) -> str:
         )
     else:
         advice.append(f"use a stronger judge that reads geometry ({change_judge})")
-    return "; ".join(advice) + "."
+    text = "; ".join(advice) + "."
+    return text[0].upper() + text[1:]  # it follows a full sentence in every warning
 
 
 def judge_quality(
