@@ -58,18 +58,12 @@ def comparison_table(results: dict[str, dict], metric: str) -> list[str]:
     over scenes)."""
     methods = sorted({m for r in results.values() for m in _methods(r)}, key=METHODS.index)
     depth_methods = [m for m in methods if m != "img2img"] if "img2img" in methods else []
-    better = "higher" if HIGHER.get(metric, False) else "lower"
     header = ["domain", "strength", *(METHOD_LABELS[m] for m in methods)]
     pairs = [(m, "img2img") for m in depth_methods]
     if {"concat", "controlnet"} <= set(methods):
         pairs.append(("controlnet", "concat"))
     header += [f"{a} − {b} (paired)" for a, b in pairs]
-    lines = [
-        f"**{metric}** ({COMPARISON_METRICS.get(metric, '')}; {better} is better)",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|---" * len(header) + "|",
-    ]
+    lines = _table_head(metric, metric, header)
     for domain, result in results.items():
         gated = metric.startswith("depth_") and not result["judge_quality"]["separates"]
         strengths = result["settings"]["strengths"]
@@ -85,6 +79,18 @@ def comparison_table(results: dict[str, dict], metric: str) -> list[str]:
     return lines
 
 
+def _table_head(title: str, metric: str, header: list[str]) -> list[str]:
+    """Markdown lines before a table's rows: bold ``title`` with what ``metric`` measures and
+    which direction is better, then the header row and its separator."""
+    better = "higher" if HIGHER.get(metric, False) else "lower"
+    return [
+        f"**{title}** ({COMPARISON_METRICS.get(metric, '')}; {better} is better)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
+
+
 def _diff_cell(diff: dict | None, metric: str, gated: bool) -> str:
     """One paired difference's table cell: "—" when not run, no verdict behind a failed gate."""
     if diff is None:
@@ -96,14 +102,8 @@ def wrong_scene_table(results: dict[str, dict], metric: str) -> list[str]:
     """Markdown lines: per domain and strength, each method's paired difference from the wrong
     scene (another scene's true render at the same rotation = chance), 95 % CI over scenes."""
     methods = sorted({m for r in results.values() for m in _methods(r)}, key=METHODS.index)
-    better = "higher" if HIGHER.get(metric, False) else "lower"
     header = ["domain", "strength", *(f"{m} − wrong scene (paired)" for m in methods)]
-    lines = [
-        f"**{metric} − chance** ({COMPARISON_METRICS.get(metric, '')}; {better} is better)",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|---" * len(header) + "|",
-    ]
+    lines = _table_head(f"{metric} − chance", metric, header)
     for domain, result in results.items():
         gated = metric.startswith("depth_") and not result["judge_quality"]["separates"]
         for strength in result["settings"]["strengths"]:
