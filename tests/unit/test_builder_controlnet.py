@@ -10,9 +10,10 @@ import pytest
 import torch
 from diffusers import ControlNetModel, DDPMScheduler
 
-from depth2img.models.families import get_family
+from depth2img.models.families import PromptEmbeds, get_family
 from depth2img.models.tiny import build_tiny_components, sd_scheduler_config
 from tools.build_tiny_base import configs, controlnet_stage, export, sdxl_stage
+from tools.build_tiny_base.extra_models import TrainingData
 from tools.build_tiny_base.training import build_text_model
 
 
@@ -150,3 +151,22 @@ def test_sdxl_base_trains_saves_and_runs_in_vanilla_sdxl_pipelines(tmp_path):
     facts = sdxl_stage.check_sdxl_folders(tmp_path / "sdxl", cn_dir)
     assert facts["sdxl_output_shape"] == [1, size, size, 3]
     assert facts["sdxl_controlnet_output_shape"] == [1, size, size, 3]
+
+
+def test_controlnet_data_is_the_leading_share_of_the_unet_data():
+    """The ControlNets see the first ``n_controlnet`` images (latents, depth, captions and their
+    embeddings, pooled too); the images after them (endoscopy-lit scenes) train the UNet only."""
+    latents, depth = torch.randn(2, 5, 4, 4, 4), _ramp(10).view(2, 5, 1, 16, 16)
+    captions = [f"caption {i}" for i in range(5)]
+    text = PromptEmbeds(torch.randn(5, 3, 8), torch.randn(5, 6))
+    data = TrainingData(latents, depth, captions, n_base=2, n_controlnet=3)
+    head, head_text = data.for_controlnets(text)
+    assert head.captions == captions[:3] and head.n_base == 2
+    assert torch.equal(head.latents, latents[:, :3]) and torch.equal(head.view_depth, depth[:, :3])
+    assert torch.equal(head_text.hidden, text.hidden[:3])
+    assert torch.equal(head_text.pooled, text.pooled[:3])
+    everything, same_text = TrainingData(latents, depth, captions, 2).for_controlnets(
+        PromptEmbeds(text.hidden)
+    )
+    assert everything.captions == captions and same_text.pooled is None
+    assert torch.equal(everything.latents, latents)

@@ -5,6 +5,7 @@ import pytest
 
 from depth2img.data.synthetic import common as c
 from depth2img.data.synthetic import render_sample
+from depth2img.data.synthetic.endoscopy import FAR_MM
 from depth2img.data.synthetic.procedural import (
     FAR_M,
     PROBE_NAMES,
@@ -14,6 +15,7 @@ from depth2img.data.synthetic.procedural import (
     random_probe_depth_maps,
     random_rotation,
     render_dense_aerial,
+    render_endoscopy_procedural,
     render_procedural,
 )
 
@@ -59,6 +61,35 @@ def test_lambert_shading_follows_the_normal():
     plane = Plane((0.0, 0.0, 10.0), (0.0, 0.0, -1.0))
     assert plane.intersect(np.zeros(3), rays)[0] == pytest.approx(10.0)
     assert np.isinf(plane.intersect(np.zeros(3), -rays)).all()  # behind the camera
+
+
+def test_endoscopy_lit_procedural_scenes_show_depth_as_brightness_without_a_tube_layout():
+    """The light sits at the tip, so near surfaces are brighter (brightness ranks follow depth
+    ranks); the geometry is a procedural scene, not a tube, so the periphery is not nearer than
+    the centre on average; caption and depth units are endoscopy's."""
+    a, b = render_endoscopy_procedural(5, 32, seed=2), render_endoscopy_procedural(5, 32, seed=2)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.depth, b.depth)
+    assert a.domain == "endoscopy-procedural" and a.depth_kind == "depth"
+    assert a.caption.startswith("an endoscopy view of") and a.depth_units == "mm"
+    rank_corr, periphery_minus_centre = [], []
+    yy, xx = np.mgrid[0:32, 0:32] - 15.5
+    periphery = np.hypot(xx, yy) > 11
+    for i in range(24):
+        s = render_endoscopy_procedural(i, 32)
+        assert np.isfinite(s.depth).all() and (s.depth > 0).all() and (s.depth <= FAR_MM).all()
+        lit = (s.depth < FAR_MM) & ~periphery  # inside the round field of view
+        if s.condition != "dim" and lit.sum() > 50:
+            luma = s.image[lit].astype(float).mean(-1)
+            ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+            rank_corr.append(np.corrcoef(ranks(luma), ranks(-s.depth[lit]))[0, 1])
+        near = -s.depth
+        periphery_minus_centre.append(near[periphery].mean() - near[~periphery].mean())
+    assert np.median(rank_corr) > 0.5, rank_corr
+    tube = [render_sample("endoscopy", 100_000 + i, size=32).depth for i in range(8)]
+    tube_gap = np.mean([(-d)[periphery].mean() - (-d)[~periphery].mean() for d in tube])
+    assert tube_gap > 10  # the tube: periphery tens of mm nearer
+    assert abs(np.mean(periphery_minus_centre)) < 0.25 * tube_gap
 
 
 def test_dense_aerial_has_more_relief_than_the_aerial_domain():

@@ -11,6 +11,8 @@ Examples:
     python -m tools.build_tiny_base --out /tmp/tiny --preset quick          # smoke (~3 min*)
     python -m tools.build_tiny_base --out data/models --parent data/models/tiny-sd-base \\
         --cache-dir /work/build_cache                                        # shipped (~45 min*)
+    python -m tools.build_tiny_base --out /tmp/next --preset candidate \\
+        --judge-init data/models/tiny-depth2img --cache-dir /work/build_cache  # (~60 min*)
 
 * one torch thread on a 2-core machine shared with other jobs.
 ``--parent`` keeps an existing text-to-image parent (VAE, text encoder, tokenizer, base UNet)
@@ -60,9 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("data/models"), help="output folder")
     parser.add_argument(
         "--preset",
-        choices=("quick", "draft", "full"),
+        choices=("quick", "draft", "full", "candidate"),
         default="full",
-        help="budget preset: quick (smoke test), draft, full (the shipped model)",
+        help="budget preset: quick (smoke test), draft, full (the shipped model), candidate "
+        "(the next build: better VAE, endoscopy-lit procedural scenes; measured, not shipped)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     parser.add_argument(
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     n_procedural = max(cfg.judge_procedural, cfg.depth_procedural)
     procedural = dataset.render_extra("procedural", n_procedural, cfg.image_size, cfg.seed)
     dense = dataset.render_extra("aerial-dense", cfg.judge_dense_aerial, cfg.image_size, cfg.seed)
+    n_endo = max(cfg.judge_endoscopy_procedural, cfg.depth_endoscopy_procedural)
+    endo_procedural = dataset.render_extra("endoscopy-procedural", n_endo, cfg.image_size, cfg.seed)
     held = dataset.render_heldout(cfg.heldout_samples, cfg.image_size, cfg.seed)
     lap("render")
     images, depth = train.images_tensor(), train.depth_tensor()  # [N,3,H,W], [N,1,H,W]
@@ -250,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # UNet data: the domain mix (+ a few aerial) and procedural scenes, each as `depth_views`
     # views (the image and geometrically augmented copies), encoded once.
-    unet_set = dataset.concat(train.subset(mix), procedural.subset(np.arange(cfg.depth_procedural)))
+    unet_set = dataset.concat(
+        train.subset(mix),  # first: the base UNet trains on these only
+        procedural.subset(np.arange(cfg.depth_procedural)),
+        endo_procedural.subset(np.arange(cfg.depth_endoscopy_procedural)),
+    )
     view_images, view_depth = augmented_views(
         unet_set.images_tensor(), unet_set.depth_tensor(), cfg.depth_views, cfg.seed + 7
     )
@@ -293,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         lap("encode")
 
     # 5. depth judge: every domain + procedural scenes + dense towns, augmented per batch
-    judge_set = dataset.concat(train, procedural.subset(np.arange(cfg.judge_procedural)), dense)
+    judge_set = dataset.concat(
+        train,
+        procedural.subset(np.arange(cfg.judge_procedural)),
+        dense,
+        endo_procedural.subset(np.arange(cfg.judge_endoscopy_procedural)),
+    )
     judge_images, judge_depth = judge_set.images_tensor(), judge_set.depth_tensor()
     judge_init = None
     if args.judge_init is not None:
@@ -380,7 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     lap("depth")
 
     # 6b. tiny SDXL base + its depth ControlNet, depth ControlNet on the SD parent
-    extra_data = extra_models.TrainingData(latents, view_depth, unet_set.captions, len(mix))
+    # The ControlNets see controlnet_endoscopy_procedural of the endoscopy-lit scenes (last in
+    # unet_set), so those can teach the depth UNet without changing the ControlNets' data.
+    n_controlnet = len(unet_set.captions) - cfg.depth_endoscopy_procedural
+    n_controlnet += min(cfg.controlnet_endoscopy_procedural, cfg.depth_endoscopy_procedural)
+    extra_data = extra_models.TrainingData(
+        latents, view_depth, unet_set.captions, len(mix), n_controlnet
+    )
     parent = Components(vae, text_encoder, tokenizer, base_unet, scheduler)
     extras = extra_models.train_extra_models(
         cache, cfg, parent, base_key, extra_data, text_emb, uncond, scheduler, not args.skip_sdxl
@@ -507,9 +527,17 @@ def main(argv: list[str] | None = None) -> int:
         },
         "data": {
             "train": {d: int(sum(x == d for x in train.domains)) for d in DOMAINS},
-            "judge_extra": {"procedural": cfg.judge_procedural, "aerial-dense": len(dense)},
+            "judge_extra": {
+                "procedural": cfg.judge_procedural,
+                "aerial-dense": len(dense),
+                "endoscopy-procedural": cfg.judge_endoscopy_procedural,
+            },
             "unet": {d: int(sum(train.domains[i] == d for i in mix)) for d in DOMAINS}
-            | {"procedural": cfg.depth_procedural, "views_per_image": cfg.depth_views},
+            | {
+                "procedural": cfg.depth_procedural,
+                "endoscopy-procedural": cfg.depth_endoscopy_procedural,
+                "views_per_image": cfg.depth_views,
+            },
         },
         "latent_shape": list(latents.shape[2:]),
         "vae_scale_factor": cfg.image_size // latent_hw[0],

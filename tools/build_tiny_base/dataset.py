@@ -10,7 +10,11 @@ from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.synthetic import CONDITIONS, DOMAINS, iter_samples
-from depth2img.data.synthetic.procedural import render_dense_aerial, render_procedural
+from depth2img.data.synthetic.procedural import (
+    render_dense_aerial,
+    render_endoscopy_procedural,
+    render_procedural,
+)
 
 # Held-out scenes start far past any training scene index, so no geometry is shared.
 HELDOUT_START = 100_000
@@ -88,8 +92,14 @@ def render_extra(
     kind: str, count: int, size: int, seed: int, start: int = 0, desc: str | None = None
 ) -> RenderedSet:
     """Render ``count`` layout-free scenes: ``kind`` is "procedural" (random primitives and
-    ramps, ``render_procedural``) or "aerial-dense" (dense towns, ``render_dense_aerial``)."""
-    render = {"procedural": render_procedural, "aerial-dense": render_dense_aerial}[kind]
+    ramps, ``render_procedural``), "endoscopy-procedural" (the same kind of scenes lit and
+    captioned like endoscopy, ``render_endoscopy_procedural``) or "aerial-dense" (dense towns,
+    ``render_dense_aerial``)."""
+    render = {
+        "procedural": render_procedural,
+        "endoscopy-procedural": render_endoscopy_procedural,
+        "aerial-dense": render_dense_aerial,
+    }[kind]
     spec = DepthSpec()
     images, depths, captions, domains, scene_ids = [], [], [], [], []
     for i in tqdm(range(count), desc=desc or f"render {kind}", unit="img"):

@@ -64,6 +64,17 @@ class TrainingData:
     view_depth: torch.Tensor
     captions: list[str]
     n_base: int
+    n_controlnet: int | None = None  # the ControlNets train on the first n_controlnet (None: all)
+
+    def for_controlnets(self, text: PromptEmbeds) -> tuple[TrainingData, PromptEmbeds]:
+        """The ControlNets' share of the data and its caption embeddings (the first
+        ``n_controlnet`` images; the images after them are UNet-only)."""
+        n = len(self.captions) if self.n_controlnet is None else self.n_controlnet
+        pooled = None if text.pooled is None else text.pooled[:n]
+        data = TrainingData(
+            self.latents[:, :n], self.view_depth[:, :n], self.captions[:n], self.n_base, n
+        )
+        return data, PromptEmbeds(text.hidden[:n], pooled)
 
 
 @dataclass
@@ -215,12 +226,14 @@ def train_extra_models(
             cache, cfg, parent, data, scheduler
         )
         models.sdxl = sdxl
+        cn_data, cn_text = data.for_controlnets(text)
         models.sdxl_controlnet, models.reused["sdxl_controlnet"] = controlnet_for(
-            cache, "sdxl_controlnet", sdxl_key, sdxl.unet, "sdxl", data, text, sdxl_uncond,
+            cache, "sdxl_controlnet", sdxl_key, sdxl.unet, "sdxl", cn_data, cn_text, sdxl_uncond,
             scheduler, cfg, cfg.sdxl_controlnet_steps, cfg.seed + 12,
         )  # fmt: skip
+    cn_data, cn_text = data.for_controlnets(PromptEmbeds(text_emb))
     models.controlnet, models.reused["sd_controlnet"] = controlnet_for(
-        cache, "sd_controlnet", base_key, parent.unet, "sd", data, PromptEmbeds(text_emb),
+        cache, "sd_controlnet", base_key, parent.unet, "sd", cn_data, cn_text,
         PromptEmbeds(uncond), scheduler, cfg, cfg.controlnet_steps, cfg.seed + 8,
     )  # fmt: skip
     return models

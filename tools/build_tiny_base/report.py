@@ -13,6 +13,18 @@ from pathlib import Path
 from .judge_eval import format_table
 
 
+def _endoscopy_procedural_note(mix: dict) -> str:
+    """The endoscopy-lit procedural scenes in the data line (absent from older builds)."""
+    n = mix["judge_extra"].get("endoscopy-procedural")
+    if not n:
+        return ""
+    return (
+        f", and procedural scenes lit, textured and captioned like endoscopy (light at the tip;"
+        f" {n} for the judge, {mix['unet'].get('endoscopy-procedural', 0)} for the UNets,"
+        " `render_endoscopy_procedural`)"
+    )
+
+
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f} M"
 
@@ -139,7 +151,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
    scenes from `depth2img.data.synthetic.procedural`: {cfg["judge_procedural"]} procedural scenes (random
    spheres, boxes, cylinders and tilted planes at random orientations, random camera roll,
    Lambert shading, cast shadows, ambient occlusion, some haze) and {mix["judge_extra"]["aerial-dense"]} dense
-   aerial towns (height carried by shading and cast shadows); held-out: {cfg["heldout_samples"]} per domain
+   aerial towns (height carried by shading and cast shadows){_endoscopy_procedural_note(mix)}; held-out: {cfg["heldout_samples"]} per domain
    from unseen scenes.
 2. **Tokenizer, text encoder** (`CLIPTextModel`, {_fmt_params(p["text_encoder"])} parameters, randomly
    initialized and frozen), **VAE** (`AutoencoderKL`, {_fmt_params(p["vae"])} parameters,

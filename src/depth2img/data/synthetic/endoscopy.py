@@ -197,47 +197,81 @@ def _wall_normals(geom: EndoscopyGeometry, p: np.ndarray, eps: float = 0.02) -> 
 def shade_endoscopy(geom: EndoscopyGeometry, eb: EndoBuffer, condition: str) -> np.ndarray:
     """Shade under ``condition`` with a light at the tip; returns (H, W, 3) uint8 RGB."""
     look = ENDOSCOPY_LOOKS[condition]
-    albedo, gloss = _mucosa(geom, eb, look)
+    albedo, gloss = mucosa(lambda *a: _wall_noise(geom, eb.uv, *a), look, eb.polyp >= 0)
+    hit = np.isfinite(eb.t)
     normals = _bumped_normals(geom, eb)
-    # Light at the camera: direction to light = -view ray, distance = true range (mm).
-    rng_mm = np.linalg.norm(eb.points, axis=1)
-    to_light = -eb.points / np.maximum(rng_mm, 1e-6)[:, None]
+    return headlight(
+        albedo, gloss, normals, eb.points, hit, look, (eb.height, eb.width), geom.texture_seed
+    )
+
+
+def headlight(
+    albedo: np.ndarray,
+    gloss: np.ndarray,
+    normals: np.ndarray,
+    points: np.ndarray,
+    hit: np.ndarray,
+    look: EndoscopyLook,
+    size_hw: tuple[int, int],
+    noise_seed: int,
+) -> np.ndarray:
+    """An endoscope's light: a point source at the camera tip (inverse-square falloff, wet
+    highlights), the round field of view and sensor noise. Any geometry lit this way shows its
+    depth as brightness, which is what makes endoscopy images readable.
+
+    Args:
+        albedo: (N, 3) in [0, 1]; gloss: (N,); normals: (N, 3) unit, facing the camera;
+        points: (N, 3) camera-frame positions in mm; hit: (N,) bool (False = open lumen,
+        rendered dark); size_hw: (H, W) with H * W = N.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    rng_mm = np.linalg.norm(points, axis=1)
+    to_light = -points / np.maximum(rng_mm, 1e-6)[:, None]
     cos = np.clip(np.einsum("ij,ij->i", normals, to_light), 0.0, 1.0)
     falloff = look.gain * 120.0 / (rng_mm**2 + 20.0)  # inverse square, softened at the tip
     diffuse = albedo * (cos * falloff)[:, None]
     # Light and eye coincide, so the half vector is the light direction: wet highlights.
     specular = (gloss * cos**30 * falloff)[:, None] * np.array([1.0, 0.97, 0.95])
     rgb = (diffuse + specular + 0.01) * np.asarray(look.tint)
-    rgb[~np.isfinite(eb.t)] = 0.005  # the lumen disappears into darkness
-    image = rgb.reshape(eb.height, eb.width, 3) * _vignette(eb.height, eb.width)[..., None]
+    rgb[~hit] = 0.005  # the lumen disappears into darkness
+    height, width = size_hw
+    image = rgb.reshape(height, width, 3) * _vignette(height, width)[..., None]
     if look.noise_std > 0:
-        noise = np.random.default_rng(geom.texture_seed + 77).normal(0, look.noise_std, image.shape)
+        noise = np.random.default_rng(noise_seed + 77).normal(0, look.noise_std, image.shape)
         image = image + noise
     return c.to_uint8(image)
 
 
-def _mucosa(geom: EndoscopyGeometry, eb: EndoBuffer, look: EndoscopyLook):
-    """Albedo (N, 3) of pink mucosa with dark-red vessels (and blood pools) and gloss (N,)."""
-    seed = geom.texture_seed
-    grain = _wall_noise(geom, eb.uv, 3.0, seed, 3)[:, None]
+def mucosa(
+    noise, look: EndoscopyLook, polyp: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Albedo (N, 3) of pink mucosa with dark-red vessels (and blood pools) and gloss (N,).
+
+    ``noise(scale_mm, seed_offset, octaves)`` returns (N,) fBm in [0, 1] on the surface with
+    features of ~``scale_mm`` (the tube's seamless wall noise, or noise on any surface);
+    ``polyp``: optional (N,) bool of polyp pixels (paler, less red)."""
+    grain = noise(3.0, 0, 3)[:, None]
     albedo = np.array([0.86, 0.45, 0.40]) * (0.8 + 0.35 * grain)
     # Vessels: thin ridges of a noise field (where it crosses 0.5).
-    vessel_field = _wall_noise(geom, eb.uv, 7.0, seed + 11, 3)
-    vessel = c.smoothstep(0.035, 0.0, np.abs(vessel_field - 0.5))[:, None]
+    vessel = c.smoothstep(0.035, 0.0, np.abs(noise(7.0, 11, 3) - 0.5))[:, None]
     vessel_color = np.array([0.55, 0.10, 0.12])
     albedo = c.lerp(albedo, vessel_color, np.clip(0.55 * look.vessel_contrast * vessel, 0, 1))
-    albedo[eb.polyp >= 0] *= (1.05, 0.78, 0.75)
-    gloss = np.full(len(eb.t), 0.35)
+    if polyp is not None:
+        albedo[polyp] *= (1.05, 0.78, 0.75)
+    gloss = np.full(len(albedo), 0.35)
     if look.blood:
-        pools = c.smoothstep(0.58, 0.64, _wall_noise(geom, eb.uv, 9.0, seed + 23, 2))
+        pools = c.smoothstep(0.58, 0.64, noise(9.0, 23, 2))
         albedo = c.lerp(albedo, np.array([0.40, 0.02, 0.03]), pools[:, None])
         gloss = gloss + 0.4 * pools
     return albedo, gloss
 
 
-def _wall_noise(geom: EndoscopyGeometry, uv: np.ndarray, scale_mm: float, seed: int, octaves):
+def _wall_noise(geom: EndoscopyGeometry, uv: np.ndarray, scale_mm: float, offset: int, octaves):
     """fBm on the tube wall with features of ~``scale_mm``, seamless around the tube. (N,)."""
     period = max(1, round(2 * np.pi * geom.radius / scale_mm))
+    seed = geom.texture_seed + offset
     return c.fbm(uv[:, 0] * period, uv[:, 1] / scale_mm, seed, octaves, period_x=period)
 
 

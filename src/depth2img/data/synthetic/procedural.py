@@ -11,6 +11,8 @@ break that:
 - :func:`render_dense_aerial`: nadir height maps of dense towns (more, smaller buildings and
   trees than the ``aerial`` domain, less bare ground) through the aerial renderer, whose
   shading and cast shadows carry the height.
+- :func:`render_endoscopy_procedural`: the procedural scenes in millimetres, lit and textured
+  like endoscopy (light at the tip) and captioned like it, so "endoscopy" stops implying a tube.
 - :func:`probe_depth_maps`: analytic depth maps (ramps in four directions, a sphere, steps)
   for checking that a depth-conditioned generator follows a map it never saw;
   :func:`random_probe_depth_maps`: many more of the same kinds at random angles, positions and
@@ -26,14 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import aerial
+from . import aerial, endoscopy
 from . import common as c
 from .api import SyntheticSample
-from .conditions import CONDITIONS
+from .conditions import CONDITION_PHRASES, CONDITIONS
 from .text import count_phrase, join_phrases
 
 PROCEDURAL = "procedural"
 DENSE_AERIAL = "aerial-dense"
+ENDOSCOPY_PROCEDURAL = "endoscopy-procedural"
 FAR_M = 40.0  # far clip: rays that leave the scene get this depth
 COLOR_NAMES = ("red", "blue", "green", "white", "yellow", "orange", "purple", "teal", "pink")
 
@@ -199,19 +202,21 @@ def _occlusion(prims, p: np.ndarray, n: np.ndarray, rng: np.random.Generator) ->
     return 1.0 - blocked / 8.0
 
 
-def render_procedural(
-    index: int, size: int | tuple[int, int] = 64, seed: int = 0
-) -> SyntheticSample:
-    """Render procedural scene ``index`` (a pure function of ``seed`` and ``index``).
+@dataclass
+class ProceduralHits:
+    """Ray-cast result of a procedural scene, flattened over (H, W)."""
 
-    Returns:
-        A ``SyntheticSample`` with domain ``"procedural"``, (H, W, 3) uint8 image and (H, W)
-        float32 z-depth in metres (far clip ``FAR_M``), ``depth_kind == "depth"``.
-    """
-    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
-    rng = np.random.default_rng([int(seed), 97, int(index)])
-    scene = make_procedural_scene(rng)
-    rays = _camera_rays(scene, h, w)
+    rays: np.ndarray  # (N, 3) with unit z component
+    depth: np.ndarray  # (N,) z-depth in metres, FAR_M where a ray leaves the scene
+    hit: np.ndarray  # (N,) bool
+    index: np.ndarray  # (N,) primitive index, -1 = none
+    points: np.ndarray  # (N, 3) camera-frame positions (metres)
+    normals: np.ndarray  # (N, 3) unit, facing the camera (0 where nothing is hit)
+
+
+def trace_procedural(scene: ProceduralScene, height: int, width: int) -> ProceduralHits:
+    """Cast one ray per pixel: nearest primitive, z-depth and camera-facing normals."""
+    rays = _camera_rays(scene, height, width)
     t, idx = c.nearest_hit(scene.prims, np.zeros(3), rays)
     hit = idx >= 0
     depth = np.where(hit, np.minimum(t, FAR_M), FAR_M)
@@ -224,13 +229,30 @@ def render_procedural(
     # Normals face the camera (rays hit the outside of every primitive).
     flip = (normals * rays).sum(-1) > 0
     normals[flip] = -normals[flip]
+    return ProceduralHits(rays, depth, hit, idx, p, normals)
+
+
+def render_procedural(
+    index: int, size: int | tuple[int, int] = 64, seed: int = 0
+) -> SyntheticSample:
+    """Render procedural scene ``index`` (a pure function of ``seed`` and ``index``).
+
+    Returns:
+        A ``SyntheticSample`` with domain ``"procedural"``, (H, W, 3) uint8 image and (H, W)
+        float32 z-depth in metres (far clip ``FAR_M``), ``depth_kind == "depth"``.
+    """
+    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    rng = np.random.default_rng([int(seed), 97, int(index)])
+    scene = make_procedural_scene(rng)
+    hits = trace_procedural(scene, h, w)
+    hit, depth, p, normals = hits.hit, hits.depth, hits.points, hits.normals
     light = np.asarray(scene.light)
     lambert = np.clip(normals @ light, 0.0, None)
     shadow = np.zeros(len(p), bool)
     shadow[hit] = c.any_hit(scene.prims, p[hit] + 1e-3 * normals[hit], light, tmin=1e-3)
     ao = np.ones(len(p))
     ao[hit] = _occlusion(scene.prims, p[hit], normals[hit], rng)
-    albedo = np.asarray(scene.colors)[np.maximum(idx, 0)]
+    albedo = np.asarray(scene.colors)[np.maximum(hits.index, 0)]
     grain = c.fbm(p[:, 0] * 2.0 + p[:, 2], p[:, 1] * 2.0, scene.texture_seed, octaves=2)
     albedo = albedo * (0.85 + 0.3 * grain[:, None])
     light_term = scene.ambient * ao + (1.0 - scene.ambient) * lambert * (1.0 - 0.85 * shadow)
@@ -249,6 +271,61 @@ def render_procedural(
         scene_id=f"{PROCEDURAL}-s{seed}-{index:06d}",
         condition="default",
         meta={"roll_deg": scene.roll_deg, "n_objects": len(scene.names), "seed": int(seed)},
+    )
+
+
+def render_endoscopy_procedural(
+    index: int, size: int | tuple[int, int] = 64, seed: int = 0
+) -> SyntheticSample:
+    """A procedural scene (random primitives and ramps, any roll) scaled to millimetres and lit
+    like an endoscopy view: mucosa texture, a light at the camera tip (near = bright), the round
+    field of view, one of the endoscopy conditions, and an endoscopy caption that does not
+    describe the geometry. Teaches "endoscopy look, any depth map": the tube domain alone lets
+    a model learn "periphery near" instead of reading the depth it is given.
+
+    Returns:
+        A ``SyntheticSample`` with domain ``"endoscopy-procedural"``, (H, W, 3) uint8 image and
+        (H, W) float32 z-depth in mm (far clip ``endoscopy.FAR_MM``), ``depth_kind == "depth"``.
+    """
+    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    rng = np.random.default_rng([int(seed), 98, int(index)])
+    scene = make_procedural_scene(rng)
+    hits = trace_procedural(scene, h, w)
+    # 2.5-16 m of the object scenes -> ~4-45 mm: the distances at which the tube walls are lit.
+    mm_per_m = float(rng.uniform(1.4, 2.8))
+    points = hits.points * mm_per_m
+    hit = hits.hit & (hits.depth * mm_per_m < endoscopy.FAR_MM)
+    condition = str(rng.choice(CONDITIONS["endoscopy"]))
+    look = endoscopy.ENDOSCOPY_LOOKS[condition]
+
+    def noise(scale_mm: float, offset: int, octaves: int) -> np.ndarray:
+        # Solid noise seen on the surface: (x, y) plus a share of z so planes facing the camera
+        # and tilted ones both get texture.
+        x = (points[:, 0] + 0.6 * points[:, 2]) / scale_mm
+        y = (points[:, 1] - 0.4 * points[:, 2]) / scale_mm
+        return c.fbm(x, y, scene.texture_seed + offset, octaves)
+
+    objects = hits.index >= len(scene.prims) - len(scene.names)  # after the 1-2 planes
+    albedo, gloss = endoscopy.mucosa(noise, look, polyp=objects)
+    image = endoscopy.headlight(
+        albedo, gloss, hits.normals, points, hit, look, (h, w), scene.texture_seed
+    )
+    depth = np.where(hit, hits.depth * mm_per_m, endoscopy.FAR_MM)
+    shape = str(rng.choice(["curved", "straight"]))
+    extras = [w_ for w_, p_ in (("folds", 0.5), ("a polyp", 0.4)) if rng.random() < p_]
+    caption = f"an endoscopy view of a {shape} bumpy tube"
+    if extras:
+        caption += " with " + " and ".join(extras)
+    return SyntheticSample(
+        image=image,
+        depth=depth.reshape(h, w).astype(np.float32),
+        depth_kind="depth",
+        depth_units="mm",
+        caption=f"{caption}, {CONDITION_PHRASES[condition]}",
+        domain=ENDOSCOPY_PROCEDURAL,
+        scene_id=f"{ENDOSCOPY_PROCEDURAL}-s{seed}-{index:06d}",
+        condition=condition,
+        meta={"roll_deg": scene.roll_deg, "mm_per_m": mm_per_m, "seed": int(seed)},
     )
 
 
