@@ -312,7 +312,7 @@ def render_endoscopy_procedural(
     )
     depth = np.where(hit, hits.depth * mm_per_m, endoscopy.FAR_MM)
     shape = str(rng.choice(["curved", "straight"]))
-    extras = [w_ for w_, p_ in (("folds", 0.5), ("a polyp", 0.4)) if rng.random() < p_]
+    extras = [word for word, chance in (("folds", 0.5), ("a polyp", 0.4)) if rng.random() < chance]
     caption = f"an endoscopy view of a {shape} bumpy tube"
     if extras:
         caption += " with " + " and ".join(extras)
