@@ -82,7 +82,7 @@ _REGISTRY: dict[str, _Domain] = {
 }
 
 
-def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     """``128 -> (128, 128)``; ``(H, W)`` passes through. ValueError on anything else."""
     hw = (size, size) if np.isscalar(size) else tuple(size)
     if len(hw) != 2 or int(hw[0]) < 1 or int(hw[1]) < 1:
@@ -128,7 +128,7 @@ def render_geometry(
     ``domain``; ``scene_index`` and ``seed`` only label the result (scene id, metadata).
     """
     condition = check_condition(domain, condition)
-    h, w = _size_hw(size)
+    h, w = size_hw(size)
     gbuffer = _REGISTRY[domain].trace(geometry, h, w)
     return _finish(domain, geometry, gbuffer, condition, h, w, scene_index, seed)
 
@@ -191,7 +191,7 @@ def iter_samples(
         raise ValueError("conditions must not be empty")
     for cond in conds:
         check_condition(domain, cond)
-    h, w = _size_hw(size)
+    h, w = size_hw(size)
     spec = _REGISTRY[domain]
     cached_index, geometry, gbuffer = None, None, None
     for i in range(num_samples):

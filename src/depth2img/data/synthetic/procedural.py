@@ -30,7 +30,7 @@ import numpy as np
 
 from . import aerial, endoscopy
 from . import common as c
-from .api import SyntheticSample
+from .api import SyntheticSample, size_hw
 from .conditions import CONDITION_PHRASES, CONDITIONS
 from .text import count_phrase, join_phrases
 
@@ -241,7 +241,7 @@ def render_procedural(
         A ``SyntheticSample`` with domain ``"procedural"``, (H, W, 3) uint8 image and (H, W)
         float32 z-depth in metres (far clip ``FAR_M``), ``depth_kind == "depth"``.
     """
-    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    h, w = size_hw(size)
     rng = np.random.default_rng([int(seed), 97, int(index)])
     scene = make_procedural_scene(rng)
     hits = trace_procedural(scene, h, w)
@@ -287,7 +287,7 @@ def render_endoscopy_procedural(
         A ``SyntheticSample`` with domain ``"endoscopy-procedural"``, (H, W, 3) uint8 image and
         (H, W) float32 z-depth in mm (far clip ``endoscopy.FAR_MM``), ``depth_kind == "depth"``.
     """
-    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    h, w = size_hw(size)
     rng = np.random.default_rng([int(seed), 98, int(index)])
     scene = make_procedural_scene(rng)
     hits = trace_procedural(scene, h, w)
@@ -387,7 +387,7 @@ def render_dense_aerial(
 
     ``condition`` is one of the aerial conditions; None picks one from the index.
     """
-    h, w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    h, w = size_hw(size)
     rng = np.random.default_rng([int(seed), 98, int(index)])
     geom = make_dense_aerial_geometry(rng)
     conds = CONDITIONS["aerial"]
