@@ -4,8 +4,10 @@
 Generates from held-out synthetic depth maps turned 90/180/270 deg and from probe maps (ramps,
 spheres, steps, boxes at random angles and places) with each domain's captions, judges the
 images, and compares per image, paired: the judged depth vs its own map (own), vs every other map
-of the check (chance) and each upright layout prior; 95 % bootstrap intervals over clusters
-(held-out scene or probe map). Also scores the judge on the real rotated renders (what a perfect
+of the check (chance) and each upright layout prior, and whether each image looks like its
+caption's domain at all (layout-free appearance statistics, k-nearest neighbours among training
+renders; part of the pass criterion); 95 % bootstrap intervals over clusters (held-out scene or
+probe map). Also scores the judge on the real rotated renders (what a perfect
 generator reaches). The same check the tiny-base builder runs (``tools/build_tiny_base/
 samples.py``; numbers for the shipped models in data/models/README.md).
 
@@ -67,9 +69,11 @@ def main(argv=None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    import numpy as np
     import torch
 
     from depth2img.depth_estimation import DepthEstimator
+    from depth2img.evaluation.domain_match import DomainClassifier
     from depth2img.evaluation.priors import mean_depth_map
     from depth2img.inference.loading import CheckpointError, load_generator_components
     from tools.build_tiny_base import configs, dataset, report, samples
@@ -90,10 +94,10 @@ def main(argv=None) -> int:
     cfg = configs.BuildConfig.full(args.seed)
     size = cfg.image_size
     held = dataset.render_heldout(max(cfg.heldout_samples, args.scenes), size, args.seed)
-    # Layout priors: the domain's mean depth map over the builder's training scenes.
-    train = dataset.render_set(
-        {d: cfg.train_samples[d] for d in args.domains}, size, args.seed, desc="render priors"
-    )
+    # Layout priors: the domain's mean depth map over the builder's training scenes; the same
+    # renders of every domain are the references of the in-domain check.
+    train = dataset.render_set(cfg.train_samples, size, args.seed, desc="render references")
+    classifier = DomainClassifier(np.stack(train.images), train.domains)
     means = {
         d: mean_depth_map(
             [(x + 1) / 2 for x, t in zip(train.depth, train.domains) if t == d], size, size
@@ -105,7 +109,13 @@ def main(argv=None) -> int:
     )
     extra["guidance_scale"] = args.guidance_scale
     result = samples.depth_following(
-        components, judge.model, conditions, means, seed=args.seed, **extra
+        components,
+        judge.model,
+        conditions,
+        means,
+        seed=args.seed,
+        domain_classifier=classifier,
+        **extra,
     )
     print(report.following_table(result))
     passed = [f"{d}/{s}" for d, sets in result.items() for s, e in sets.items() if e["passes"]]

@@ -3,7 +3,7 @@ item 2; numbers for the full check in data/models/README.md).
 
 Held-out street scenes turned 90/180/270 deg and random probe maps: the judged depth of each
 generation must match its own conditioning map better than the other maps of the check
-(chance) and better than every upright layout prior.
+(chance) and better than every upright layout prior, and look like street scenes.
 """
 
 import numpy as np
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from depth2img.depth_estimation import DepthEstimator
+from depth2img.evaluation.domain_match import DomainClassifier
 from depth2img.evaluation.priors import mean_depth_map
 from depth2img.models.loading import load_components
 from tools.build_tiny_base import dataset, samples
@@ -21,18 +22,22 @@ pytestmark = pytest.mark.slow
 def test_shipped_depth_model_follows_rotated_street_maps_and_probes():
     torch.set_num_threads(1)
     held = dataset.render_heldout(6, 64, seed=0)
-    train = dataset.render_set({"street": 24}, 64, seed=0)
-    means = {"street": mean_depth_map([(d + 1) / 2 for d in train.depth], 64, 64)}
+    train = dataset.render_set({"street": 24, "aerial": 24, "endoscopy": 24}, 64, seed=0)
+    street_depth = [(d + 1) / 2 for d, dom in zip(train.depth, train.domains) if dom == "street"]
+    means = {"street": mean_depth_map(street_depth, 64, 64)}
+    classifier = DomainClassifier(np.stack(train.images), train.domains)
     conditions = samples.following_conditions(held, ("street",), 6, 1, random_probes=12)
     judge = DepthEstimator.from_pretrained("shipped", batch_size=64)
-    result = samples.depth_following(load_components("shipped"), judge.model, conditions, means)[
-        "street"
-    ]
+    result = samples.depth_following(
+        load_components("shipped"), judge.model, conditions, means, domain_classifier=classifier
+    )["street"]
     for subset in ("rotated", "probe"):
         entry = result[subset]
         assert entry["own_minus_chance"]["mean"] > 0.2, (subset, entry["own_minus_chance"])
         best_prior = max(entry[k] for k in ("domain_mean", "lower_rows_near", "periphery_near"))
         assert entry["own"] > best_prior + 0.1, (subset, entry["own"], best_prior)
+        # ... and draws street scenes while doing so (not another domain's colours).
+        assert entry["in_domain"] >= 0.6, (subset, entry["in_domain"])
     # The real rotated renders are the reference: the judge reads them far above chance.
     real = result["rotated"]["real_render"]
     assert real["own"] - real["chance"] > 0.5 and np.isfinite(real["own"])

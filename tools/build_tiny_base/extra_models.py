@@ -316,12 +316,14 @@ def evaluate_controlnet(
     domain_means: dict,
     reliance_set: tuple,
     scales: tuple = (1.0,),
+    domain_classifier=None,
 ) -> tuple[Components, dict, dict]:
     """Depth following (judge) and depth reliance (judge-free) of a saved ControlNet.
 
     Args:
         reliance_set: (images, depth, captions, domains) of held-out renders.
         scales: ControlNet conditioning scales at which following is checked.
+        domain_classifier: ``DomainClassifier`` for the in-domain part of the pass criterion.
 
     Returns:
         (loaded components, following ``{str(scale): samples.depth_following result}``,
@@ -334,6 +336,7 @@ def evaluate_controlnet(
             judge,
             conditions,
             domain_means,
+            domain_classifier=domain_classifier,
             controlnet_conditioning_scale=scale,
         )
         for scale in scales

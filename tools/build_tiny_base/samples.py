@@ -41,6 +41,7 @@ from depth2img.data.synthetic.procedural import (
 )
 from depth2img.evaluation.bootstrap import paired_difference
 from depth2img.evaluation.depth_metrics import spearman
+from depth2img.evaluation.domain_match import DomainClassifier
 from depth2img.evaluation.priors import prior_maps
 from depth2img.inference.sampling import encode_prompts, generate
 
@@ -241,6 +242,7 @@ def depth_following(
     conditions: dict,
     domain_means: dict[str, np.ndarray],
     seed: int = 0,
+    domain_classifier: DomainClassifier | None = None,
     **generate_kwargs,
 ) -> dict:
     """Judged Spearman of generated images vs their own depth, chance and priors (see module).
@@ -249,6 +251,10 @@ def depth_following(
         judge: near-is-high depth network (``training.predict_depth``).
         conditions: from :func:`following_conditions`.
         domain_means: domain -> (H, W) near-is-high mean depth of training scenes.
+        domain_classifier: when given, a set passes only if its images also look like their
+            caption's domain (``depth2img.evaluation.domain_match``): a generator that draws
+            every domain in one domain's colours can follow probe maps as read by the judge
+            without drawing the scene it was asked for.
         generate_kwargs: passed to :func:`generate_images` and the sampler (e.g.
             ``guidance_scale``, ``controlnet_conditioning_scale``).
 
@@ -257,13 +263,19 @@ def depth_following(
         "own_minus_chance", "own_minus_<prior>" (paired differences; the pass criterion),
         "own_minus_partner" (strict, reported only), "passes", "real_render" (rotated sets: the
         same scores of the judge on the real rotated renders — what a perfect generator
-        reaches)}}}``.
+        reaches); with a classifier also "in_domain" (share of images classified as the
+        caption's domain) and "in_domain_minus_chance" (vs 1 / number of domains, clustered
+        CI; part of the pass criterion)}}}``.
     """
     depth = conditions["depth"]
     n = len(depth)
     seeds = [seed + i for i in range(n)]
     images = generate_images(components, depth, conditions["captions"], seeds, **generate_kwargs)
     judged = predict_depth(judge, images * 2.0 - 1.0).numpy()
+    in_domain = chance_in_domain = None
+    if domain_classifier is not None:
+        in_domain = domain_classifier.in_domain(_to_hwc(images), conditions["domains"])
+        chance_in_domain = np.full(n, 1.0 / len(domain_classifier.domains))
     maps = depth[:, 0].numpy()
     partner_maps = conditions["partner_depth"][:, 0].numpy()
     domains, sets = np.asarray(conditions["domains"]), np.asarray(conditions["sets"])
@@ -307,6 +319,11 @@ def depth_following(
                 criteria[f"own_minus_{name}"] = _diff_stats(
                     scores["own"][sel], prior_score[sel], clusters
                 )
+            if in_domain is not None:
+                entry["in_domain"] = round(float(in_domain[sel].mean()), 4)
+                criteria["in_domain_minus_chance"] = _diff_stats(
+                    in_domain[sel], chance_in_domain[sel], clusters
+                )
             entry |= criteria
             entry["passes"] = all(d["excludes_zero"] and d["mean"] > 0 for d in criteria.values())
             entry["own_minus_partner"] = _diff_stats(
@@ -314,6 +331,11 @@ def depth_following(
             )
             if real_scores and has_real[sel].all():
                 r = {k: round(float(v[sel].mean()), 4) for k, v in real_scores.items()}
+                if domain_classifier is not None:
+                    real_in = domain_classifier.in_domain(
+                        _to_hwc(real[sel], signed=True), [conditions["domains"][i] for i in sel]
+                    )
+                    r["in_domain"] = round(float(real_in.mean()), 4)
                 r["own_minus_chance"] = _diff_stats(
                     real_scores["own"][sel], real_scores["chance"][sel], clusters
                 )
@@ -323,6 +345,14 @@ def depth_following(
                 entry["real_render"] = r
             result[domain][subset] = entry
     return result
+
+
+def _to_hwc(images: torch.Tensor, signed: bool = False) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] (or [-1, 1] when ``signed``) -> (N, H, W, 3) in [0, 1], the
+    layout ``DomainClassifier`` takes."""
+    x = images.detach().float()
+    x = (x + 1.0) / 2.0 if signed else x
+    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
 def _tile(array_hwc: np.ndarray, scale: int) -> Image.Image:
