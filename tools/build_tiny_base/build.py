@@ -9,10 +9,10 @@ README.md + build_info.json.
 
 Examples:
     python -m tools.build_tiny_base --out /tmp/tiny --preset quick          # smoke (~3 min*)
-    python -m tools.build_tiny_base --out data/models --parent data/models/tiny-sd-base \\
-        --cache-dir /work/build_cache                                        # shipped (~45 min*)
     python -m tools.build_tiny_base --out /tmp/next --preset candidate \\
-        --judge-init data/models/tiny-depth2img --cache-dir /work/build_cache  # (~60 min*)
+        --judge-init data/models/tiny-depth2img --cache-dir /work/build_cache  # shipped (~75 min*)
+    python -m tools.build_tiny_base --out /tmp/old --parent data/models/tiny-sd-base \\
+        --cache-dir /work/build_cache            # the recipe shipped until 2026-12-07 (~45 min*)
 
 * one torch thread on a 2-core machine shared with other jobs.
 ``--parent`` keeps an existing text-to-image parent (VAE, text encoder, tokenizer, base UNet)
@@ -42,6 +42,7 @@ from depth2img.data.synthetic import DOMAINS
 from depth2img.data.synthetic.augment import apply_geometric, random_params
 from depth2img.depth_estimation import DepthEstimator
 from depth2img.evaluation.depth_metrics import batch_depth_metrics
+from depth2img.evaluation.domain_match import DomainClassifier
 from depth2img.evaluation.priors import mean_depth_map
 from depth2img.inference.sampling import encode_prompts
 from depth2img.models.components import Components
@@ -64,8 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset",
         choices=("quick", "draft", "full", "candidate"),
         default="full",
-        help="budget preset: quick (smoke test), draft, full (the shipped model), candidate "
-        "(the next build: better VAE, endoscopy-lit procedural scenes; measured, not shipped)",
+        help="budget preset: quick (smoke test), draft, full (the recipe shipped until "
+        "2026-12-07), candidate (shipped since 2026-12-07: sharper VAE, longer bases, "
+        "endoscopy-lit procedural scenes)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     parser.add_argument(
@@ -444,7 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.following_probe_captions,
         cfg.following_random_probes,
     )
-    following = samples.depth_following(loaded, shipped_judge.model, conditions, domain_means)
+    # Is each generated image in its caption's domain? (k-NN on layout-free appearance
+    # statistics of the training renders; part of the following pass criterion.)
+    classifier = DomainClassifier(np.stack(train.images), train.domains)
+    following = samples.depth_following(
+        loaded, shipped_judge.model, conditions, domain_means, domain_classifier=classifier
+    )
     print(f"[build] depth following {report.following_table(following)}", flush=True)
     gen_sel = np.flatnonzero(np.isin(held.domains, ["street", "endoscopy"]))
     reliance = samples.depth_reliance(
@@ -477,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             domain_means,
             reliance_set,
             cfg.following_controlnet_scales,
+            classifier,
         )
         controlnet_models[name] = model
         controlnet_metrics[name] = {"depth_following": cn_following, "depth_reliance": cn_reliance}
