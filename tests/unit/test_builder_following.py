@@ -48,3 +48,13 @@ def test_chance_averages_every_other_cluster_of_the_group():
         np.mean([spearman(maps[2].ravel(), maps[j].ravel()) for j in (0, 1)])
     )
     assert np.isnan(chance[3])  # alone in its group: no other map to be chance
+
+
+def test_readme_says_when_the_depth_unet_was_not_trained_by_the_run():
+    """With --depth-unet the build README must not describe the UNet as trained by that run."""
+    from tools.build_tiny_base.report import _depth_start
+
+    reused = _depth_start({"depth_unet_from": "/builds/old/tiny-depth2img"})
+    assert "taken from `/builds/old/tiny-depth2img`" in reused and "not by this run" in reused
+    trained = _depth_start({})
+    assert "taken from" not in trained and "widened to 5 input channels" in trained

@@ -327,6 +327,15 @@ def _previous_note(info: dict) -> str:
 
 
 def _depth_start(info: dict) -> str:
+    if info.get("depth_unet_from"):
+        # --depth-unet: the UNet was not trained by this run; the recipe below is what the
+        # build that made it used with this run's settings (say so rather than imply it).
+        return (
+            f"**taken from `{info['depth_unet_from']}`** (`--depth-unet`: trained earlier by this "
+            "tool, not by this run; the recipe that follows assumes that build had this run's "
+            "settings, check its own README) — there, the base UNet widened to 5 input channels "
+            "with `depth2img.models.conditioning.concat.expand_unet_input_channels`"
+        )
     if info.get("depth_init"):
         return (
             "continued from the previously shipped depth UNet (`--depth-init`; that one is the "
