@@ -64,3 +64,10 @@ def test_a_scene_in_another_domains_colours_is_not_in_its_domain(renders):
     assert classifier.in_domain(images, domains).mean() >= 0.9
     assert classifier.in_domain(repainted, domains).mean() <= 0.25
     assert np.mean([p == "endoscopy" for p in classifier.predict(repainted)]) >= 0.75
+
+
+def test_chunked_distances_give_the_same_domains(renders):
+    train, held = renders
+    classifier = DomainClassifier(np.stack(train.images), train.domains)
+    images = np.stack(held.images)
+    assert classifier.predict(images, chunk=5) == classifier.predict(images)

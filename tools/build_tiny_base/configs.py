@@ -112,7 +112,7 @@ class BuildConfig:
     )
     heldout_samples: int = 12  # per domain, scenes never seen in training
     unet_aerial_fraction: float = 0.05  # aerial stays mostly unseen by the UNet
-    # 500 x 8 (shipped) loses colour and most aerial buildings (held-out PSNR street / aerial /
+    # 500 x 8 (preset "full", shipped until 2026-12-07) loses colour and most aerial buildings (held-out PSNR street / aerial /
     # endoscopy 19.9 / 22.7 / 26.4 dB); 4000 x 16 (preset "candidate"): 23.2 / 28.6 / 33.7 dB.
     vae_steps: int = 500
     vae_batch: int = 8
@@ -186,8 +186,9 @@ class BuildConfig:
     controlnet_caption_dropout: float = 0.5
     # How many of the endoscopy-lit procedural scenes the ControlNets see (they come after the
     # rest of the UNet data). On the candidate base with 1000 base steps, with 500 or 0 (and
-    # caption dropout 0.5 or 0.1) the ControlNets drew every domain in endoscopy colours and read as inverted on
-    # street (docs/benchmarks.md, "Candidate rebuild"); 0 keeps the shipped ControlNets' data.
+    # caption dropout 0.5 or 0.1) the ControlNets drew every domain in endoscopy colours and
+    # read as inverted on street (docs/benchmarks.md, "Candidate rebuild"); with the 4000-step
+    # base and 0 they draw each domain (shipped 2026-12-07).
     controlnet_endoscopy_procedural: int = 0
     # Tiny SDXL-architecture base (text-to-image, same data as the SD base) and its ControlNet.
     sdxl_base_steps: int = 700

@@ -78,11 +78,16 @@ class DomainClassifier:
         self._labels = np.array([self.domains.index(d) for d in reference_domains])
         self.k = max(1, min(k, len(features)))
 
-    def predict(self, images) -> list[str]:
-        """The domain of each image: (N, H, W, 3) -> N names."""
+    def predict(self, images, chunk: int = 256) -> list[str]:
+        """The domain of each image: (N, H, W, 3) -> N names. Distances are computed ``chunk``
+        queries at a time (a (chunk, M, F) array), so memory stays bounded for large N."""
         z = (appearance_features(images) - self._mean) / self._scale
-        dist = ((z[:, None, :] - self._features[None]) ** 2).sum(-1)
-        order = np.argsort(dist, axis=1)[:, : self.k]
+        order = np.concatenate(
+            [
+                np.argsort(((q[:, None, :] - self._features[None]) ** 2).sum(-1), axis=1)
+                for q in np.array_split(z, max(1, -(-len(z) // chunk)))
+            ]
+        )[:, : self.k]
         out = []
         for row in order:
             votes = np.bincount(self._labels[row], minlength=len(self.domains))

@@ -288,6 +288,9 @@ def render_endoscopy_procedural(
         (H, W) float32 z-depth in mm (far clip ``endoscopy.FAR_MM``), ``depth_kind == "depth"``.
     """
     h, w = size_hw(size)
+    # Stream 98 is also render_dense_aerial's: scene i of both draws the same first numbers
+    # (different generators, so different scenes). Kept: the shipped models trained on these
+    # renders, and a new stream would make the builder's presets stop reproducing them.
     rng = np.random.default_rng([int(seed), 98, int(index)])
     scene = make_procedural_scene(rng)
     hits = trace_procedural(scene, h, w)
