@@ -8,7 +8,9 @@ of the check (chance) and each upright layout prior, and whether each image look
 caption's domain at all (layout-free appearance statistics, k-nearest neighbours among training
 renders; part of the pass criterion); 95 % bootstrap intervals over clusters (held-out scene or
 probe map). Also scores the judge on the real rotated renders (what a perfect
-generator reaches). The same check the tiny-base builder runs (``tools/build_tiny_base/
+generator reaches), and the same images judge-free: edge F1 against their own map drawn as a
+grey image, with the same chance, priors and in-domain criterion (no verdict on a rotated set
+whose real renders do not beat chance by it; blind to the sign of depth). The same check the tiny-base builder runs (``tools/build_tiny_base/
 samples.py``; numbers for the shipped models in data/models/README.md).
 
     python scripts/following_report.py                                  # shipped concat model
@@ -120,6 +122,23 @@ def main(argv=None) -> int:
     print(report.following_table(result))
     passed = [f"{d}/{s}" for d, sets in result.items() for s, e in sets.items() if e["passes"]]
     print(f"passes: {', '.join(passed) or 'none'}")
+    free = [
+        f"{d}/{s}"
+        for d, sets in result.items()
+        for s, e in sets.items()
+        if e.get("judge_free", {}).get("passes")
+    ]
+    unreadable = [
+        f"{d}/{s}"
+        for d, sets in result.items()
+        for s, e in sets.items()
+        if e.get("judge_free", {}).get("instrument") is False
+    ]
+    print(f"judge-free (edge F1 vs the map) passes: {', '.join(free) or 'none'}")
+    if unreadable:
+        print(
+            f"judge-free: no verdict on {', '.join(unreadable)} (real renders do not beat chance)"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"settings": {k: str(v) for k, v in vars(args).items()}, "following": result}

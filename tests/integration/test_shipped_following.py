@@ -41,3 +41,7 @@ def test_shipped_depth_model_follows_rotated_street_maps_and_probes():
     # The real rotated renders are the reference: the judge reads them far above chance.
     real = result["rotated"]["real_render"]
     assert real["own"] - real["chance"] > 0.5 and np.isfinite(real["own"])
+    # The judge-free instrument is checked on the real rotated renders; probes have none.
+    assert "real_own_minus_chance" in result["rotated"]["judge_free"]
+    assert result["rotated"]["judge_free"]["instrument"] in (True, False)
+    assert result["probe"]["judge_free"]["instrument"] is None

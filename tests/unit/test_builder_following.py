@@ -58,3 +58,25 @@ def test_readme_says_when_the_depth_unet_was_not_trained_by_the_run():
     assert "taken from `/builds/old/tiny-depth2img`" in reused and "not by this run" in reused
     trained = _depth_start({})
     assert "taken from" not in trained and "widened to 5 input channels" in trained
+
+
+def test_judge_free_following_scores_an_image_drawn_from_its_map_above_chance(held):
+    """An "image" that is its own map drawn in grey has exactly the map's edges (own = 1) and
+    scores lower against the other maps; a flat-noise image scores alike against every map."""
+    from depth2img.evaluation.structure_measures import height_as_image
+
+    cond = samples.following_conditions(held, ("street",), 3, 1, random_probes=4)
+    maps = cond["depth"][:, 0].numpy()
+    groups = [f"{d}/{s}" for d, s in zip(cond["domains"], cond["sets"])]
+    drawn = np.stack([height_as_image(m) for m in maps])
+    scores = samples.edge_following_scores(drawn, maps, groups, cond["clusters"])
+    np.testing.assert_allclose(scores["own"], 1.0)
+    assert np.nanmax(scores["chance"]) < 0.9 and np.nanmean(scores["chance"]) < 0.6
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, drawn.shape, dtype=np.uint8)
+    blind = samples.edge_following_scores(noise, maps, groups, cond["clusters"])
+    assert abs(np.nanmean(blind["own"]) - np.nanmean(blind["chance"])) < 0.05
+    # The row table shows the judge-free columns, and "-" for results written before them.
+    from tools.build_tiny_base.report import _judge_free_cells
+
+    assert _judge_free_cells(None, None) == "- | - | - | -"

@@ -13,13 +13,16 @@ from depth2img.evaluation.bootstrap import summarize
 N, SCENES = 20, 5
 
 
-def _eval(fd, kid, absrel, floor, chance, seed=0, warning=None):
-    """A metrics.json-like result: 20 images from 5 scenes, per-image values + summaries."""
+def _eval(fd, kid, absrel, floor, chance, seed=0, warning=None, vae_floor=None, spearman=None):
+    """A metrics.json-like result: 20 images from 5 scenes, per-image values + summaries.
+
+    ``spearman``: optional (generated, floor, vae floor, chance) per-image Spearman values."""
     rng = np.random.default_rng(seed)
     scenes = [f"s{i // (N // SCENES)}" for i in range(N)]
     gen = absrel + 0.01 * rng.normal(size=N)
-    per_image = [
-        {
+    per_image = []
+    for i in range(N):
+        row = {
             "key": f"k{i}",
             "seed": i,
             "scene": scenes[i],
@@ -28,8 +31,12 @@ def _eval(fd, kid, absrel, floor, chance, seed=0, warning=None):
             "floor/depth_absrel": float(floor[i]),
             "chance/depth_absrel": float(chance[i]),
         }
-        for i in range(N)
-    ]
+        if vae_floor is not None:
+            row["vae_floor/depth_absrel"] = float(vae_floor[i])
+        if spearman is not None:
+            for group, values in zip(("generated", "floor", "vae_floor", "chance"), spearman):
+                row[f"{group}/depth_spearman"] = float(values[i])
+        per_image.append(row)
     depth = {
         "generated": {"depth_absrel": summarize(gen, scenes)},
         "floor": {"depth_absrel": summarize(floor, scenes)},
@@ -109,8 +116,8 @@ def test_demo_defaults_fit_the_tiny_model():
     assert args.recipe == "lora" and parse_args(["--recipe", "full"]).recipe == "full"
 
 
-def _references(vae_floor_ci_high, height_difference):
-    """``demo_structure.demo_references``-like: the judge's VAE gate and judge-free rows."""
+def _references(height_difference):
+    """``demo_structure.demo_references``-like: judge-free rows."""
     diff = {"mean": height_difference, "ci_low": height_difference - 0.02}
     diff["ci_high"] = height_difference + 0.02
     stat = summarize(np.full(N, 0.3))
@@ -119,38 +126,69 @@ def _references(vae_floor_ci_high, height_difference):
               "floor_vae": stat, "chance": stat}
         for key, _ in STRUCTURE_ROWS
     }  # fmt: skip
-    gate = {"mean": 0.0, "ci_low": -0.05, "ci_high": vae_floor_ci_high}
-    gate["reads_vae_output"] = vae_floor_ci_high < 0
-    return {
-        "structure": structure,
-        "vae_floor": {"depth_absrel": summarize(CHANCE)},
-        "vae_gate": gate,
-    }
+    return {"structure": structure}
 
 
 def test_judge_blind_to_vae_output_gives_no_depth_verdict_and_judge_free_decides(tmp_path):
-    evals = {
-        "base": _eval(2.0, 0.05, 0.30, GOOD_FLOOR, CHANCE, seed=0),
-        "finetuned": _eval(1.0, 0.01, 0.40, GOOD_FLOOR, CHANCE, seed=1),  # judge: worse
-    }
     # The judge reads VAE round trips of real images at chance: no judge verdict.
-    blind = _references(vae_floor_ci_high=0.02, height_difference=0.05)
-    text = write_demo_report(tmp_path, evals, {}, {}, blind).read_text()
-    assert "encoded and decoded by the VAE* at chance" in text
+    evals = {
+        "base": _eval(2.0, 0.05, 0.30, GOOD_FLOOR, CHANCE, seed=0, vae_floor=CHANCE),
+        "finetuned": _eval(1.0, 0.01, 0.40, GOOD_FLOOR, CHANCE, seed=1, vae_floor=CHANCE),
+    }
+    text = write_demo_report(tmp_path, evals, {}, {}, _references(0.05)).read_text()
+    assert "Depth consistency: no verdict: the judge cannot separate the VAE floor" in text
     assert "LOST depth consistency" not in text
     assert "no judge-free measure is significantly lower" in text
     assert "| edge F1 vs conditioning height map (judge-free) |" in text
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["depth_kept"] is None and summary["judge_depth_kept"] is False
-    assert summary["judge_reads_vae_output"] is False and summary["structure_kept"] is True
-    assert summary["vae_floor_minus_chance"]["ci_high"] == 0.02
+    assert summary["verdict_metrics"] == [] and summary["structure_kept"] is True
+    assert summary["gate"]["depth_absrel"]["vae_floor_minus_chance"]["ci_high"] >= 0
     # A judge that reads the VAE's output keeps its verdict.
-    reads = verdict(evals, references=_references(vae_floor_ci_high=-0.1, height_difference=0))
-    assert reads["depth_kept"] is False and reads["judge_reads_vae_output"] is True
+    evals_reading = {
+        name: {**e, "per_image": [{**r, "vae_floor/depth_absrel": r["floor/depth_absrel"] + 0.02}
+                                  for r in e["per_image"]]}
+        for name, e in evals.items()
+    }  # fmt: skip
+    reads = verdict(evals_reading, references=_references(0.0))
+    assert reads["depth_kept"] is False and reads["verdict_metrics"] == ["depth_absrel"]
+
+
+def test_each_metric_is_read_only_where_its_own_gate_passes(tmp_path):
+    """AbsRel cannot separate (floor ~ chance) but Spearman can: the verdict is on Spearman
+    alone, and the AbsRel difference is printed with "(no verdict)"."""
+    rng = np.random.default_rng(5)
+    blind_absrel = CHANCE + 0.01 * np.sin(np.arange(N))
+    floor_rho = 0.6 + 0.02 * rng.normal(size=N)
+    chance_rho = 0.02 * rng.normal(size=N)
+    vae_rho = floor_rho - 0.3
+
+    def spearman(generated):
+        return generated, floor_rho, vae_rho, chance_rho
+
+    base_rho = 0.20 + 0.02 * rng.normal(size=N)
+    for tuned_rho, kept in ((base_rho + 0.1, True), (base_rho - 0.1, False)):
+        evals = {
+            "base": _eval(2.0, 0.05, 0.30, blind_absrel, CHANCE, vae_floor=CHANCE,
+                          spearman=spearman(base_rho)),
+            "finetuned": _eval(1.0, 0.01, 0.90, blind_absrel, CHANCE, seed=1, vae_floor=CHANCE,
+                               spearman=spearman(tuned_rho)),
+        }  # fmt: skip
+        text = write_demo_report(tmp_path, evals, {}, {}).read_text()
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["verdict_metrics"] == ["depth_spearman"]
+        assert summary["depth_kept"] is kept  # decided by Spearman, though AbsRel got worse
+        assert "Judge quality (depth_spearman)" in text and "Judge quality (depth_absrel)" in text
+        assert "depth_absrel carries no verdict" in text
+        row = next(line for line in text.splitlines() if line.startswith("| depth AbsRel"))
+        assert "(no verdict)" in row
+        rho_row = next(line for line in text.splitlines() if line.startswith("| depth Spearman"))
+        assert "(no verdict)" not in rho_row
+        assert ("kept depth consistency" in text) is kept
 
 
 def test_structure_kept_fails_on_a_significant_judge_free_loss():
-    assert structure_kept(_references(-0.1, height_difference=0.05)) is True
-    assert structure_kept(_references(-0.1, height_difference=0.0)) is True  # CI spans 0
-    assert structure_kept(_references(-0.1, height_difference=-0.05)) is False
+    assert structure_kept(_references(height_difference=0.05)) is True
+    assert structure_kept(_references(height_difference=0.0)) is True  # CI spans 0
+    assert structure_kept(_references(height_difference=-0.05)) is False
     assert structure_kept(None) is None

@@ -71,3 +71,16 @@ def test_chunked_distances_give_the_same_domains(renders):
     classifier = DomainClassifier(np.stack(train.images), train.domains)
     images = np.stack(held.images)
     assert classifier.predict(images, chunk=5) == classifier.predict(images)
+
+
+def test_empty_and_too_small_inputs_are_handled_clearly():
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    classifier = DomainClassifier(refs, ["a", "b", "c"] * 2, k=3)
+    assert appearance_features(np.zeros((0, 8, 8, 3), np.uint8)).shape == (0, 32)
+    assert classifier.predict(np.zeros((0, 8, 8, 3), np.uint8)) == []
+    assert classifier.in_domain(np.zeros((0, 8, 8, 3), np.uint8), []).shape == (0,)
+    with pytest.raises(ValueError, match="at least 2 x 2"):
+        appearance_features(np.zeros((1, 1, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="at least one reference"):
+        DomainClassifier(np.zeros((0, 8, 8, 3), np.uint8), [])

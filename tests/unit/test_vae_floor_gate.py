@@ -138,3 +138,48 @@ def test_round_trip_goes_through_the_vae_mean_or_seeded_sample():
     assert not np.array_equal(sample[0], mean[0])
     with pytest.raises(ValueError, match="posterior"):
         vae_round_trip(vae, images, posterior="mode")
+
+
+def _both(absrel, rho):
+    return [{"depth_absrel": float(a), "depth_spearman": float(r)} for a, r in zip(absrel, rho)]
+
+
+def test_each_metric_has_its_own_gate_and_spearman_must_be_higher():
+    """AbsRel blind, Spearman reading: verdicts on Spearman only. Spearman is better when
+    higher, so a floor *below* chance by Spearman does not pass."""
+    floor, chance, clusters, rng = _data(4)
+    blind = chance + 0.01 * rng.normal(size=len(chance))
+    rho_chance = 0.05 * rng.normal(size=len(chance))
+    rho_floor = rho_chance + 0.4
+    gate = judge_quality(
+        _both(blind, rho_floor), _both(chance, rho_chance), clusters, "x",
+        vae_floor=_both(blind, rho_floor - 0.1),
+    )  # fmt: skip
+    assert gate["verdict_metrics"] == ["depth_spearman"] and gate["separates"]
+    assert gate["metric"] == "depth_spearman" and gate["warning"] is None
+    assert not gate["metrics"]["depth_absrel"]["separates"]
+    assert gate["metrics"]["depth_spearman"]["floor_minus_chance"]["ci_low"] > 0
+    text = gate_sentence(gate)
+    assert "Judge quality (depth_absrel)" in text and "Depth verdicts: depth_spearman only." in text
+    inverted = judge_quality(
+        _both(blind, rho_chance - 0.4), _both(chance, rho_chance), clusters, "x"
+    )
+    assert inverted["verdict_metrics"] == [] and CANNOT_SEPARATE in inverted["warning"]
+    # The VAE floor is gated per metric too: Spearman at chance through the VAE blocks it.
+    vae_blind = judge_quality(
+        _both(blind, rho_floor), _both(chance, rho_chance), clusters, "x",
+        vae_floor=_both(blind, rho_chance),
+    )  # fmt: skip
+    assert vae_blind["verdict_metrics"] == [] and CANNOT_SEPARATE_VAE in vae_blind["warning"]
+
+
+def test_gated_out_reads_old_results_with_one_gate():
+    from depth2img.evaluation.judge_quality import gated_out, verdict_metrics
+
+    assert verdict_metrics({"separates": True, "metric": "depth_absrel"}) == [
+        "depth_absrel", "depth_spearman"
+    ]  # fmt: skip
+    assert gated_out({"separates": False}, "depth_spearman")
+    assert not gated_out({"separates": False}, "edge_f1")
+    gate = {"separates": True, "verdict_metrics": ["depth_spearman"]}
+    assert gated_out(gate, "depth_absrel") and not gated_out(gate, "depth_spearman")

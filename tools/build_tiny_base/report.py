@@ -40,8 +40,10 @@ def following_table(following: dict) -> str:
         "| periphery | own - chance [95 % CI] | own - best prior [95 % CI] "
         "| in caption's domain (real render) | passes "
         "| strict: own - same-rotation scene [95 % CI] | real render: own / chance "
-        "/ own - same-rotation scene |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "/ own - same-rotation scene | judge-free edge F1: own / chance (real render) "
+        "| judge-free: own - chance [95 % CI] | judge-free: own - best prior [95 % CI] "
+        "| judge-free passes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for domain, sets in following.items():
         for name, e in sets.items():
@@ -63,9 +65,41 @@ def following_table(following: dict) -> str:
                 f"{e['chance']:.2f} | "
                 + " | ".join(f"{e[k]:.2f}" if k in e else "-" for k in priors)
                 + f" | {_ci(e['own_minus_chance'])} | {_ci(e[f'own_minus_{best}'])} | "
-                f"{in_domain} | {'yes' if e['passes'] else 'NO'} | {strict} | {real_cell} |"
+                f"{in_domain} | {'yes' if e['passes'] else 'NO'} | {strict} | {real_cell} | "
+                + _judge_free_cells(e.get("judge_free"), real)
+                + " |"
             )
     return "\n".join(lines)
+
+
+def _free_verdict(free: dict) -> str:
+    if free["passes"] is None:
+        return "no verdict (real renders do not beat chance)"
+    verdict = "yes" if free["passes"] else "NO"
+    return verdict + (
+        " (instrument unchecked: no real render)" if free["instrument"] is None else ""
+    )
+
+
+def _judge_free_cells(free: dict | None, real: dict | None) -> str:
+    """The judge-free edge-F1 columns of one following row ("-" for results without them)."""
+    if not free:
+        return " | ".join(["-"] * 4)
+    priors = [k for k in ("domain_mean", "lower_rows_near", "periphery_near") if k in free]
+    best = max(priors, key=lambda k: free[k])
+    real_part = (
+        f" ({real['edge_own']:.2f} / {real['edge_chance']:.2f})"
+        if real and "edge_own" in real
+        else ""
+    )
+    return " | ".join(
+        [
+            f"{free['own']:.2f} / {free['chance']:.2f}{real_part}",
+            _ci(free["own_minus_chance"]),
+            _ci(free[f"own_minus_{best}"]),
+            _free_verdict(free),
+        ]
+    )
 
 
 def _reliance_lines(reliance: dict) -> str:

@@ -24,6 +24,15 @@ images and compare, per image and paired:
 A set passes when own - chance and own - every prior are positive with scene-clustered 95 %
 bootstrap intervals (``depth2img.evaluation.bootstrap.paired_difference``; a cluster is a
 held-out scene or a probe map) that exclude zero.
+
+Judge-free following (a second instrument, reported next to the judge's; its own pass): edge F1
+of the generated image against the edges of its conditioning map drawn as a grey image
+(``structure_measures.edge_f1``, ``height_as_image``; the demo's "edge F1 vs height map"), with
+the same own / chance / prior design: chance = the same image against every other map of its
+set; a prior = the prior map's own edges against the conditioning map (what a generator that
+draws the domain's layout would score). It needs no depth network, so it can read domains the
+judge reads poorly (aerial: the judge's Spearman is capped near 0.5 by tied flat ground and
+reads VAE decodes at ~0.2).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from depth2img.evaluation.bootstrap import paired_difference
 from depth2img.evaluation.depth_metrics import spearman
 from depth2img.evaluation.domain_match import DomainClassifier
 from depth2img.evaluation.priors import prior_maps
+from depth2img.evaluation.structure_measures import edge_f1, height_as_image
 from depth2img.inference.sampling import encode_prompts, generate
 
 from .training import encode_latents, predict_depth, unet_prediction
@@ -230,6 +240,28 @@ def _any_other_chance(judged: np.ndarray, depth: np.ndarray, groups, clusters) -
     return out
 
 
+def edge_following_scores(images_hwc: np.ndarray, maps: np.ndarray, groups, clusters) -> dict:
+    """Judge-free own / chance edge F1 of generated images against conditioning maps.
+
+    Args:
+        images_hwc: (N, H, W, 3) uint8 generated images; maps: (N, H, W) conditioning depth.
+        groups, clusters: per row, its group (domain x set) and cluster (scene or probe).
+
+    Returns:
+        ``{"own": (N,), "chance": (N,)}``: edge F1 of image i vs map i's edges, and its mean
+        over every other map of the group from another cluster (NaN for a one-cluster group).
+    """
+    greys = [height_as_image(m) for m in maps]
+    groups, clusters = np.asarray(groups), np.asarray(clusters)
+    own = np.array([edge_f1(images_hwc[i], greys[i]) for i in range(len(maps))])
+    chance = np.empty(len(maps))
+    for i in range(len(maps)):
+        others = np.flatnonzero((groups == groups[i]) & (clusters != clusters[i]))
+        scores = [edge_f1(images_hwc[i], greys[j]) for j in others]
+        chance[i] = np.nanmean(scores) if scores else np.nan
+    return {"own": own, "chance": chance}
+
+
 def _diff_stats(a: np.ndarray, b: np.ndarray, clusters: list[str]) -> dict:
     stats = paired_difference(a, b, clusters)
     keep = ("mean", "ci_low", "ci_high", "n", "n_scenes", "excludes_zero")
@@ -281,6 +313,8 @@ def depth_following(
     domains, sets = np.asarray(conditions["domains"]), np.asarray(conditions["sets"])
     groups = [f"{d}/{s}" for d, s in zip(domains, sets)]
     clusters_all = conditions["clusters"]
+    images_uint8 = np.round(_to_hwc(images) * 255).astype(np.uint8)
+    edges = edge_following_scores(images_uint8, maps, groups, clusters_all)
     scores = {
         "own": _spearman_rows(judged, maps),
         "chance": _any_other_chance(judged, maps, groups, clusters_all),
@@ -305,6 +339,14 @@ def depth_following(
             name: np.array([spearman(prior.ravel(), maps[i].ravel()) for i in range(n)])
             for name, prior in priors.items()
         }
+        in_this = np.flatnonzero(domains == domain)
+        prior_edges = {}
+        for name, prior in priors.items():
+            values = np.full(n, np.nan)
+            values[in_this] = [
+                edge_f1(height_as_image(prior), height_as_image(maps[i])) for i in in_this
+            ]
+            prior_edges[name] = values
         result[domain] = {}
         for subset in dict.fromkeys(conditions["sets"]):
             sel = np.flatnonzero((domains == domain) & (sets == subset))
@@ -329,6 +371,17 @@ def depth_following(
             entry["own_minus_partner"] = _diff_stats(
                 scores["own"][sel], scores["partner"][sel], clusters
             )
+            real_edges = None
+            if has_real[sel].all():  # rotated sets: the instrument's own check on real renders
+                real_edges = edge_following_scores(
+                    np.round(_to_hwc(real[sel], signed=True) * 255).astype(np.uint8),
+                    maps[sel],
+                    [groups[i] for i in sel],
+                    clusters,
+                )
+            entry["judge_free"] = _edge_entry(
+                edges, prior_edges, sel, clusters, criteria, real_edges
+            )
             if real_scores and has_real[sel].all():
                 r = {k: round(float(v[sel].mean()), 4) for k, v in real_scores.items()}
                 if domain_classifier is not None:
@@ -342,9 +395,43 @@ def depth_following(
                 r["own_minus_partner"] = _diff_stats(
                     real_scores["own"][sel], real_scores["partner"][sel], clusters
                 )
+                r["edge_own"] = round(float(np.nanmean(real_edges["own"])), 4)
+                r["edge_chance"] = round(float(np.nanmean(real_edges["chance"])), 4)
                 entry["real_render"] = r
             result[domain][subset] = entry
     return result
+
+
+def _edge_entry(
+    edges: dict, prior_edges: dict, sel, clusters, judged_criteria: dict, real_edges=None
+) -> dict:
+    """One set's judge-free following: means, paired own - chance / own - prior, and its pass
+    (both positive with CIs excluding zero, plus the judged check's in-domain criterion).
+
+    ``real_edges`` (rotated sets: the same scores of the real rotated renders) checks the
+    instrument itself: when the real renders do not beat chance (their own - chance CI not
+    above 0), edge F1 cannot see following on this set and ``passes`` is None (no verdict).
+    Edge F1 is blind to the sign of depth: it shows edges where the map has them, not that
+    near and far are the right way round (the judge's Spearman does).
+    """
+    entry = {"own": round(float(np.nanmean(edges["own"][sel])), 4)}
+    entry["chance"] = round(float(np.nanmean(edges["chance"][sel])), 4)
+    criteria = {"own_minus_chance": _diff_stats(edges["own"][sel], edges["chance"][sel], clusters)}
+    for name, values in prior_edges.items():
+        entry[name] = round(float(np.nanmean(values[sel])), 4)
+        criteria[f"own_minus_{name}"] = _diff_stats(edges["own"][sel], values[sel], clusters)
+    if "in_domain_minus_chance" in judged_criteria:
+        criteria["in_domain_minus_chance"] = judged_criteria["in_domain_minus_chance"]
+    entry |= criteria
+    entry["passes"] = all(d["excludes_zero"] and d["mean"] > 0 for d in criteria.values())
+    entry["instrument"] = None  # unchecked: no real render (probe maps)
+    if real_edges is not None:
+        check = _diff_stats(real_edges["own"], real_edges["chance"], clusters)
+        entry["real_own_minus_chance"] = check
+        entry["instrument"] = bool(check["excludes_zero"] and check["mean"] > 0)
+        if not entry["instrument"]:
+            entry["passes"] = None
+    return entry
 
 
 def _to_hwc(images: torch.Tensor, signed: bool = False) -> np.ndarray:

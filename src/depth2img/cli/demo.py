@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         + ["--out", str(out / "samples"), "--device", "cpu"],
         out / "logs" / "generate.log",
     )
-    print("\n==> judge-free structure measures and the judge's floor through the VAE", flush=True)
+    print("\n==> judge-free structure measures", flush=True)
     start = time.perf_counter()
     references = demo_references(
         {name: out / f"eval_{name}" for name in evals}, shards / "val", args.eval_samples, args.size

@@ -21,7 +21,13 @@ from depth2img.artifacts.atomic import write_json_atomic
 from depth2img.cli.demo_structure import STRUCTURE_ROWS
 from depth2img.evaluation.bootstrap import format_n, format_stat
 from depth2img.evaluation.compare import compare_results
-from depth2img.evaluation.judge_quality import CANNOT_SEPARATE, CANNOT_SEPARATE_VAE
+from depth2img.evaluation.judge_quality import (
+    CANNOT_SEPARATE,
+    CANNOT_SEPARATE_VAE,
+    gate_sentence,
+    gated_out,
+    verdict_metrics,
+)
 from depth2img.evaluation.runner import json_safe
 
 # (metric key in eval's "depth" summaries, label, which direction is better)
@@ -79,15 +85,13 @@ STRUCTURE_HEADER = [
 ]
 
 
-def comparison_rows(
-    evals: dict[str, dict], comparison: dict | None = None, references: dict | None = None
-) -> list[list[str]]:
+def comparison_rows(evals: dict[str, dict], comparison: dict | None = None) -> list[list[str]]:
     """Rows: metric | base | fine-tuned | paired difference | floor | floor through the VAE |
     chance | prior | better (mean [95 % CI], scenes resampled); FD and KID (set statistics, no
-    interval) last. ``references``: ``demo_structure.demo_references`` (None = VAE column "–")."""
+    interval) last. The VAE floor is the base eval's own ("–" for results without it)."""
     base, tuned = evals["base"], evals["finetuned"]
     comparison = comparison or paired_depth(evals)
-    vae_floor = (references or {}).get("vae_floor", {})
+    gate = comparison["judge_quality"]
     rows = []
     for key, label, better in DEPTH_ROWS:
         diff = comparison["depth"].get(key)
@@ -96,9 +100,11 @@ def comparison_rows(
                 label,
                 _cell(_depth_stat(base, "generated", key)),
                 _cell(_depth_stat(tuned, "generated", key)),
-                _cell(diff),
+                _cell(diff) + (" (no verdict)" if gated_out(gate, key) else ""),
                 _cell(_depth_stat(base, "floor", key)),
-                _cell(vae_floor.get(key)) if key in vae_floor else "–",
+                _cell(_depth_stat(base, "vae_floor", key))
+                if _depth_stat(base, "vae_floor", key)
+                else "–",
                 _cell(_depth_stat(base, "chance", key)),
                 _cell(_depth_stat(base, "prior_domain_mean", key)),
                 better,
@@ -159,11 +165,11 @@ def verdict(
     evals: dict[str, dict], comparison: dict | None = None, references: dict | None = None
 ) -> dict:
     """Did fine-tuning improve realism (FD and KID lower) without a significant loss of depth
-    consistency (paired depth_absrel CI not above 0)? Depth is judged only when the judge
-    separates floor from chance and (with ``references``) reads the VAE's round trips of the
-    real renders better than chance; otherwise ``depth_kept`` is None and ``judge_depth_kept``
-    keeps what the judge alone would have said. ``structure_kept``: no judge-free measure
-    significantly lower."""
+    consistency? Depth is judged on each metric whose own gate passes (the judge separates
+    floor *and* its floor through the VAE from chance by that metric, ``judge_quality``):
+    ``depth_kept`` is True when none of those metrics is significantly worse after fine-tuning,
+    None when no metric passes its gate (``judge_depth_kept`` then keeps what the judge alone
+    would have said). ``structure_kept``: no judge-free measure significantly lower."""
     fd_key = evals["base"]["extractor"]
     kid_key = _kid_key(fd_key)
     fd = [evals[m]["image_quality"].get(fd_key) for m in ("base", "finetuned")]
@@ -182,21 +188,32 @@ def verdict(
     if all("per_image" in evals[m] for m in ("base", "finetuned")):
         comparison = comparison or paired_depth(evals)
         gate = comparison["judge_quality"]
-        absrel = comparison["depth"]["depth_absrel"]
+        allowed = verdict_metrics(gate)
         out["judge_separates"] = gate["separates"]
-        out["floor_minus_chance"] = gate["floor_minus_chance"]
-        out["vae_floor_minus_chance"] = gate.get("vae_floor_minus_chance")
-        out["depth_absrel_finetuned_minus_base"] = absrel
-        if absrel.get("ci_low") is not None:
-            out["judge_depth_kept"] = not absrel["ci_low"] > 0  # a significant rise = a loss
-        reads_vae = None if not references else references["vae_gate"]["reads_vae_output"]
-        out["judge_reads_vae_output"] = reads_vae
-        if references:  # the judge's depth_absrel, VAE floor - chance, paired (scene CI)
-            out["vae_floor_minus_chance"] = references["vae_gate"]
-        if gate["separates"] and reads_vae is not False and absrel.get("ci_low") is not None:
-            out["depth_kept"] = out["judge_depth_kept"]
+        out["verdict_metrics"] = allowed
+        out["gate"] = {
+            name: {k: g[k] for k in ("floor_minus_chance", "vae_floor_minus_chance")}
+            for name, g in gate.get("metrics", {}).items()
+        }
+        differences = {
+            name: comparison["depth"][name] for name in gate.get("metrics", {gate["metric"]: 0})
+        }
+        out["finetuned_minus_base"] = differences
+        losses = {name: _significant_loss(diff) for name, diff in differences.items()}
+        if None not in losses.values():
+            out["judge_depth_kept"] = not any(losses.values())
+        if allowed and all(losses.get(name) is not None for name in allowed):
+            out["depth_kept"] = not any(losses[name] for name in allowed)
     out["structure_kept"] = structure_kept(references)
     return out
+
+
+def _significant_loss(difference: dict) -> bool | None:
+    """Fine-tuned - base CI entirely on the worse side of zero (None without an interval)."""
+    low, high = difference.get("ci_low"), difference.get("ci_high")
+    if low is None or high is None:
+        return None
+    return low > 0 if difference.get("better") == "lower" else high < 0
 
 
 def _structure_sentence(result: dict, references: dict | None) -> str:
@@ -214,41 +231,45 @@ def _structure_sentence(result: dict, references: dict | None) -> str:
     )
 
 
-def _depth_sentence(result: dict, comparison: dict, references: dict | None = None) -> str:
+def _depth_sentence(result: dict, comparison: dict) -> str:
     gate = comparison["judge_quality"]
-    if references and not references["vae_gate"]["reads_vae_output"]:
-        absrel = comparison["depth"]["depth_absrel"]
-        vae = references["vae_floor"]["depth_absrel"]
-        return (
-            "Depth consistency by the judge: no verdict: the judge reads the real renders "
-            f"*encoded and decoded by the VAE* at chance (depth_absrel {format_stat(vae)} vs "
-            f"chance {format_stat(result.get('chance_absrel'))}), and every generated image is "
-            "VAE-decoded, so the judge cannot rank the two models by depth (its fine-tuned - "
-            f"base depth_absrel = {format_stat(absrel)} measures closeness to the VAE's look). "
-            "The judge-free measures below decide."
+    allowed = verdict_metrics(gate)
+    if not allowed:
+        per_metric = gate.get("metrics") or {gate["metric"]: gate}
+        if any(g.get("floor_separates") for g in per_metric.values()):
+            numbers = "; ".join(
+                f"{name} {format_stat(g['vae_floor_minus_chance'])}"
+                for name, g in per_metric.items()
+                if g.get("vae_floor_minus_chance") is not None
+            )
+            return (
+                f"Depth consistency: no verdict: {CANNOT_SEPARATE_VAE} (VAE floor - chance "
+                f"{numbers})."
+            )
+        numbers = "; ".join(
+            f"{name} {format_stat(g['floor_minus_chance'])}" for name, g in per_metric.items()
         )
-    if gate.get("floor_separates", gate["separates"]) and not gate["separates"]:
-        vae = gate["vae_floor_minus_chance"]
-        return (
-            f"Depth consistency: no verdict: {CANNOT_SEPARATE_VAE} "
-            f"(VAE floor - chance depth_absrel = {format_stat(vae)}, {format_n(vae)})."
-        )
-    if not gate["separates"]:
-        return (
-            f"Depth consistency: no verdict: {CANNOT_SEPARATE} "
-            f"(floor - chance depth_absrel = {format_stat(gate['floor_minus_chance'])}, "
-            f"{format_n(gate['floor_minus_chance'])})."
-        )
-    absrel = comparison["depth"]["depth_absrel"]
+        return f"Depth consistency: no verdict: {CANNOT_SEPARATE} (floor - chance {numbers})."
+    parts = []
+    for name in allowed:
+        diff = comparison["depth"][name]
+        parts.append(f"{name} {format_stat(diff)} ({format_n(diff)}, paired)")
     kept = (
         "kept depth consistency (no significant loss)"
         if result["depth_kept"]
-        else "LOST depth consistency (a significant rise in error)"
+        else "LOST depth consistency (a significant loss)"
+    )
+    blocked = [n for n in (gate.get("metrics") or {}) if n not in allowed]
+    note = (
+        f" {', '.join(blocked)} carries no verdict: its gate fails on this data (judge "
+        "quality, below the tables)."
+        if blocked
+        else ""
     )
     return (
-        f"Depth consistency: fine-tuned - base depth_absrel = {format_stat(absrel)} "
-        f"({format_n(absrel)}, paired; the judge separates floor from chance here): "
-        f"fine-tuning **{kept}**."
+        f"Depth consistency: fine-tuned - base {'; '.join(parts)}, read only where the judge "
+        f"separates floor and its floor through the VAE from chance by that metric: "
+        f"fine-tuning **{kept}**.{note}"
     )
 
 
@@ -285,13 +306,12 @@ def write_demo_report(
 ) -> Path:
     """Write ``report.md``, ``report.html`` and ``summary.json`` under ``out``; return the .md.
 
-    ``references``: ``demo_structure.demo_references`` (judge-free table, the judge's floor
-    through the VAE); None leaves them out."""
+    ``references``: ``demo_structure.demo_references`` (the judge-free table); None leaves it
+    out."""
     header = HEADER
     comparison = paired_depth(evals)
-    rows = comparison_rows(evals, comparison, references)
+    rows = comparison_rows(evals, comparison)
     result = verdict(evals, comparison, references)
-    result["chance_absrel"] = _depth_stat(evals["base"], "chance", "depth_absrel")
     n = evals["finetuned"]["N"]
     n_scenes = comparison["n_scenes"]
     write_comparison_grid(out)
@@ -317,7 +337,7 @@ def write_demo_report(
         f"(N = {n} generated vs {n} real images from {n_scenes} scenes, judge "
         f"`{evals['finetuned']['judge']}`).",
         "",
-        _depth_sentence(result, comparison, references),
+        _depth_sentence(result, comparison),
         "",
         _structure_sentence(result, references),
         "",
@@ -349,6 +369,8 @@ def write_demo_report(
         *(f"- {note}" for note in evals["finetuned"].get("image_quality_notes", [])),
         "",
     ]
+    gate_text = gate_sentence(comparison["judge_quality"])
+    md += [gate_text, ""]
     if not comparison["judge_quality"]["separates"]:
         md += [f"**The depth rows carry no verdict:** {comparison['judge_quality']['warning']}", ""]
     if comparison["judge_quality"].get("prior_note"):
@@ -396,7 +418,7 @@ def write_demo_report(
         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
         "td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}</style>"
         f"<h1>depth2img demo</h1><p>{html.escape(md[2])}</p><p>{html.escape(md[4])}</p>"
-        f"<p>{html.escape(md[6])}</p>{table_html(header, rows)}"
+        f"<p>{html.escape(md[6])}</p>{table_html(header, rows)}<p>{html.escape(gate_text)}</p>"
         + (table_html(STRUCTURE_HEADER, structure_rows(references)) if references else "")
         + f"{figures}<h2>Timings</h2>"
         f"{table_html(['step', 'wall time'], timing_rows)}"

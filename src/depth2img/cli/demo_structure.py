@@ -1,6 +1,6 @@
 """Reference columns of the demo report that do not trust the depth judge blindly.
 
-1. **Judge-free structure**: did the generated image keep the scene?
+**Judge-free structure**: did the generated image keep the scene?
 
 The depth judge is one instrument (a small network with its own blind spots); these measures
 need none. For each evaluated sample (same inputs and seeds for both models):
@@ -18,12 +18,9 @@ right look, the wrong geometry).
 Base and fine-tuned are paired per image with a scene-clustered CI
 (``evaluation.bootstrap.paired_difference``).
 
-2. **The judge's floor through the VAE**: every generated image is decoded by the model's VAE, so
-the best a generator can score with the judge is the judge on the real renders *encoded and
-decoded* by that VAE, not on the renders themselves. When that floor is no better than chance,
-the judge cannot read depth from images of this model class and its fine-tuned-minus-base
-difference carries no verdict (measured on the demo: the tiny VAE's round trips of the real
-aerial renders score chance, see docs/benchmarks.md "The demo").
+The judge's own floor through the VAE (the real renders encoded and decoded by the model's VAE:
+the best a generator can score with the judge) is measured by ``depth2img-eval`` itself and is
+part of its per-metric gate (``evaluation.judge_quality``).
 """
 
 from __future__ import annotations
@@ -36,10 +33,9 @@ from PIL import Image
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.evaluation.bootstrap import paired_difference, summarize
-from depth2img.evaluation.depth_metrics import chance_pairs, image_depth_metrics
-from depth2img.evaluation.judges import judge_native_and_resized, load_judge
+from depth2img.evaluation.depth_metrics import chance_pairs
 from depth2img.evaluation.runner import load_eval_set
-from depth2img.evaluation.structure_measures import edge_f1, grad_corr
+from depth2img.evaluation.structure_measures import edge_f1, grad_corr, height_as_image
 from depth2img.evaluation.vae_floor import vae_round_trip as shared_vae_round_trip
 from depth2img.models.loading import build_components
 
@@ -49,14 +45,6 @@ STRUCTURE_ROWS = (
     ("grad_corr", "Sobel gradient correlation vs true render (judge-free)"),
     ("height_edge_f1", "edge F1 vs conditioning height map (judge-free)"),
 )
-
-
-def height_as_image(depth: np.ndarray) -> np.ndarray:
-    """(H, W) height map in any range -> (H, W, 3) uint8 grey (min..max stretched; flat -> 0)."""
-    low, high = float(depth.min()), float(depth.max())
-    scaled = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
-    grey = np.round(scaled * 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def image_structure(generated: np.ndarray, target: np.ndarray, depth: np.ndarray) -> dict:
@@ -105,15 +93,6 @@ def vae_round_trip(vae, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     return np.stack(shared_vae_round_trip(vae, list(images), batch_size=batch_size))
 
 
-def judge_metrics(judge, images: np.ndarray, depths, valid) -> list[dict]:
-    """``image_depth_metrics`` of the judge's depth of each image against its height map."""
-    native, resized = judge_native_and_resized(judge, list(images))
-    return [
-        image_depth_metrics(resized[i], depths[i], valid[i], pred_native=native[i])
-        for i in range(len(images))
-    ]
-
-
 def structure_per_image(eval_dir: Path, renders, depths) -> list[dict]:
     """Measures of every generated PNG listed in ``eval_dir/metrics.json`` (in its order)."""
     result = json.loads((Path(eval_dir) / "metrics.json").read_text())
@@ -131,21 +110,20 @@ def demo_references(
     num_samples: int,
     size: int,
     model_source: str = "shipped",
-    judge_source: str = "shipped",
 ) -> dict:
-    """The judge-free structure comparison and the judge's floor through the VAE.
+    """The judge-free structure comparison (the judge's own floor through the VAE is part of
+    each eval's ``metrics.json`` and of its gate).
 
     Returns:
-        ``{"structure": {metric: {base, finetuned, difference, floor, floor_vae, chance}},
-        "vae_floor": {depth metric: summarize}, "vae_gate": paired_difference of the judge's
-        depth_absrel, VAE floor - chance, plus "reads_vae_output"}``. ``base`` / ``finetuned``
+        ``{"structure": {metric: {base, finetuned, difference, floor, floor_vae, chance}}}``.
+        ``base`` / ``finetuned``
         are ``summarize`` over images (scene CI); ``difference`` is fine-tuned - base, paired per
         image. ``floor`` is the true render, ``floor_vae`` its VAE round trip, ``chance`` the true
         render against another scene (``height_edge_f1`` only: against its own render the
         render scores 1 by construction).
     """
     targets = load_targets(shards, num_samples, size, DepthSpec())
-    renders, depths, valid = targets["renders"], targets["depths"], targets["valid"]
+    renders, depths = targets["renders"], targets["depths"]
     per_model = {name: structure_per_image(d, renders, depths) for name, d in eval_dirs.items()}
     n = len(per_model["base"])
     clusters = [targets["scenes"][i] or f"sample:{i}" for i in range(n)]
@@ -170,13 +148,4 @@ def demo_references(
                 for group, rows in references.items()
             },
         }
-    judge = load_judge(judge_source)
-    vae_depth = judge_metrics(judge, round_trips, depths[:n], valid[:n])
-    base_result = json.loads((Path(eval_dirs["base"]) / "metrics.json").read_text())
-    chance_absrel = [row["chance/depth_absrel"] for row in base_result["per_image"]]
-    gate = paired_difference([m["depth_absrel"] for m in vae_depth], chance_absrel, clusters)
-    # The judge reads depth from VAE-decoded images only if the VAE floor beats chance.
-    gate["reads_vae_output"] = gate.get("ci_high") is not None and gate["ci_high"] < 0
-    names = ("depth_absrel", "depth_delta1", "depth_spearman", "depth_rmse_cnpp")
-    vae_floor = {k: summarize([m[k] for m in vae_depth], clusters) for k in names}
-    return {"structure": structure, "vae_floor": vae_floor, "vae_gate": gate}
+    return {"structure": structure}

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from depth2img.evaluation.bootstrap import format_n, format_stat, paired_difference
 from depth2img.evaluation.depth_metrics import DEPTH_METRICS, HIGHER_IS_BETTER
-from depth2img.evaluation.judge_quality import gate_sentence, judge_quality, structure_verdict
+from depth2img.evaluation.judge_quality import (
+    GATE_METRICS,
+    gate_sentence,
+    judge_quality,
+    structure_verdict,
+    verdict_metrics,
+)
 from depth2img.evaluation.priors import PRIOR_NAMES
 
 PRIOR_GROUPS = tuple(f"prior_{name}" for name in PRIOR_NAMES)
@@ -50,17 +56,27 @@ def compare_results(
     """
     check_paired(a, b)
     clusters = [r.get("scene") or f"key:{r['key']}" for r in a["per_image"]]
-    floor = [{"depth_absrel": v} for v in _per_image_column(a, "floor/depth_absrel")]
-    chance = [{"depth_absrel": v} for v in _per_image_column(a, "chance/depth_absrel")]
+    gated = [m for m in GATE_METRICS if all(f"floor/{m}" in row for row in a["per_image"])]
+    if not gated:
+        raise ValueError(
+            f"run A has no per-image floor/{{{','.join(GATE_METRICS)}}} columns: re-evaluate it "
+            "with this version of depth2img-eval"
+        )
+
+    def group_rows(group: str) -> list[dict]:
+        columns = {m: _per_image_column(a, f"{group}/{m}") for m in gated}
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+    floor, chance = group_rows("floor"), group_rows("chance")
     priors = {
-        group: [{"depth_absrel": v} for v in _per_image_column(a, f"{group}/depth_absrel")]
+        group: group_rows(group)
         for group in PRIOR_GROUPS
-        if any(f"{group}/depth_absrel" in row for row in a["per_image"])
+        if any(f"{group}/{gated[0]}" in row for row in a["per_image"])
     }
     # Runs from before the VAE floor existed lack its column: then the gate is floor - chance.
     vae_floor = None
-    if all("vae_floor/depth_absrel" in row for row in a["per_image"]):
-        vae_floor = [{"depth_absrel": v} for v in _per_image_column(a, "vae_floor/depth_absrel")]
+    if all(f"vae_floor/{gated[0]}" in row for row in a["per_image"]):
+        vae_floor = group_rows("vae_floor")
     gate = judge_quality(
         floor,
         chance,
@@ -88,8 +104,8 @@ def compare_results(
             diff.update(mean=None, ci_low=None, ci_high=None, unavailable=unavailable[0])
         depth[name] = diff
     verdicts = []
-    if gate["separates"]:
-        for name in ("depth_absrel", "depth_spearman"):
+    for name in verdict_metrics(gate):
+        if name in depth:
             lower = not HIGHER_IS_BETTER.get(name)
             verdicts.append(f"{name}: " + structure_verdict(depth[name], lower, names[0], names[1]))
     iq_a, iq_b = a.get("image_quality", {}), b.get("image_quality", {})

@@ -19,6 +19,10 @@ import numpy as np
 HISTOGRAM_BINS = 8
 
 
+#: length of one image's feature vector: 3 channel histograms, 3 means, 3 stds, gradient, saturation
+FEATURE_SIZE = 3 * HISTOGRAM_BINS + 6 + 2
+
+
 def appearance_features(images) -> np.ndarray:
     """Layout-free appearance statistics per image.
 
@@ -33,6 +37,10 @@ def appearance_features(images) -> np.ndarray:
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be (N, H, W, 3), got {x.shape}")
+    if x.shape[1] < 2 or x.shape[2] < 2:  # the gradient term needs neighbouring pixels
+        raise ValueError(f"images must be at least 2 x 2 pixels, got {x.shape[1]} x {x.shape[2]}")
+    if len(x) == 0:
+        return np.zeros((0, FEATURE_SIZE))
     x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
     x = np.clip(x, 0.0, 1.0)
     n = len(x)
@@ -69,6 +77,8 @@ class DomainClassifier:
 
     def __init__(self, reference_images, reference_domains: Sequence[str], k: int = 5):
         features = appearance_features(reference_images)
+        if len(features) == 0:
+            raise ValueError("a domain classifier needs at least one reference image")
         if len(features) != len(reference_domains):
             raise ValueError("one domain per reference image is needed")
         self.domains = sorted(set(reference_domains))

@@ -16,7 +16,7 @@ from PIL import Image
 from depth2img.evaluation.alignment import align_scale_shift
 from depth2img.evaluation.bootstrap import format_stat
 from depth2img.evaluation.depth_metrics import DEPTH_METRICS, HIGHER_IS_BETTER, reference_disparity
-from depth2img.evaluation.judge_quality import gate_sentence, structure_verdict
+from depth2img.evaluation.judge_quality import gate_sentence, structure_verdict, verdict_metrics
 
 GRID_COLUMNS = ("image", "conditioning depth", "generated", "judged depth", "error")
 ERROR_RANGE = 0.5  # |aligned - ref| in the [eps, 1] space; 0.5 = half the depth range = white
@@ -125,21 +125,21 @@ PAIRED_HEADER = ["metric", *(f"generated - {b}" for b in PAIRED_BASELINES)]
 
 
 def depth_verdicts(result: dict) -> list[str]:
-    """Sentences on the gate metric (generated vs chance, vs the best prior), or none at all
-    when the judge cannot separate floor from chance."""
+    """Sentences on each metric the gate lets through (generated vs chance, vs each prior), or
+    none at all when the judge cannot separate floor from chance on any."""
     gate = result.get("judge_quality") or {}
-    if not gate.get("separates"):
-        return []
-    metric = gate.get("metric", "depth_absrel")
-    lower = not HIGHER_IS_BETTER.get(metric)
     paired = result.get("paired", {})
-    lines = [
-        structure_verdict(paired[f"generated - {b}"][metric], lower, "generated", label)
-        for b, label in (("chance", "chance"),)
-        + tuple((g, label) for g, label in DEPTH_GROUPS if g.startswith("prior_"))
-        if f"generated - {b}" in paired and paired[f"generated - {b}"][metric].get("n")
-    ]
-    return [f"{metric}: {line}" for line in lines]
+    lines = []
+    for metric in verdict_metrics(gate):
+        lower = not HIGHER_IS_BETTER.get(metric)
+        lines += [
+            f"{metric}: "
+            + structure_verdict(paired[f"generated - {b}"][metric], lower, "generated", label)
+            for b, label in (("chance", "chance"),)
+            + tuple((g, label) for g, label in DEPTH_GROUPS if g.startswith("prior_"))
+            if f"generated - {b}" in paired and paired[f"generated - {b}"].get(metric, {}).get("n")
+        ]
+    return lines
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -67,7 +67,13 @@ from depth2img.evaluation.depth_metrics import (
     image_depth_metrics,
     unavailable_stat,
 )
-from depth2img.evaluation.judge_quality import gate_sentence, judge_quality, structure_verdict
+from depth2img.evaluation.judge_quality import (
+    gate_sentence,
+    gated_out,
+    judge_quality,
+    structure_verdict,
+    verdict_metrics,
+)
 from depth2img.evaluation.judges import judge_native_and_resized
 from depth2img.evaluation.priors import PRIOR_LABELS, mean_depth_map, score_priors
 from depth2img.evaluation.runner import json_safe
@@ -611,8 +617,8 @@ TABLE_GROUPS = (
 TABLE_METRICS = tuple(m for _, group in TABLE_GROUPS for m in group)
 
 
-def _column_header(metric: str, group: str, judge_separates: bool) -> str:
-    if metric.startswith("depth_") and not judge_separates:
+def _column_header(metric: str, group: str, gate: dict) -> str:
+    if gated_out(gate, metric):
         return f"{metric} ({group}; gate failed: not read)"
     return f"{metric} ({group})"
 
@@ -695,9 +701,7 @@ def markdown_table(result: dict) -> str:
             else []
         ),
         "| method | strength | "
-        + " | ".join(
-            _column_header(m, group, gate["separates"]) for group, ms in TABLE_GROUPS for m in ms
-        )
+        + " | ".join(_column_header(m, group, gate) for group, ms in TABLE_GROUPS for m in ms)
         + " | fd_tiny |",
         "|---|---|" + "---|" * (len(TABLE_METRICS) + 1),
     ]
@@ -713,7 +717,7 @@ def markdown_table(result: dict) -> str:
         "|---|" + "---|" * len(PAIRED_METRICS),
     ]
     for pair in result["paired"]:
-        lines.append(f"| {pair['a']} - {pair['b']} | {_paired_cells(pair, gate['separates'])} |")
+        lines.append(f"| {pair['a']} - {pair['b']} | {_paired_cells(pair, gate)} |")
     verdicts = benchmark_verdicts(result)
     if verdicts:
         lines += ["", *(f"- {v}" for v in verdicts)]
@@ -730,7 +734,7 @@ def markdown_table(result: dict) -> str:
 def per_rotation_markdown(result: dict) -> list[str]:
     """Markdown lines: every row and paired difference per rotation (scenes resampled within
     the rotation; depth differences only when the pooled judge gate passes)."""
-    separates = result["judge_quality"]["separates"]
+    gate = result["judge_quality"]
     lines = [
         "## Per rotation (each rotation's tasks alone; 95 % CI resampling scenes)",
         "",
@@ -747,17 +751,15 @@ def per_rotation_markdown(result: dict) -> list[str]:
         "|---|---|" + "---|" * len(PAIRED_METRICS),
     ]
     for pair in result["paired_by_rotation"]:
-        cells = _paired_cells(pair, separates)
+        cells = _paired_cells(pair, gate)
         lines.append(f"| {pair['rotation']} | {pair['a']} - {pair['b']} | {cells} |")
     return lines
 
 
-def _paired_cells(pair: dict, judge_separates: bool) -> str:
-    """Table cells of one paired difference; judged depth only where the judge gate passes."""
+def _paired_cells(pair: dict, gate: dict) -> str:
+    """Table cells of one paired difference; judged depth only where its metric's gate passes."""
     return " | ".join(
-        format_stat(pair["metrics"][m], 3)
-        if judge_separates or not m.startswith("depth_")
-        else "no verdict (judge gate)"
+        "no verdict (judge gate)" if gated_out(gate, m) else format_stat(pair["metrics"][m], 3)
         for m in PAIRED_METRICS
     )
 
@@ -765,9 +767,7 @@ def _paired_cells(pair: dict, judge_separates: bool) -> str:
 def benchmark_verdicts(result: dict) -> list[str]:
     """The depth methods (concat, controlnet) vs img2img, vs each other and vs the wrong scene
     on the judge-free measures (always) and on depth (only when the judge passes its gate)."""
-    metrics = ["edge_f1", "grad_corr"]
-    if result["judge_quality"]["separates"]:
-        metrics.append("depth_absrel")
+    metrics = ["edge_f1", "grad_corr"] + verdict_metrics(result["judge_quality"])
     lines = []
     for pair in result["paired"]:
         if not pair["a"].startswith(("concat", "controlnet")):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from depth2img.evaluation.bootstrap import format_stat
+from depth2img.evaluation.judge_quality import gated_out, verdict_metrics
 from depth2img.evaluation.structure_benchmark import (
     HIGHER,
     METHOD_COLORS,
@@ -65,7 +66,7 @@ def comparison_table(results: dict[str, dict], metric: str) -> list[str]:
     header += [f"{a} − {b} (paired)" for a, b in pairs]
     lines = _table_head(metric, metric, header)
     for domain, result in results.items():
-        gated = metric.startswith("depth_") and not result["judge_quality"]["separates"]
+        gated = gated_out(result["judge_quality"], metric)
         strengths = result["settings"]["strengths"]
         for strength in strengths:
             cells = [domain, f"{strength:g}"]
@@ -105,7 +106,7 @@ def wrong_scene_table(results: dict[str, dict], metric: str) -> list[str]:
     header = ["domain", "strength", *(f"{m} − wrong scene (paired)" for m in methods)]
     lines = _table_head(f"{metric} − chance", metric, header)
     for domain, result in results.items():
-        gated = metric.startswith("depth_") and not result["judge_quality"]["separates"]
+        gated = gated_out(result["judge_quality"], metric)
         for strength in result["settings"]["strengths"]:
             cells = [domain, f"{strength:g}"]
             for method in methods:
@@ -119,7 +120,8 @@ def _reference_line(results: dict[str, dict]) -> str:
     parts = []
     for domain, result in results.items():
         n_images, n_scenes = result["num_tasks"], result["num_scenes"]
-        gate = "passes" if result["judge_quality"]["separates"] else "fails"
+        allowed = verdict_metrics(result["judge_quality"])
+        gate = f"passes on {', '.join(allowed)}" if allowed else "fails"
         parts.append(f"{domain}: {n_images} images / {n_scenes} scenes, judge gate {gate}")
     return "; ".join(parts)
 
@@ -133,7 +135,7 @@ def comparison_markdown(results: dict[str, dict]) -> str:
         f"Methods: {methods_line(first)}. Mean [95 % CI] resampling scenes; "
         "differences are paired (same task, prompt and seed). "
         f"{_reference_line(results)}. depth_absrel is the judge's reading and is shown only "
-        "where the judge separates floor from chance; ssim is appearance, not structure.",
+        "where the judge separates floor from chance by that metric; ssim is appearance, not structure.",
         "",
     ]
     rotated = rotation_phrase(first)

@@ -56,6 +56,14 @@ def edge_tolerance(height: int, width: int) -> int:
     return max(1, round(0.01 * max(height, width)))
 
 
+def height_as_image(depth: np.ndarray) -> np.ndarray:
+    """(H, W) height map in any range -> (H, W, 3) uint8 grey (min..max stretched; flat -> 0)."""
+    low, high = float(depth.min()), float(depth.max())
+    scaled = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+    grey = np.round(scaled * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
 def edge_f1(output: np.ndarray, target: np.ndarray, tolerance: int | None = None) -> float:
     """F1 of the output's edges against the target's, matched within ``tolerance`` px.
 
