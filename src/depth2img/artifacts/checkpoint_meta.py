@@ -34,6 +34,8 @@ class CheckpointMeta:
         prediction_type_override: the prediction type forced at build time (None = folder's).
         seed: seed of a tiny model's random weights (``model_source == "tiny"``).
         checksums: checksum manifest verified at training time (None = none).
+        controlnet_source: the ControlNet training started from (None = ``from_unet``); the
+            model is rebuilt from it, so a ControlNet of another shape loads its trained weights.
         format_version: of this record.
     """
 
@@ -50,6 +52,7 @@ class CheckpointMeta:
     scaling_factor: float = 1.0
     seed: int = 0
     checksums: str | None = None
+    controlnet_source: str | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:

@@ -127,6 +127,7 @@ def _base_components(
             prediction_type=meta.prediction_type_override,
             seed=meta.seed,
             unet_weights=unet_weights,
+            controlnet_source=meta.controlnet_source,
         )
     except (OSError, FileNotFoundError) as err:
         raise FileNotFoundError(

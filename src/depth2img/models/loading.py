@@ -62,6 +62,7 @@ def load_components(
     prediction_type: str | None = None,
     dtype: torch.dtype = torch.float32,
     unet_weights: bool = True,
+    controlnet_source: str | None = None,
 ) -> Components:
     """Load components from a diffusers folder, a hub id, or a shipped alias.
 
@@ -81,6 +82,11 @@ def load_components(
         dtype: dtype of every network after loading (fp16 files become fp32 by default).
         unet_weights: False = build the UNet on the meta device without reading its weights
             (the caller assigns every weight, e.g. from a full fine-tune checkpoint).
+        controlnet_source: ``conditioning="controlnet"`` only: start from this ControlNet (a
+            bare ControlNet folder, a pipeline folder with ``controlnet/``, a hub id, or a
+            shipped alias such as ``shipped-sdxl-controlnet``) instead of
+            ``ControlNetModel.from_unet``; it replaces a ControlNet the base folder holds
+            (diffusers' ``--controlnet_model_name_or_path``). It must fit the base (checked).
 
     Raises:
         FileNotFoundError / OSError: with the folder and what is missing.
@@ -116,6 +122,10 @@ def load_components(
         components.controlnet = load_controlnet(
             path, subfolder="controlnet", revision=revision, local_files_only=local_only
         )
+    if controlnet_source is not None:
+        components.controlnet = _load_controlnet_source(
+            controlnet_source, conditioning, revision, local_only
+        )
     if prediction_type:
         components.scheduler = DDPMScheduler.from_config(
             components.scheduler.config, prediction_type=prediction_type
@@ -131,6 +141,40 @@ def load_components(
     return components
 
 
+def _load_controlnet_source(source: str, conditioning: str, revision, local_only: bool):
+    """The ControlNet to start training from (see ``load_components``' ``controlnet_source``).
+
+    Raises:
+        ValueError: the model is not a ControlNet model (``conditioning`` is not controlnet).
+        FileNotFoundError / OSError: the folder is missing or holds no ControlNet.
+    """
+    from depth2img.models.conditioning.controlnet import load_controlnet
+
+    if conditioning not in ("controlnet", AUTO):
+        raise ValueError(
+            f"model.controlnet_source={source!r} needs conditioning=controlnet (this model uses "
+            f"conditioning={conditioning})"
+        )
+    path = resolve_model_source(source)
+    folder = Path(path)
+    if folder.exists():
+        if (folder / "controlnet" / "config.json").is_file():
+            return load_controlnet(path, subfolder="controlnet")
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no ControlNet in {path!r}: expected a ControlNet folder (config.json + weights, "
+                "as ControlNetModel.save_pretrained writes) or a pipeline folder with controlnet/"
+            )
+        return load_controlnet(path)
+    if local_only and ("/" not in path or path.startswith((".", "/"))):
+        raise FileNotFoundError(
+            f"ControlNet folder {path!r} does not exist: pass a ControlNet folder (config.json + "
+            "weights), a pipeline folder with controlnet/, a hub id, or a shipped alias "
+            "(shipped-sd-controlnet, shipped-sdxl-controlnet)"
+        )
+    return load_controlnet(path, revision=revision, local_files_only=local_only)
+
+
 def build_components(
     model_source: str,
     *,
@@ -141,14 +185,21 @@ def build_components(
     prediction_type: str | None = None,
     seed: int = 0,
     unet_weights: bool = True,
+    controlnet_source: str | None = None,
 ) -> Components:
     """``"tiny"`` / ``"tiny-sdxl"`` -> random tiny SD / SDXL components (seeded); anything else
-    -> :func:`load_components`.
+    -> :func:`load_components` (``controlnet_source``: see there; not for the random tiny
+    models, whose random base no trained ControlNet fits).
 
     Training and checkpoint loading both rebuild a model through here, from the same recorded
     arguments, so the frozen parts are identical.
     """
     if model_source in TINY_SOURCES:
+        if controlnet_source is not None:
+            raise ValueError(
+                f"model.controlnet_source needs a real base: model_source={model_source!r} is a "
+                "random tiny model (use base=shipped_sdxl or base=shipped_parent)"
+            )
         from depth2img.models.tiny import build_tiny_components, build_tiny_sdxl_components
 
         name = "concat" if conditioning == AUTO else conditioning
@@ -167,6 +218,7 @@ def build_components(
         checksums=checksums,
         prediction_type=prediction_type,
         unet_weights=unet_weights,
+        controlnet_source=controlnet_source,
     )
 
 

@@ -89,6 +89,8 @@ class Depth2ImgModule(pl.LightningModule):
             ``conv_in`` to latents + depth, zero-init, bias kept).
         conditioning: conditioner name (``concat`` = SD2-depth, ``none`` = text-to-image /
             img2img; see ``depth2img.models.conditioning``).
+        controlnet_source: ``conditioning="controlnet"``: fine-tune this existing ControlNet
+            (folder, hub id, shipped alias) instead of a fresh ``from_unet`` copy.
         family: base family name; None = read from the folder's ``model_index.json``.
         checksums: optional checksum manifest verified before loading.
         prediction_type: override the scheduler's ("epsilon" | "v_prediction"); None keeps it.
@@ -139,6 +141,7 @@ class Depth2ImgModule(pl.LightningModule):
         model_source: str = "shipped",
         convert_to_depth: bool = False,
         conditioning: str = "concat",
+        controlnet_source: str | None = None,
         family: str | None = None,
         checksums: str | None = None,
         prediction_type: str | None = None,
@@ -198,6 +201,7 @@ class Depth2ImgModule(pl.LightningModule):
             checksums=checksums,
             prediction_type=prediction_type,
             seed=seed,
+            controlnet_source=controlnet_source,
         )
         # Modules are attributes (not a Components field) so Lightning registers them and the
         # checkpoint keys stay "unet.*" / "controlnet.*".
@@ -567,6 +571,7 @@ class Depth2ImgModule(pl.LightningModule):
             scaling_factor=self.scaling_factor,
             seed=int(hp.seed),
             checksums=hp.checksums,
+            controlnet_source=hp.get("controlnet_source"),
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -79,6 +79,11 @@ def depth_to_control_image(
     return image.expand(-1, 3, -1, -1).contiguous()
 
 
+def _as_list(value):
+    """Config values compare alike whether JSON gave a list or Python a tuple."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def control_keep(step_index: int, num_steps: int, start: float, end: float) -> float:
     """1.0 when the ControlNet acts at step ``step_index`` of ``num_steps`` (diffusers' rule)."""
     return 1.0 - float(step_index / num_steps < start or (step_index + 1) / num_steps > end)
@@ -142,6 +147,20 @@ class ControlNetDepth(Conditioner):
                 f"the ControlNet's conditioning embedding downsamples by "
                 f"{embedding_downsampling(controlnet)} but the VAE by {factor}: it was built for "
                 "another base model"
+            )
+        shape_keys = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types")
+        differ = [
+            k
+            for k in shape_keys
+            if k in controlnet.config
+            and k in unet.config
+            and _as_list(controlnet.config[k]) != _as_list(unet.config[k])
+        ]
+        if differ:
+            raise ValueError(
+                f"the ControlNet does not fit the base UNet ({', '.join(differ)} differ: e.g. "
+                f"{differ[0]} {controlnet.config[differ[0]]} vs {unet.config[differ[0]]}): it "
+                "was built for another base model; pass the base it was trained on"
             )
         if controlnet.config.cross_attention_dim != unet.config.cross_attention_dim:
             raise ValueError(
