@@ -362,3 +362,15 @@ def test_batches_ship_uint8_images_and_become_float_after_the_transfer(tmp_path)
         assert out["image"].dtype == torch.float32 and out["image"].is_contiguous()
         torch.testing.assert_close(out["image"], expected, rtol=0, atol=1e-6)
         assert out["depth"].dtype == torch.float32 and out["valid_mask"].dtype == torch.bool
+
+
+def test_quarter_turns_reach_the_training_stream_and_refuse_required_latents(tmp_path):
+    folder = _good_shards(tmp_path / "t", shards=1, per_shard=8)
+    plain = _datamodule(folder, samples_per_epoch=8, random_flip=False)
+    turned = _datamodule(folder, samples_per_epoch=8, random_flip=False, random_quarter_turns=True)
+    a = torch.cat([b["image"] for b in plain.train_dataloader()])
+    b = torch.cat([b["image"] for b in turned.train_dataloader()])
+    assert a.shape == b.shape and not torch.equal(a, b)  # the option reaches the stream
+    assert turned.val_transform.random_quarter_turns is False
+    with pytest.raises(ValueError, match="random_quarter_turns and use_latents=true"):
+        _datamodule(folder, random_quarter_turns=True, use_latents=True)

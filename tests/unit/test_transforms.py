@@ -404,3 +404,32 @@ def test_clean_fast_path_equals_the_checked_path():
     fast, _ = transform.batch(samples, np.random.default_rng(1))
     checked, _ = transform.batch(unclean, np.random.default_rng(1))
     _assert_batches_equal(fast, checked)
+
+
+@pytest.mark.parametrize("size", [32, (24, 40)])
+def test_random_quarter_turns_rotate_image_depth_and_mask_together(size):
+    """Red channel == depth, so a field turned alone shows; square sizes get all four turns,
+    other sizes only 0/180 (the batch keeps one shape)."""
+    spec = DepthSpec()
+    turned = PairedTransform(size, train=True, random_flip=False, random_quarter_turns=True)
+    rng = np.random.default_rng(0)
+    samples = [_ramp_sample(120, 160) for _ in range(24)]
+    batch, _ = turned.batch(samples, rng)
+    red = batch["image"][:, 0].numpy().astype(np.float32)
+    expected = spec.normalize(torch.from_numpy(red), "inverse")[0].numpy()
+    # Depth follows the red channel exactly as the same-size depth normalization of it would.
+    corr = [np.corrcoef(batch["depth"][i, 0].numpy().ravel(), expected[i].ravel())[0, 1]
+            for i in range(len(samples))]  # fmt: skip
+    assert min(corr) > 0.99
+    # The ramp rises to the right and down: which way it rises tells the turn.
+    gy = np.diff(red, axis=1).mean((1, 2))
+    gx = np.diff(red, axis=2).mean((1, 2))
+    directions = {(int(np.sign(round(a, 3))), int(np.sign(round(b, 3)))) for a, b in zip(gy, gx)}
+    square = turned.size[0] == turned.size[1]
+    assert len(directions) == (4 if square else 2), directions
+    assert batch["valid_mask"].all()
+    # Validation never turns; cached latents (one orientation) are refused with turns.
+    val = PairedTransform(size, train=False, random_quarter_turns=True)
+    assert not val.random_quarter_turns
+    with pytest.raises(ValueError, match="random_quarter_turns and use_latents=true"):
+        PairedTransform(32, train=True, random_quarter_turns=True, use_latents=True)

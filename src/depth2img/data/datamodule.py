@@ -495,6 +495,8 @@ class ShardDataModule(L.LightningDataModule):
         samples_per_epoch: samples per epoch over all ranks; None = from manifest.json.
         caption_dropout: probability of an empty caption (train only).
         random_flip: horizontal flips (train only).
+        random_quarter_turns: also rotate image, depth and mask together by a random multiple
+            of 90 deg (train only; 0/180 for non-square sizes; cached latents are not used).
         seed: global data seed.
         shuffle_buffer: encoded samples held for shuffling per worker.
         depth_spec: DepthSpec fields (dict) or None for the SD2 default.
@@ -523,6 +525,7 @@ class ShardDataModule(L.LightningDataModule):
         samples_per_epoch: int | None = None,
         caption_dropout: float = 0.1,
         random_flip: bool = True,
+        random_quarter_turns: bool = False,
         seed: int | None = 0,
         shuffle_buffer: int = 200,
         depth_spec: dict | None = None,
@@ -573,7 +576,11 @@ class ShardDataModule(L.LightningDataModule):
             )
         train_args = dict(transform_args, use_latents=False) if self.buckets else transform_args
         self.train_transform = PairedTransform(
-            train=True, random_flip=random_flip, caption_dropout=caption_dropout, **train_args
+            train=True,
+            random_flip=random_flip,
+            random_quarter_turns=random_quarter_turns,
+            caption_dropout=caption_dropout,
+            **train_args,
         )
         self.val_transform = PairedTransform(train=False, **transform_args)
         self._counters: dict[str, BadSampleCounter] = {}

@@ -69,6 +69,11 @@ class PairedTransform:
         size: output int or (h, w).
         train: random crop (+ flip + caption dropout) when True, center crop otherwise.
         random_flip: horizontal flip with p = 0.5 (train only).
+        random_quarter_turns: rotate image, depth and mask together by a random multiple of
+            90 deg (train only; square sizes draw 0/90/180/270, others 0/180 so the shape
+            stays). With flips, the whole dihedral group: for domains with no "up" (aerial,
+            microscopy, endoscopy) and to keep a model from learning one layout. Cached
+            latents are not used then (they hold one orientation).
         caption_dropout: probability of replacing the caption by "" (train only).
         depth_resize: "area" or "nearest" (see module docstring).
         depth_spec: how depth becomes the model convention (default SD2: eps 1e-3).
@@ -92,6 +97,7 @@ class PairedTransform:
         depth_resize: str = "area",
         depth_spec: DepthSpec | dict | None = None,
         use_latents: str | bool = "auto",
+        random_quarter_turns: bool = False,
     ):
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
@@ -102,6 +108,14 @@ class PairedTransform:
         self.size = as_hw(size)
         self.train = train
         self.random_flip = random_flip and train
+        self.random_quarter_turns = bool(random_quarter_turns) and train
+        if self.random_quarter_turns and use_latents is True:
+            raise ValueError(
+                "random_quarter_turns and use_latents=true do not go together (cached latents "
+                "hold one orientation): set use_latents to auto or false"
+            )
+        if self.random_quarter_turns:
+            use_latents = False
         self.caption_dropout = caption_dropout if train else 0.0
         self.depth_resize = depth_resize
         self.depth_spec = (
@@ -318,6 +332,7 @@ class BatchBuilder:
         self.plans: list[CropPlan] = []
         self.captions: list[str] = []
         self.latents: list[np.ndarray | None] = []
+        self.turns: list[int] = []  # quarter turns (counter-clockwise) per sample
         self._done = 0  # samples whose pixels are in the arrays
         self._pending_pixels = 0.0
 
@@ -338,6 +353,11 @@ class BatchBuilder:
         caption = sample.caption
         if transform.caption_dropout and rng.random() < transform.caption_dropout:
             caption = ""
+        turns = 0
+        if transform.random_quarter_turns:  # drawn only when on: other runs keep their draws
+            square = transform.size[0] == transform.size[1]
+            turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+        self.turns.append(turns)
         self.samples.append(sample)
         self.plans.append(plan)
         self.captions.append(caption)
@@ -362,6 +382,11 @@ class BatchBuilder:
         if len(self.samples) != self.size:
             raise ValueError(f"batch has {len(self.samples)} of {self.size} samples")
         self._flush()
+        for i, turns in enumerate(self.turns):
+            if turns:  # after resampling and normalizing: the same grid for every field
+                self.images[i] = np.rot90(self.images[i], turns, axes=(0, 1))
+                self.normalized[i] = np.rot90(self.normalized[i], turns)
+                self.valid[i] = np.rot90(self.valid[i], turns)
         valid = self.valid
         notes = [["crop_no_valid_depth"] if empty else [] for empty in ~valid.any(axis=(1, 2))]
         batch = {
