@@ -24,6 +24,7 @@ from depth2img.inference.sampling import generate
 from depth2img.models.conditioning.controlnet import depth_to_control_image
 from depth2img.models.loading import build_components, save_components
 from depth2img.training.lightning_module import Depth2ImgModule
+from tests.batches import random_batches
 
 pytestmark = pytest.mark.slow
 
@@ -31,22 +32,6 @@ PIPELINES = {
     "tiny": (StableDiffusionControlNetImg2ImgPipeline, StableDiffusionControlNetPipeline),
     "tiny-sdxl": (StableDiffusionXLControlNetImg2ImgPipeline, StableDiffusionXLControlNetPipeline),
 }
-
-
-def _batches(n: int = 2, sdxl: bool = False):
-    gen = torch.Generator().manual_seed(0)
-    for i in range(n):
-        batch = {
-            "image": torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1,
-            "depth": torch.rand(2, 1, 32, 32, generator=gen) * 2 - 1,
-            "valid_mask": torch.ones(2, 1, 32, 32, dtype=torch.bool),
-            "caption": ["a street", ""],
-            "key": [f"k{i}a", f"k{i}b"],
-        }
-        if sdxl:  # micro-conditioning from the reader (original size, crop origin)
-            batch["original_size"] = torch.tensor([[48, 40], [32, 32]])
-            batch["crop_top_left"] = torch.tensor([[8, 4], [0, 0]])
-        yield batch
 
 
 def _ramp(h=32, w=48):
@@ -77,7 +62,7 @@ def trained(request, tmp_path_factory):
         enable_model_summary=False,
         default_root_dir=tmp_path_factory.mktemp("run"),
     )
-    data = list(_batches(sdxl=source == "tiny-sdxl"))
+    data = random_batches(sdxl=source == "tiny-sdxl")
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
     for key, value in module.unet.state_dict().items():
         assert torch.equal(value, unet_before[key]), f"the frozen UNet changed: {key}"
@@ -312,7 +297,7 @@ def test_public_sdxl_folder_layout_trains_exports_and_reloads(tmp_path):
         enable_model_summary=False,
         default_root_dir=tmp_path / "run",
     )
-    data = list(_batches(1, sdxl=True))
+    data = random_batches(1, sdxl=True)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     assert export_main([str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "export")]) == 0

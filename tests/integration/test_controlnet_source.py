@@ -18,23 +18,10 @@ from diffusers import ControlNetModel
 from depth2img.inference.loading import load_generator_components
 from depth2img.paths import models_dir
 from depth2img.training.lightning_module import Depth2ImgModule
+from tests.batches import random_batches
 
 SHIPPED_CN = models_dir() / "tiny-sdxl-depth-controlnet"
 pytestmark = pytest.mark.skipif(not SHIPPED_CN.is_dir(), reason="shipped SDXL ControlNet missing")
-
-
-def _batches(n: int = 2):
-    gen = torch.Generator().manual_seed(0)
-    for i in range(n):
-        yield {
-            "image": torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1,
-            "depth": torch.rand(2, 1, 64, 64, generator=gen) * 2 - 1,
-            "valid_mask": torch.ones(2, 1, 64, 64, dtype=torch.bool),
-            "caption": ["an aerial photo", ""],
-            "key": [f"k{i}a", f"k{i}b"],
-            "original_size": torch.tensor([[64, 64], [64, 64]]),
-            "crop_top_left": torch.tensor([[0, 0], [0, 0]]),
-        }
 
 
 def test_training_starts_from_the_given_controlnet_and_reloads(tmp_path):
@@ -59,7 +46,7 @@ def test_training_starts_from_the_given_controlnet_and_reloads(tmp_path):
         max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
     )  # fmt: skip
-    data = list(_batches())
+    data = random_batches(size=64, captions=("an aerial photo", ""), sdxl=True)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
     trained = {k: v.clone() for k, v in module.controlnet.state_dict().items()}
     assert any(not torch.equal(trained[k], shipped[k]) for k in shipped), "nothing trained"

@@ -15,20 +15,9 @@ from depth2img.inference.loading import load_generator_components
 from depth2img.inference.sampling import generate
 from depth2img.models.loading import save_components
 from depth2img.models.tiny import build_tiny_components
+from tests.batches import random_batches
 
 pytestmark = pytest.mark.slow
-
-
-def _batches(n: int = 2):
-    gen = torch.Generator().manual_seed(0)
-    for i in range(n):
-        yield {
-            "image": torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1,
-            "depth": torch.rand(2, 1, 32, 32, generator=gen) * 2 - 1,
-            "valid_mask": torch.ones(2, 1, 32, 32, dtype=torch.bool),
-            "caption": ["a street", ""],
-            "key": [f"k{i}a", f"k{i}b"],
-        }
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +41,7 @@ def trained_ckpt(tiny_model_dir, tmp_path_factory):
         default_root_dir=tmp_path_factory.mktemp("run"),
     )
     trainer.fit(
-        module, train_dataloaders=torch.utils.data.DataLoader(list(_batches()), batch_size=None)
+        module, train_dataloaders=torch.utils.data.DataLoader(random_batches(), batch_size=None)
     )
     path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
     trainer.save_checkpoint(path)
