@@ -383,8 +383,12 @@ def describe_recipe(name: str, flat: dict[str, object]) -> dict:
     if family is None:
         return dict(skip="no known base family in the model/family config")
     controlnet = None
+    # Keys that merely exist in every config (model.controlnet_source: null) say nothing.
     control_text = " ".join(
-        f"{k}={flat[k]}" for k in flat if "controlnet" in k.lower() or "conditioning" in k.lower()
+        f"{k}={flat[k]}"
+        for k in flat
+        if ("controlnet" in k.lower() or "conditioning" in k.lower())
+        and flat[k] not in (None, False, "", "None")
     ).lower() + (" controlnet" if "controlnet" in name.lower() else "")
     if "controlnet" in control_text:
         controlnet = "small" if "small" in control_text else "full"
