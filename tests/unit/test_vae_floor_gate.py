@@ -183,3 +183,24 @@ def test_gated_out_reads_old_results_with_one_gate():
     assert not gated_out({"separates": False}, "edge_f1")
     gate = {"separates": True, "verdict_metrics": ["depth_spearman"]}
     assert gated_out(gate, "depth_absrel") and not gated_out(gate, "depth_spearman")
+
+
+def test_benchmark_tables_read_only_the_metrics_whose_gate_passes():
+    from depth2img.evaluation.structure_benchmark import (
+        PAIRED_METRICS,
+        _column_header,
+        _paired_cells,
+        benchmark_verdicts,
+    )
+
+    diff = {"mean": 0.1, "ci_low": 0.05, "ci_high": 0.15, "n": 8, "n_scenes": 4}
+    pair = {"a": "concat s=1", "b": "img2img s=1", "metrics": dict.fromkeys(PAIRED_METRICS, diff)}
+    gate = {"separates": True, "verdict_metrics": ["depth_spearman"]}
+    cells = dict(zip(PAIRED_METRICS, _paired_cells(pair, gate).split(" | ")))
+    assert cells["depth_absrel"] == "no verdict (judge gate)"
+    assert cells["depth_spearman"].startswith("0.1") and cells["edge_f1"].startswith("0.1")
+    assert "gate failed" in _column_header("depth_absrel", "depth, judge", gate)
+    assert "gate failed" not in _column_header("depth_spearman", "depth, judge", gate)
+    verdicts = benchmark_verdicts({"judge_quality": gate, "paired": [pair]})
+    assert any(v.startswith("depth_spearman:") for v in verdicts)
+    assert not any(v.startswith("depth_absrel:") for v in verdicts)
