@@ -52,7 +52,7 @@ from depth2img.evaluation.bootstrap import paired_difference
 from depth2img.evaluation.depth_metrics import spearman
 from depth2img.evaluation.domain_match import DomainClassifier
 from depth2img.evaluation.priors import prior_maps
-from depth2img.evaluation.structure_measures import edge_f1, height_as_image
+from depth2img.evaluation.structure_measures import EdgeField, height_as_image, matched_edge_f1
 from depth2img.inference.sampling import encode_prompts, generate
 
 from .training import encode_latents, predict_depth, unet_prediction
@@ -251,13 +251,14 @@ def edge_following_scores(images_hwc: np.ndarray, maps: np.ndarray, groups, clus
         ``{"own": (N,), "chance": (N,)}``: edge F1 of image i vs map i's edges, and its mean
         over every other map of the group from another cluster (NaN for a one-cluster group).
     """
-    greys = [height_as_image(m) for m in maps]
+    found = [EdgeField.of(image) for image in images_hwc]
+    truth = [EdgeField.of(height_as_image(m)) for m in maps]
     groups, clusters = np.asarray(groups), np.asarray(clusters)
-    own = np.array([edge_f1(images_hwc[i], greys[i]) for i in range(len(maps))])
+    own = np.array([matched_edge_f1(found[i], truth[i]) for i in range(len(maps))])
     chance = np.empty(len(maps))
     for i in range(len(maps)):
         others = np.flatnonzero((groups == groups[i]) & (clusters != clusters[i]))
-        scores = [edge_f1(images_hwc[i], greys[j]) for j in others]
+        scores = [matched_edge_f1(found[i], truth[j]) for j in others]
         chance[i] = np.nanmean(scores) if scores else np.nan
     return {"own": own, "chance": chance}
 
@@ -304,17 +305,17 @@ def depth_following(
     seeds = [seed + i for i in range(n)]
     images = generate_images(components, depth, conditions["captions"], seeds, **generate_kwargs)
     judged = predict_depth(judge, images * 2.0 - 1.0).numpy()
+    images_hwc = _to_hwc(images)
     in_domain = chance_in_domain = None
     if domain_classifier is not None:
-        in_domain = domain_classifier.in_domain(_to_hwc(images), conditions["domains"])
+        in_domain = domain_classifier.in_domain(images_hwc, conditions["domains"])
         chance_in_domain = np.full(n, 1.0 / len(domain_classifier.domains))
     maps = depth[:, 0].numpy()
     partner_maps = conditions["partner_depth"][:, 0].numpy()
     domains, sets = np.asarray(conditions["domains"]), np.asarray(conditions["sets"])
     groups = [f"{d}/{s}" for d, s in zip(domains, sets)]
     clusters_all = conditions["clusters"]
-    images_uint8 = np.round(_to_hwc(images) * 255).astype(np.uint8)
-    edges = edge_following_scores(images_uint8, maps, groups, clusters_all)
+    edges = edge_following_scores(_to_uint8(images_hwc), maps, groups, clusters_all)
     scores = {
         "own": _spearman_rows(judged, maps),
         "chance": _any_other_chance(judged, maps, groups, clusters_all),
@@ -340,12 +341,12 @@ def depth_following(
             for name, prior in priors.items()
         }
         in_this = np.flatnonzero(domains == domain)
+        map_edges = {i: EdgeField.of(height_as_image(maps[i])) for i in in_this}
         prior_edges = {}
         for name, prior in priors.items():
+            prior_field = EdgeField.of(height_as_image(prior))
             values = np.full(n, np.nan)
-            values[in_this] = [
-                edge_f1(height_as_image(prior), height_as_image(maps[i])) for i in in_this
-            ]
+            values[in_this] = [matched_edge_f1(prior_field, map_edges[i]) for i in in_this]
             prior_edges[name] = values
         result[domain] = {}
         for subset in dict.fromkeys(conditions["sets"]):
@@ -371,10 +372,11 @@ def depth_following(
             entry["own_minus_partner"] = _diff_stats(
                 scores["own"][sel], scores["partner"][sel], clusters
             )
-            real_edges = None
+            real_edges = real_hwc = None
             if has_real[sel].all():  # rotated sets: the instrument's own check on real renders
+                real_hwc = _to_hwc(real[sel], signed=True)
                 real_edges = edge_following_scores(
-                    np.round(_to_hwc(real[sel], signed=True) * 255).astype(np.uint8),
+                    _to_uint8(real_hwc),
                     maps[sel],
                     [groups[i] for i in sel],
                     clusters,
@@ -386,7 +388,7 @@ def depth_following(
                 r = {k: round(float(v[sel].mean()), 4) for k, v in real_scores.items()}
                 if domain_classifier is not None:
                     real_in = domain_classifier.in_domain(
-                        _to_hwc(real[sel], signed=True), [conditions["domains"][i] for i in sel]
+                        real_hwc, [conditions["domains"][i] for i in sel]
                     )
                     r["in_domain"] = round(float(real_in.mean()), 4)
                 r["own_minus_chance"] = _diff_stats(
@@ -440,6 +442,11 @@ def _to_hwc(images: torch.Tensor, signed: bool = False) -> np.ndarray:
     x = images.detach().float()
     x = (x + 1.0) / 2.0 if signed else x
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def _to_uint8(images_hwc: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) in [0, 1] -> uint8 0..255, what the edge measures read."""
+    return np.round(images_hwc * 255).astype(np.uint8)
 
 
 def _tile(array_hwc: np.ndarray, scale: int) -> Image.Image:

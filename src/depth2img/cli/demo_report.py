@@ -95,6 +95,7 @@ def comparison_rows(evals: dict[str, dict], comparison: dict | None = None) -> l
     rows = []
     for key, label, better in DEPTH_ROWS:
         diff = comparison["depth"].get(key)
+        vae_floor = _depth_stat(base, "vae_floor", key)  # None for results without it
         rows.append(
             [
                 label,
@@ -102,9 +103,7 @@ def comparison_rows(evals: dict[str, dict], comparison: dict | None = None) -> l
                 _cell(_depth_stat(tuned, "generated", key)),
                 _cell(diff) + (" (no verdict)" if gated_out(gate, key) else ""),
                 _cell(_depth_stat(base, "floor", key)),
-                _cell(_depth_stat(base, "vae_floor", key))
-                if _depth_stat(base, "vae_floor", key)
-                else "–",
+                _cell(vae_floor) if vae_floor else "–",
                 _cell(_depth_stat(base, "chance", key)),
                 _cell(_depth_stat(base, "prior_domain_mean", key)),
                 better,
@@ -195,9 +194,8 @@ def verdict(
             name: {k: g[k] for k in ("floor_minus_chance", "vae_floor_minus_chance")}
             for name, g in gate.get("metrics", {}).items()
         }
-        differences = {
-            name: comparison["depth"][name] for name in gate.get("metrics", {gate["metric"]: 0})
-        }
+        gated = gate.get("metrics") or [gate["metric"]]
+        differences = {name: comparison["depth"][name] for name in gated}
         out["finetuned_minus_base"] = differences
         losses = {name: _significant_loss(diff) for name, diff in differences.items()}
         if None not in losses.values():

@@ -69,20 +69,18 @@ def other_scene_same_condition(scenes: list[str], conditions: list[str]) -> list
 
 
 def load_targets(shards: Path, num_samples: int, size: int, depth_spec: DepthSpec) -> dict:
-    """The eval set: ``renders`` (N, H, W, 3) uint8, ``depths`` (N, H, W), ``valid`` (N, H, W)
-    bool, ``scenes`` and ``conditions`` (metadata ``condition``, "" when absent)."""
+    """The eval set: ``renders`` (N, H, W, 3) uint8, ``depths`` (N, H, W), ``scenes`` and
+    ``conditions`` (metadata ``condition``, "" when absent)."""
     eval_set = load_eval_set(str(shards), num_samples, size, depth_spec)
-    renders, depths, valid, conditions = [], [], [], []
+    renders, depths, conditions = [], [], []
     for index in range(len(eval_set)):
         sample = eval_set.sample(index)
         renders.append(sample["image"].permute(1, 2, 0).numpy())
         depths.append(sample["depth"][0].numpy())
-        valid.append(sample["valid_mask"][0].numpy())
         conditions.append(str((sample.get("meta") or {}).get("condition", "")))
     return {
         "renders": np.stack(renders),
         "depths": np.stack(depths),
-        "valid": np.stack(valid),
         "scenes": eval_set.scene_ids(),
         "conditions": conditions,
     }

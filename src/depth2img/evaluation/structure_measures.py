@@ -69,17 +69,33 @@ def edge_f1(output: np.ndarray, target: np.ndarray, tolerance: int | None = None
 
     NaN when the target has no edges (nothing to find); 0 when the output has none.
     """
-    true_edges, found = edge_map(target), edge_map(output)
-    if not true_edges.any():
+    return matched_edge_f1(EdgeField.of(output), EdgeField.of(target), tolerance)
+
+
+class EdgeField:
+    """An image's edges and every pixel's distance to the nearest of them: computed once, so
+    one image can be matched against many others (``matched_edge_f1``) at the cost of a
+    comparison, not of two edge maps and two distance transforms per pair."""
+
+    def __init__(self, edges: np.ndarray):
+        self.edges = edges  # (H, W) bool
+        self.distance = ndimage.distance_transform_edt(~edges) if edges.any() else None
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> EdgeField:
+        """The edge field of an (H, W, 3) uint8 image (``edge_map``)."""
+        return cls(edge_map(image))
+
+
+def matched_edge_f1(output: EdgeField, target: EdgeField, tolerance: int | None = None) -> float:
+    """:func:`edge_f1` of two precomputed edge fields (same value, same NaN / 0 rules)."""
+    if target.distance is None:
         return float("nan")
-    if not found.any():
+    if output.distance is None:
         return 0.0
-    tol = edge_tolerance(*true_edges.shape) if tolerance is None else int(tolerance)
-    # Distance of every pixel to the nearest edge of the other image.
-    to_true = ndimage.distance_transform_edt(~true_edges)
-    to_found = ndimage.distance_transform_edt(~found)
-    precision = float((to_true[found] <= tol).mean())
-    recall = float((to_found[true_edges] <= tol).mean())
+    tol = edge_tolerance(*target.edges.shape) if tolerance is None else int(tolerance)
+    precision = float((target.distance[output.edges] <= tol).mean())
+    recall = float((output.distance[target.edges] <= tol).mean())
     if precision + recall == 0:
         return 0.0
     return 2 * precision * recall / (precision + recall)

@@ -25,8 +25,13 @@ TINY_SOURCES = (TINY_SOURCE, "tiny-sdxl")
 AUTO = "auto"
 
 
+def _missing_local(path: str, is_local: bool, local_only: bool) -> bool:
+    """Offline, a source that is not on disk and cannot be a hub id ("org/name") is missing."""
+    return not is_local and local_only and ("/" not in path or path.startswith((".", "/")))
+
+
 def _check_source(path: str, is_local: bool, local_only: bool) -> None:
-    if not is_local and local_only and ("/" not in path or path.startswith((".", "/"))):
+    if _missing_local(path, is_local, local_only):
         raise FileNotFoundError(
             f"model folder {path!r} does not exist. Pass a diffusers folder (with "
             "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), a hub id, or "
@@ -166,7 +171,7 @@ def _load_controlnet_source(source: str, conditioning: str, revision, local_only
                 "as ControlNetModel.save_pretrained writes) or a pipeline folder with controlnet/"
             )
         return load_controlnet(path)
-    if local_only and ("/" not in path or path.startswith((".", "/"))):
+    if _missing_local(path, False, local_only):
         raise FileNotFoundError(
             f"ControlNet folder {path!r} does not exist: pass a ControlNet folder (config.json + "
             "weights), a pipeline folder with controlnet/, a hub id, or a shipped alias "
