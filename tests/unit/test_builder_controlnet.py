@@ -170,3 +170,39 @@ def test_controlnet_data_is_the_leading_share_of_the_unet_data():
     )
     assert everything.captions == captions and same_text.pooled is None
     assert torch.equal(everything.latents, latents)
+
+
+def test_controlnet_stage_continues_from_an_existing_controlnet_and_keeps_its_facts(tmp_path):
+    """``--sdxl-controlnet-init``: the stage starts from the given ControlNet (not from
+    ``from_unet``), trains it at the continuation LR, and the saved folder records both the
+    original and the continued training."""
+    from tools.build_tiny_base import extra_models
+    from tools.build_tiny_base.stage_cache import StageCache
+
+    comps, latents, control, text, uncond = _tiny_sd_setup()
+    trained, _ = controlnet_stage.train_controlnet(
+        comps.unet, controlnet_stage.build_controlnet(comps.unet, comps.vae_scale_factor),
+        latents, control, text, uncond, DDPMScheduler(**sd_scheduler_config()),
+        steps=3, lr=1e-3, batch=2, caption_dropout=0.0, ema_decay=0.0, seed=0,
+    )  # fmt: skip
+    folder = export.save_controlnet(tmp_path, trained, "cn", "shipped-base", "sd", steps=3)
+    facts = extra_models._training_facts(folder)
+    assert facts == {"steps": 3}
+    init = ControlNetModel.from_pretrained(folder)
+    start = [p.detach().clone() for p in init.parameters()]
+    data = TrainingData(latents, torch.zeros(2, 6, 1, 32, 32), ["x"] * 6, n_base=6)
+    cfg = configs.BuildConfig.quick()
+    cfg.ema_decay = 0.0
+    continued, reused = extra_models.controlnet_for(
+        StageCache(None), "sd_controlnet", "parent", comps.unet, "sd", data, text, uncond,
+        DDPMScheduler(**sd_scheduler_config()), cfg, steps=2, seed=0, init=init, lr=1e-4,
+    )  # fmt: skip
+    assert not reused
+    after = list(continued.parameters())
+    moved = [float((a - b).abs().max()) for a, b in zip(after, start)]
+    # Continued, not rebuilt: the trained zero convolutions start where they were (a fresh
+    # from_unet ControlNet has them at exactly 0) and moved by about lr per step.
+    assert max(moved) > 0 and max(moved) < 1e-3
+    fresh = controlnet_stage.build_controlnet(comps.unet, comps.vae_scale_factor)
+    assert float(fresh.controlnet_mid_block.weight.detach().abs().max()) == 0
+    assert float(continued.controlnet_mid_block.weight.detach().abs().max()) > 0

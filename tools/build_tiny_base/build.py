@@ -63,11 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("data/models"), help="output folder")
     parser.add_argument(
         "--preset",
-        choices=("quick", "draft", "full", "candidate"),
+        choices=("quick", "draft", "full", "candidate", "continued"),
         default="full",
         help="budget preset: quick (smoke test), draft, full (the recipe shipped until "
         "2026-12-07), candidate (shipped since 2026-12-07: sharper VAE, longer bases, "
-        "endoscopy-lit procedural scenes)",
+        "endoscopy-lit procedural scenes), continued (the candidate's depth UNet and SDXL "
+        "ControlNet continued with dense aerial towns; use with --depth-init, "
+        "--sdxl-controlnet-init, --keep-extra)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     parser.add_argument(
@@ -118,6 +120,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="existing depth2img folder whose depth judge (depth_estimator/) is kept instead of "
         "trained (the judge stage is ~30 %% of a from-scratch build)",
+    )
+    parser.add_argument(
+        "--keep-extra",
+        type=Path,
+        default=None,
+        help="existing models folder (e.g. a copy of data/models) whose tiny-sdxl-base, "
+        "tiny-sd-depth-controlnet and tiny-sdxl-depth-controlnet are kept instead of trained "
+        "(except a ControlNet named by --sdxl-controlnet-init)",
+    )
+    parser.add_argument(
+        "--sdxl-controlnet-init",
+        type=Path,
+        default=None,
+        help="existing models folder whose tiny-sdxl-depth-controlnet the SDXL ControlNet stage "
+        "continues from (sdxl_controlnet_continue_steps at sdxl_controlnet_continue_lr)",
     )
     parser.add_argument(
         "--skip-sdxl",
@@ -178,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         _check_folder(args.depth_init, "--depth-init", ("unet",)),
         _check_folder(args.judge_init, "--judge-init", ("depth_estimator",)),
         _check_folder(args.judge, "--judge", ("depth_estimator",)),
+        _check_folder(args.keep_extra, "--keep-extra", extra_models.KEPT_FOLDERS),
+        _check_folder(
+            args.sdxl_controlnet_init,
+            "--sdxl-controlnet-init",
+            (extra_models.SDXL_CONTROLNET_FOLDER,),
+        ),
+        "error: --sdxl-controlnet-init needs the SDXL base it was trained on: pass --keep-extra"
+        if args.sdxl_controlnet_init is not None and args.keep_extra is None
+        else None,
     ):
         if message:
             print(message, file=sys.stderr)
@@ -185,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = getattr(configs.BuildConfig, args.preset)(args.seed)
     cfg.num_threads = args.threads
     steps = ("vae_steps", "judge_steps", "judge_continue_steps", "base_steps", "depth_steps")
-    for name in steps + ("controlnet_steps", "sdxl_base_steps", "sdxl_controlnet_steps"):
+    steps += ("controlnet_steps", "sdxl_base_steps", "sdxl_controlnet_steps")
+    for name in steps + ("sdxl_controlnet_continue_steps",):
         setattr(cfg, name, max(1, round(getattr(cfg, name) * args.steps_scale)))
     torch.set_num_threads(cfg.num_threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     train = dataset.render_set(cfg.train_samples, cfg.image_size, cfg.seed, desc="render train")
     n_procedural = max(cfg.judge_procedural, cfg.depth_procedural)
     procedural = dataset.render_extra("procedural", n_procedural, cfg.image_size, cfg.seed)
-    dense = dataset.render_extra("aerial-dense", cfg.judge_dense_aerial, cfg.image_size, cfg.seed)
+    n_dense = max(cfg.judge_dense_aerial, cfg.depth_dense_aerial)
+    dense = dataset.render_extra("aerial-dense", n_dense, cfg.image_size, cfg.seed)
     n_endo = max(cfg.judge_endoscopy_procedural, cfg.depth_endoscopy_procedural)
     endo_procedural = dataset.render_extra("endoscopy-procedural", n_endo, cfg.image_size, cfg.seed)
     held = dataset.render_heldout(cfg.heldout_samples, cfg.image_size, cfg.seed)
@@ -260,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     unet_set = dataset.concat(
         train.subset(mix),  # first: the base UNet trains on these only
         procedural.subset(np.arange(cfg.depth_procedural)),
-        endo_procedural.subset(np.arange(cfg.depth_endoscopy_procedural)),
+        dense.subset(np.arange(cfg.depth_dense_aerial)),
+        endo_procedural.subset(np.arange(cfg.depth_endoscopy_procedural)),  # last: see 6b
     )
     view_images, view_depth = augmented_views(
         unet_set.images_tensor(), unet_set.depth_tensor(), cfg.depth_views, cfg.seed + 7
@@ -307,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     judge_set = dataset.concat(
         train,
         procedural.subset(np.arange(cfg.judge_procedural)),
-        dense,
+        dense.subset(np.arange(cfg.judge_dense_aerial)),
         endo_procedural.subset(np.arange(cfg.judge_endoscopy_procedural)),
     )
     judge_images, judge_depth = judge_set.images_tensor(), judge_set.depth_tensor()
@@ -405,7 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parent = Components(vae, text_encoder, tokenizer, base_unet, scheduler)
     extras = extra_models.train_extra_models(
-        cache, cfg, parent, base_key, extra_data, text_emb, uncond, scheduler, not args.skip_sdxl
+        cache,
+        cfg,
+        parent,
+        base_key,
+        extra_data,
+        text_emb,
+        uncond,
+        scheduler,
+        not args.skip_sdxl,
+        keep=args.keep_extra,
+        sdxl_controlnet_init=args.sdxl_controlnet_init,
     )
     reused.update(extras.reused)
     lap("extra_models")
@@ -523,8 +562,13 @@ def main(argv: list[str] | None = None) -> int:
         "depth_init": str(args.depth_init) if args.depth_init else None,
         "judge_init": str(args.judge_init) if args.judge_init else None,
         "judge_from": str(args.judge) if args.judge else None,
+        "extra_from": str(args.keep_extra) if args.keep_extra else None,
+        "sdxl_controlnet_init": (
+            str(args.sdxl_controlnet_init) if args.sdxl_controlnet_init else None
+        ),
         "timings_s": timings,
         "reused_stages": [stage for stage, hit in reused.items() if hit],
+        "controlnet_facts": extras.facts,
         "params": {
             "vae": _count(vae),
             "text_encoder": _count(text_encoder),
@@ -537,12 +581,13 @@ def main(argv: list[str] | None = None) -> int:
             "train": {d: int(sum(x == d for x in train.domains)) for d in DOMAINS},
             "judge_extra": {
                 "procedural": cfg.judge_procedural,
-                "aerial-dense": len(dense),
+                "aerial-dense": cfg.judge_dense_aerial,
                 "endoscopy-procedural": cfg.judge_endoscopy_procedural,
             },
             "unet": {d: int(sum(train.domains[i] == d for i in mix)) for d in DOMAINS}
             | {
                 "procedural": cfg.depth_procedural,
+                "aerial-dense": cfg.depth_dense_aerial,
                 "endoscopy-procedural": cfg.depth_endoscopy_procedural,
                 "views_per_image": cfg.depth_views,
             },

@@ -53,8 +53,23 @@ def _replace_folder(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+# What transformers' ``from_pretrained`` adds to a tokenizer's init arguments (with these
+# default values) and writes back on ``save_pretrained``: a tokenizer loaded from ``--parent``
+# would otherwise change the committed tokenizer_config.json of a rebuild.
+_TOKENIZER_LOAD_FACTS = ("is_local", "local_files_only")  # how it was loaded: always dropped
+_TOKENIZER_LOAD_DEFAULTS = {
+    "pad_to_multiple_of": None,
+    "pad_token_type_id": 0,
+    "padding_side": "right",
+    "stride": 0,
+    "truncation_side": "right",
+    "truncation_strategy": "longest_first",
+}
+
+
 def scrub_local_paths(folder: Path) -> None:
-    """Drop ``_name_or_path`` from every ``*.json`` under ``folder``.
+    """Drop ``_name_or_path`` from every ``*.json`` under ``folder``, and from every
+    ``tokenizer_config.json`` the load-time arguments transformers writes back.
 
     diffusers/transformers record where a model was loaded from; a network loaded from
     ``--parent`` (or the cache) would otherwise carry the builder's local path into the shipped
@@ -62,8 +77,19 @@ def scrub_local_paths(folder: Path) -> None:
     """
     for path in sorted(folder.rglob("*.json")):
         config = json.loads(path.read_text())
-        if isinstance(config, dict) and "_name_or_path" in config:
-            del config["_name_or_path"]
+        if not isinstance(config, dict):
+            continue
+        drop = ["_name_or_path"] if "_name_or_path" in config else []
+        if path.name == "tokenizer_config.json":
+            drop += [k for k in _TOKENIZER_LOAD_FACTS if k in config]
+            drop += [
+                k for k, v in _TOKENIZER_LOAD_DEFAULTS.items() if k in config and config[k] == v
+            ]
+            if config.get("max_length") == config.get("model_max_length"):
+                drop.append("max_length")
+        if drop:
+            for key in drop:
+                del config[key]
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -16,6 +16,7 @@ and the judge-free depth reliance through the ControlNet.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
+from transformers import CLIPTextModelWithProjection
 
 from depth2img.artifacts.checksums import write_manifest
 from depth2img.inference.sampling import generate
@@ -40,6 +42,8 @@ from .stage_cache import StageCache, fingerprint
 SD_CONTROLNET_FOLDER = SHIPPED_MODELS["shipped-sd-controlnet"]
 SDXL_FOLDER = SHIPPED_MODELS["shipped-sdxl"]
 SDXL_CONTROLNET_FOLDER = SHIPPED_MODELS["shipped-sdxl-controlnet"]
+# What ``--keep-extra`` takes from an existing models folder instead of training.
+KEPT_FOLDERS = (SDXL_FOLDER, SD_CONTROLNET_FOLDER, SDXL_CONTROLNET_FOLDER)
 
 _CONTROLNET_CODE = [
     controlnet_stage.train_controlnet,
@@ -83,6 +87,9 @@ class ExtraModels:
     sdxl: Components | None = None  # text-to-image SDXL-family components (trained UNet)
     sdxl_controlnet: ControlNetModel | None = None
     reused: dict = field(default_factory=dict)
+    # "sd_controlnet" / "sdxl_controlnet" -> training facts for depth2img.json when the network
+    # was kept or continued (its folder's own facts, plus the continuation); else the config's.
+    facts: dict = field(default_factory=dict)
 
 
 def _fields(cfg: configs.BuildConfig, *names: str) -> dict:
@@ -103,8 +110,12 @@ def controlnet_for(
     cfg: configs.BuildConfig,
     steps: int,
     seed: int,
+    init: ControlNetModel | None = None,
+    lr: float | None = None,
 ) -> tuple[ControlNetModel, bool]:
-    """Train (or load from the cache) a depth ControlNet on the frozen ``unet``.
+    """Train (or load from the cache) a depth ControlNet on the frozen ``unet``: from
+    ``ControlNetModel.from_unet`` (``controlnet_stage.build_controlnet``), or continued from
+    ``init`` (a trained ControlNet of this ``unet``) at ``lr`` (default ``cfg.controlnet_lr``).
 
     Returns:
         (ControlNetModel with EMA weights, reused from the cache).
@@ -113,21 +124,29 @@ def controlnet_for(
     factor = size_hw[0] // data.latents.shape[-2]
     control = controlnet_stage.control_images(data.view_depth, size_hw)  # [V, N, 1, H, W]
     pooled = [] if text.pooled is None else [text.pooled, uncond.pooled]
+    lr = cfg.controlnet_lr if lr is None else lr
     key = fingerprint(
         stage,
         parent_key,
         [data.latents, control, text.hidden, uncond.hidden, pooled, sd_scheduler_config()],
-        {"steps": steps, "family": family, "seed": seed},
-        _fields(cfg, "controlnet_lr", "controlnet_caption_dropout", "unet_batch", "ema_decay"),
+        {"steps": steps, "family": family, "seed": seed, "lr": lr},
+        "scratch" if init is None else [p.detach() for p in init.parameters()],
+        _fields(cfg, "controlnet_caption_dropout", "unet_batch", "ema_decay"),
         _CONTROLNET_CODE,
     )
+
+    def start() -> ControlNetModel:
+        if init is None:
+            return controlnet_stage.build_controlnet(unet, factor, seed)
+        return init.train().requires_grad_(True)
+
     return cache.run(
         stage,
         key,
         build=lambda: controlnet_stage.build_controlnet(unet, factor, seed),
         train=lambda: controlnet_stage.train_controlnet(
             unet,
-            controlnet_stage.build_controlnet(unet, factor, seed),
+            start(),
             data.latents,
             control,
             text,
@@ -135,7 +154,7 @@ def controlnet_for(
             scheduler,
             family=family,
             steps=steps,
-            lr=cfg.controlnet_lr,
+            lr=lr,
             batch=cfg.unet_batch,
             caption_dropout=cfg.controlnet_caption_dropout,
             ema_decay=cfg.ema_decay,
@@ -151,14 +170,22 @@ def sdxl_base_for(
     parent: Components,
     data: TrainingData,
     scheduler: DDPMScheduler,
+    keep: Path | None = None,
 ) -> tuple[Components, PromptEmbeds, PromptEmbeds, str, bool]:
     """The tiny SDXL base on the SD parent's VAE, text encoder and tokenizer: train (or load)
-    its UNet text-to-image on the SD base's data (upright domain mix, ``data.n_base``).
+    its UNet text-to-image on the SD base's data (upright domain mix, ``data.n_base``), or keep
+    the UNet and second text encoder of ``keep/tiny-sdxl-base`` (``--keep-extra``).
 
     Returns:
         (components, caption embeds (N), uncond embeds (1), stage key, reused).
     """
-    text_encoder_2 = sdxl_stage.build_text_encoder_2(parent.tokenizer, cfg.seed + 9)
+    if keep is None:
+        text_encoder_2 = sdxl_stage.build_text_encoder_2(parent.tokenizer, cfg.seed + 9)
+    else:
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            keep / SDXL_FOLDER, subfolder="text_encoder_2"
+        ).eval()
+        text_encoder_2.requires_grad_(False)
     sdxl = sdxl_stage.sdxl_components(
         parent.vae, parent.text_encoder, parent.tokenizer, text_encoder_2, None, scheduler
     )
@@ -166,6 +193,11 @@ def sdxl_base_for(
     with torch.no_grad():
         text = family.encode_prompts(sdxl, data.captions)
         uncond = family.encode_negative(sdxl, [""])
+    if keep is not None:
+        unet = UNet2DConditionModel.from_pretrained(keep / SDXL_FOLDER, subfolder="unet")
+        sdxl.unet = unet.eval().requires_grad_(False)
+        key = fingerprint("kept-sdxl-base", [p.detach() for p in unet.parameters()])
+        return sdxl, text, uncond, key, True
     n = data.n_base
     image_hw = tuple(data.view_depth.shape[-2:])
     key = fingerprint(
@@ -213,30 +245,69 @@ def train_extra_models(
     uncond: torch.Tensor,
     scheduler: DDPMScheduler,
     with_sdxl: bool = True,
+    keep: Path | None = None,
+    sdxl_controlnet_init: Path | None = None,
 ) -> ExtraModels:
     """SDXL base + its ControlNet (unless ``with_sdxl`` is False), then the SD ControlNet.
 
     Args:
         parent: the SD parent (vae, text_encoder, tokenizer, unet frozen).
         text_emb: (N, L, D) SD caption embeddings of ``data.captions``; uncond: (1, L, D).
+        keep: a models folder whose ``KEPT_FOLDERS`` are loaded instead of trained
+            (``--keep-extra``), except the SDXL ControlNet when ``sdxl_controlnet_init`` is set.
+        sdxl_controlnet_init: a models folder whose SDXL ControlNet is continued for
+            ``cfg.sdxl_controlnet_continue_steps`` (needs ``keep``: its base).
     """
     models = ExtraModels()
     if with_sdxl:
         sdxl, text, sdxl_uncond, sdxl_key, models.reused["sdxl_base"] = sdxl_base_for(
-            cache, cfg, parent, data, scheduler
+            cache, cfg, parent, data, scheduler, keep
         )
         models.sdxl = sdxl
-        cn_data, cn_text = data.for_controlnets(text)
-        models.sdxl_controlnet, models.reused["sdxl_controlnet"] = controlnet_for(
-            cache, "sdxl_controlnet", sdxl_key, sdxl.unet, "sdxl", cn_data, cn_text, sdxl_uncond,
-            scheduler, cfg, cfg.sdxl_controlnet_steps, cfg.seed + 12,
-        )  # fmt: skip
+        if keep is not None and sdxl_controlnet_init is None:
+            models.sdxl_controlnet = _kept_controlnet(keep / SDXL_CONTROLNET_FOLDER)
+            models.reused["sdxl_controlnet"] = True
+            models.facts["sdxl_controlnet"] = _training_facts(keep / SDXL_CONTROLNET_FOLDER)
+        else:
+            init = None
+            if sdxl_controlnet_init is not None:
+                folder = sdxl_controlnet_init / SDXL_CONTROLNET_FOLDER
+                init = ControlNetModel.from_pretrained(folder)
+                models.facts["sdxl_controlnet"] = _training_facts(folder) | {
+                    "continued_steps": cfg.sdxl_controlnet_continue_steps,
+                    "continued_learning_rate": cfg.sdxl_controlnet_continue_lr,
+                }
+            cn_data, cn_text = data.for_controlnets(text)
+            models.sdxl_controlnet, models.reused["sdxl_controlnet"] = controlnet_for(
+                cache, "sdxl_controlnet", sdxl_key, sdxl.unet, "sdxl", cn_data, cn_text,
+                sdxl_uncond, scheduler, cfg,
+                cfg.sdxl_controlnet_steps if init is None else cfg.sdxl_controlnet_continue_steps,
+                cfg.seed + 12,
+                init=init,
+                lr=None if init is None else cfg.sdxl_controlnet_continue_lr,
+            )  # fmt: skip
+    if keep is not None:
+        models.controlnet = _kept_controlnet(keep / SD_CONTROLNET_FOLDER)
+        models.reused["sd_controlnet"] = True
+        models.facts["sd_controlnet"] = _training_facts(keep / SD_CONTROLNET_FOLDER)
+        return models
     cn_data, cn_text = data.for_controlnets(PromptEmbeds(text_emb))
     models.controlnet, models.reused["sd_controlnet"] = controlnet_for(
         cache, "sd_controlnet", base_key, parent.unet, "sd", cn_data, cn_text,
         PromptEmbeds(uncond), scheduler, cfg, cfg.controlnet_steps, cfg.seed + 8,
     )  # fmt: skip
     return models
+
+
+def _kept_controlnet(folder: Path) -> ControlNetModel:
+    return ControlNetModel.from_pretrained(folder).eval().requires_grad_(False)
+
+
+def _training_facts(folder: Path) -> dict:
+    """The training facts (steps, learning rate, continuations) in a saved ControlNet folder's
+    ``depth2img.json``."""
+    meta = json.loads((folder / "depth2img.json").read_text())
+    return {k: v for k, v in meta.items() if "steps" in k or "learning_rate" in k}
 
 
 def export_extra_models(
@@ -251,7 +322,9 @@ def export_extra_models(
     folders = {}
     folders["sd_controlnet"] = export.save_controlnet(
         out, models.controlnet, SD_CONTROLNET_FOLDER, "shipped-base", "sd",
-        steps=cfg.controlnet_steps, learning_rate=cfg.controlnet_lr,
+        **models.facts.get(
+            "sd_controlnet", {"steps": cfg.controlnet_steps, "learning_rate": cfg.controlnet_lr}
+        ),
     )  # fmt: skip
     facts = export.check_sd_controlnet(folders["sd_controlnet"], base_dir)
     if models.sdxl is not None:
@@ -263,7 +336,10 @@ def export_extra_models(
         folders["sdxl_base"] = sdxl_dir
         folders["sdxl_controlnet"] = export.save_controlnet(
             out, models.sdxl_controlnet, SDXL_CONTROLNET_FOLDER, "shipped-sdxl", "sdxl",
-            steps=cfg.sdxl_controlnet_steps, learning_rate=cfg.controlnet_lr,
+            **models.facts.get(
+                "sdxl_controlnet",
+                {"steps": cfg.sdxl_controlnet_steps, "learning_rate": cfg.controlnet_lr},
+            ),
         )  # fmt: skip
         facts.update(sdxl_stage.check_sdxl_folders(sdxl_dir, folders["sdxl_controlnet"]))
         for name in ("sdxl_base", "sdxl_controlnet"):

@@ -273,12 +273,22 @@ scenes; no third-party images or weights are involved.
 This is a test and demo model, not an image generator: {cfg["image_size"]} px, a few million parameters,
 minutes of CPU training. Generations are blurry, textures are crude, the text encoder is random
 (prompts steer only through what the UNet learned from caption tokens), and the depth judge only
-knows the synthetic scenes (it is not meant for photographs). Aerial scenes are almost unseen by
-the UNets on purpose.
+knows the synthetic scenes (it is not meant for photographs). {_aerial_note(mix)}
 """
     path = out / "README.md"
     path.write_text(text)
     return path
+
+
+def _aerial_note(mix: dict) -> str:
+    towns = mix["unet"].get("aerial-dense", 0)
+    if not towns:
+        return "Aerial scenes are almost unseen by the UNets on purpose."
+    return (
+        f"Aerial renders are only {mix['unet']['aerial']} of the UNets' images on purpose (the "
+        f"demo fine-tunes on them, and needs something to show); {towns} dense aerial towns "
+        "(another look: denser, taller blocks) teach the UNets to follow aerial height maps."
+    )
 
 
 _CONTROLNET_TEXT = {
@@ -291,9 +301,13 @@ def _controlnet_section(info: dict) -> str:
     """README lines of the tiny SDXL base and the depth ControlNets (empty without them)."""
     m, cfg = info["metrics"], info["config"]
     parts = []
+    kept = info.get("extra_from")
+    kept_note = (
+        f"kept from `{kept}` (`--keep-extra`), trained earlier by this tool: " if kept else ""
+    )
     if "sdxl_unet" in info["params"]:
         parts.append(f"""- **Tiny SDXL base** (`tiny-sdxl-base/`, UNet {_fmt_params(info["params"]["sdxl_unet"])} parameters,
-  second text encoder {_fmt_params(info["params"]["sdxl_text_encoder_2"])}, random and frozen): {cfg["sdxl_base_steps"]} steps
+  second text encoder {_fmt_params(info["params"]["sdxl_text_encoder_2"])}, random and frozen): {kept_note}{cfg["sdxl_base_steps"]} steps
   text-to-image on the SD base's data (upright domain mix), learning rate {cfg["unet_lr"]:g},
   {cfg["caption_dropout"]:.0%} caption dropout (empty prompts = zero embeddings, SDXL's default).
   `samples_sdxl_base.png` / `samples_sd_base.png`: text-to-image generations of both bases
@@ -301,14 +315,29 @@ def _controlnet_section(info: dict) -> str:
 """)
     for name, metrics in m.get("controlnets", {}).items():
         folder, base, steps = _CONTROLNET_TEXT[name]
+        facts = info.get("controlnet_facts", {}).get(name, {})
+        data_note = ""
+        steps_text = f"{facts.get('steps', cfg[steps])} steps"
+        if "continued_steps" in facts:
+            steps_text += (
+                f" + {facts['continued_steps']} continued by this build (`--sdxl-controlnet-init "
+                f"{info.get('sdxl_controlnet_init')}`, learning rate "
+                f"{facts['continued_learning_rate']:g}, the dense aerial towns added to the data)"
+            )
+        elif kept:
+            steps_text = (
+                f"kept from `{kept}` (`--keep-extra`), trained earlier by this tool: " + steps_text
+            )
+            if info["data"]["unet"].get("aerial-dense"):
+                data_note = " before the dense aerial towns were added"
         tables = "\n\n".join(
             f"  Conditioning scale {scale}:\n\n{following_table(following)}\n\n"
             f"{_following_verdict(following)}"
             for scale, following in metrics["depth_following"].items()
         )
         parts.append(f"""- **Depth ControlNet `{folder}/`** ({_fmt_params(info["params"][name])} parameters,
-  `ControlNetModel.from_unet` of the frozen `{base}` UNet): {cfg[steps]} steps on the same data
-  and augmented views as the depth UNet, learning rate {cfg["controlnet_lr"]:g} (warm-up + cosine),
+  `ControlNetModel.from_unet` of the frozen `{base}` UNet): {steps_text} on the same data
+  and augmented views as the depth UNet{data_note}, learning rate {cfg["controlnet_lr"]:g} (warm-up + cosine),
   {cfg["controlnet_caption_dropout"]:.0%} caption dropout, EMA {cfg["ema_decay"]}. Same depth-following
   check at conditioning scale 1 (as trained) and higher (`controlnet_conditioning_scale`, a
   generation option; `samples_{name}.png`: the rows of `samples.png` at scale 1, seeds 0 and 1):
@@ -341,22 +370,48 @@ def _following_verdict(following: dict) -> str:
     failed = [
         f"{d}/{s}" for d, sets in following.items() for s, e in sets.items() if not e["passes"]
     ]
+    free = {
+        f"{d}/{s}": e["judge_free"]["passes"]
+        for d, sets in following.items()
+        for s, e in sets.items()
+        if e.get("judge_free")
+    }
+    free_line = ""
+    if free:
+        groups = {
+            label: [k for k, v in free.items() if v is value]
+            for label, value in (("passes", True), ("fails", False), ("no verdict", None))
+        }
+        free_line = (
+            " Judge-free (edge F1 vs the conditioning map, same criterion): "
+            + "; ".join(f"{label}: {', '.join(keys)}" for label, keys in groups.items() if keys)
+            + "."
+        )
     return (
         f"Passes (every paired difference > 0 with its interval excluding zero, in-domain "
         f"share included where measured): "
-        f"{', '.join(passed) or 'none'}; fails: {', '.join(failed) or 'none'}."
+        f"{', '.join(passed) or 'none'}; fails: {', '.join(failed) or 'none'}.{free_line}"
     )
 
 
 def _previous_note(info: dict) -> str:
-    """Where the ``--parent`` / ``--depth-init`` folders came from."""
+    """Where the folders of ``--parent``, ``--depth-init``, ``--judge``, ``--keep-extra`` and
+    ``--sdxl-controlnet-init`` came from (``previous_build_commit``, set after the build)."""
     commit = info.get("previous_build_commit")
-    if not (info.get("parent") or info.get("depth_init")) or not commit:
+    options = {
+        "--parent": info.get("parent"),
+        "--depth-init": info.get("depth_init"),
+        "--judge": info.get("judge_from"),
+        "--keep-extra": info.get("extra_from"),
+        "--sdxl-controlnet-init": info.get("sdxl_controlnet_init"),
+    }
+    used = [name for name, value in options.items() if value]
+    if not used or not commit:
         return ""
     return (
-        f"`--parent` and `--depth-init` are `data/models/tiny-sd-base` and "
-        f"`data/models/tiny-depth2img` of the previous build (commit `{commit}`), copied out "
-        "before this build overwrote them.\n"
+        f"The folders given to {', '.join(f'`{name}`' for name in used)} are `data/models` "
+        f"(or its subfolders) as committed at `{commit}`, copied out before this build "
+        "overwrote them.\n"
     )
 
 
@@ -372,10 +427,10 @@ def _depth_start(info: dict) -> str:
         )
     if info.get("depth_init"):
         return (
-            "continued from the previously shipped depth UNet (`--depth-init`; that one is the "
-            "base UNet widened to 5 input channels with "
-            "`depth2img.models.conditioning.concat.expand_unet_input_channels` and trained 4000 steps on "
-            "upright renders of the three domains, see this README in git history)"
+            f"continued from the depth UNet in `{info['depth_init']}` (`--depth-init`: the "
+            "previously shipped one, the base UNet widened to 5 input channels with "
+            "`depth2img.models.conditioning.concat.expand_unet_input_channels` and trained by "
+            "this tool; its recipe is in this README's git history)"
         )
     return (
         "the base UNet widened to 5 input channels with "
