@@ -33,6 +33,15 @@ def _ci(d: dict) -> str:
     return f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
 
 
+# Rows in this order, whatever order a (re-read, key-sorted) build_info.json gives.
+_ORDER = ("street", "aerial", "endoscopy", "rotated", "probe")
+
+
+def _in_order(mapping: dict) -> dict:
+    rank = {k: i for i, k in enumerate(_ORDER)}
+    return dict(sorted(mapping.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
 def following_table(following: dict) -> str:
     """Markdown table of the depth-following check (one line per domain x set)."""
     lines = [
@@ -45,8 +54,8 @@ def following_table(following: dict) -> str:
         "| judge-free passes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for domain, sets in following.items():
-        for name, e in sets.items():
+    for domain, sets in _in_order(following).items():
+        for name, e in _in_order(sets).items():
             priors = [k for k in ("domain_mean", "lower_rows_near", "periphery_near") if k in e]
             best = max(priors, key=lambda k: e[k])
             real = e.get("real_render")
@@ -118,7 +127,12 @@ def _reuse_note(info: dict) -> str:
     return (
         f" (stages {', '.join(reused)} were loaded from `--cache-dir` or an existing folder, "
         "trained earlier by the same code and settings, so their training time is not in this "
-        "total; from-scratch stage times are below)"
+        "total"
+        + (
+            "; from-scratch stage times are below)"
+            if info.get("stage_times_from_scratch_s")
+            else ")"
+        )
     )
 
 
@@ -366,6 +380,7 @@ def _judge_verdict(report: dict) -> str:
 
 
 def _following_verdict(following: dict) -> str:
+    following = {d: _in_order(sets) for d, sets in _in_order(following).items()}
     passed = [f"{d}/{s}" for d, sets in following.items() for s, e in sets.items() if e["passes"]]
     failed = [
         f"{d}/{s}" for d, sets in following.items() for s, e in sets.items() if not e["passes"]
@@ -460,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
 def _judge_steps(info: dict) -> str:
     """How the judge stage trained: from scratch, or continued from ``--judge-init``."""
     cfg = info["config"]
+    if info.get("judge_from"):
+        return (
+            f"kept from `{info['judge_from']}` (`--judge`: trained earlier by this tool; its "
+            "recipe is in this README's git history)"
+        )
     if info.get("judge_init"):
         return (
             f"continued from the judge in `{info['judge_init']}` for "
