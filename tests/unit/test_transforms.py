@@ -433,3 +433,35 @@ def test_random_quarter_turns_rotate_image_depth_and_mask_together(size):
     assert not val.random_quarter_turns
     with pytest.raises(ValueError, match="random_quarter_turns and use_latents=true"):
         PairedTransform(32, train=True, random_quarter_turns=True, use_latents=True)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_micro_conditioning_turns_with_the_pixels(turns, flip):
+    """SDXL's (original_size, crop_top_left) of a turned sample describe a crop of the turned
+    source: the turned crop of the resized (maybe mirrored) grid is exactly the crop that the
+    turned origin and size cut from the turned grid."""
+    from depth2img.data.transforms.geometry import plan_crop
+
+    rng = np.random.default_rng(turns + 4 * flip)
+    for src_hw, out in (((90, 140), (32, 32)), ((120, 80), (24, 24)), ((70, 70), (16, 40))):
+        plan = plan_crop(src_hw, out, rng, flip, 1.0)
+        res_h, res_w = plan.resized_hw or plan.out_hw
+        grid = np.arange(res_h * res_w).reshape(res_h, res_w)  # every pixel unique
+        grid = grid[:, ::-1] if flip else grid  # crop_top_left is measured after the mirror
+        top, left = plan.crop_top_left()
+        h, w = plan.out_hw
+        crop = np.rot90(grid[top : top + h, left : left + w], turns)
+        (orig_h, orig_w), (t, lft) = plan.micro_conditioning(turns)
+        turned_grid = np.rot90(grid, turns)
+        assert np.array_equal(turned_grid[t : t + crop.shape[0], lft : lft + crop.shape[1]], crop)
+        assert (orig_h, orig_w) == (src_hw if turns % 2 == 0 else src_hw[::-1])
+    assert plan.micro_conditioning(0) == (tuple(plan.src_hw), plan.crop_top_left())
+
+
+def test_turned_batches_carry_turned_micro_conditioning():
+    turned = PairedTransform(32, train=True, random_flip=False, random_quarter_turns=True)
+    samples = [_ramp_sample(120, 160) for _ in range(16)]
+    batch, _ = turned.batch(samples, np.random.default_rng(0))
+    sizes = {tuple(x) for x in batch["original_size"].tolist()}
+    assert sizes == {(120, 160), (160, 120)}  # odd turns swap the source's (H, W)

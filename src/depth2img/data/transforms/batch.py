@@ -388,6 +388,7 @@ class BatchBuilder:
                 self.normalized[i] = np.rot90(self.normalized[i], turns)
                 self.valid[i] = np.rot90(self.valid[i], turns)
         valid = self.valid
+        micro = [plan.micro_conditioning(t) for plan, t in zip(self.plans, self.turns)]
         notes = [["crop_no_valid_depth"] if empty else [] for empty in ~valid.any(axis=(1, 2))]
         batch = {
             "image": torch.from_numpy(self.images).permute(0, 3, 1, 2),  # [n, 3, h, w] uint8
@@ -396,11 +397,10 @@ class BatchBuilder:
             "caption": self.captions,
             "key": [sample.key for sample in self.samples],
             "meta": [_meta_json(sample.meta) for sample in self.samples],
-            # SDXL micro-conditioning: source (H, W) and crop origin in the resized grid.
-            "original_size": torch.tensor([plan.src_hw for plan in self.plans], dtype=torch.int64),
-            "crop_top_left": torch.tensor(
-                [plan.crop_top_left() for plan in self.plans], dtype=torch.int64
-            ),
+            # SDXL micro-conditioning: source (H, W) and crop origin in the resized grid, turned
+            # with the pixels (a turned sample reads as a crop of a turned source).
+            "original_size": torch.tensor([m[0] for m in micro], dtype=torch.int64),
+            "crop_top_left": torch.tensor([m[1] for m in micro], dtype=torch.int64),
         }
         if all(lat is not None for lat in self.latents):
             tensors = [

@@ -68,6 +68,25 @@ class CropPlan(NamedTuple):
             left = res_w - out_w - left
         return int(top), int(left)
 
+    def micro_conditioning(self, quarter_turns: int = 0) -> tuple[tuple[int, int], tuple[int, int]]:
+        """SDXL's ``(original_size, crop_top_left)`` for this plan's output, turned counter-clockwise
+        by ``quarter_turns`` x 90 deg (``np.rot90``) after resampling, as if the source had been
+        turned before the resize and crop: odd turns swap the source's (H, W), and the crop
+        origin moves to the crop's top-left corner in the turned resized grid.
+
+        Returns:
+            ((H, W) of the source, (top, left) of the crop in the resized grid), both int.
+        """
+        (src_h, src_w) = self.src_hw or self.out_hw
+        (out_h, out_w), (res_h, res_w) = self.out_hw, self.resized_hw or self.out_hw
+        top, left = self.crop_top_left()
+        for _ in range(int(quarter_turns) % 4):
+            # One counter-clockwise turn: row r, column c of an R_h x R_w grid goes to row
+            # R_w - 1 - c, column r; the crop's rows [top, top + h) become its columns.
+            top, left = res_w - left - out_w, top
+            src_h, src_w, res_h, res_w, out_h, out_w = src_w, src_h, res_w, res_h, out_w, out_h
+        return (int(src_h), int(src_w)), (int(top), int(left))
+
     def integer_slice(self) -> tuple[slice, slice] | None:
         """Row/column slices when the plan is a pure crop (no resampling), else None."""
         x0, y0, x1, y1 = self.box
