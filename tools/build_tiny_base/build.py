@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         "error: --sdxl-controlnet-init needs the SDXL base it was trained on: pass --keep-extra"
         if args.sdxl_controlnet_init is not None and args.keep_extra is None
         else None,
+        "error: --keep-extra keeps networks trained on another build's VAE and SD base: pass "
+        "that build's --parent too"
+        if args.keep_extra is not None and args.parent is None
+        else None,
     ):
         if message:
             print(message, file=sys.stderr)
