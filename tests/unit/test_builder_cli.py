@@ -37,3 +37,21 @@ def test_keep_extra_needs_every_kept_folder(tmp_path, capsys):
     assert main([*argv, "--keep-extra", str(partial)]) == 2
     err = capsys.readouterr().err
     assert all(name in err for name in KEPT_FOLDERS[1:]) and KEPT_FOLDERS[0] not in err
+
+
+def test_set_overrides_one_field_with_its_type():
+    from tools.build_tiny_base import configs
+
+    cfg = configs.BuildConfig.continued()
+    assert configs.apply_override(cfg, "depth_views=5") is None and cfg.depth_views == 5
+    assert configs.apply_override(cfg, "depth_lr=2e-4") is None and cfg.depth_lr == 2e-4
+    assert configs.apply_override(cfg, "following_controlnet_scales=[1, 2]") is None
+    assert cfg.following_controlnet_scales == (1, 2)
+    assert "not a valid int" in configs.apply_override(cfg, "depth_views=many")
+    assert "FIELD one of" in configs.apply_override(cfg, "no_such_field=1")
+    assert cfg.depth_views == 5  # a refused override changes nothing
+
+
+def test_bad_set_exits_2(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "o"), "--set", "depth_views=x"]) == 2
+    assert "--set depth_views=x" in capsys.readouterr().err

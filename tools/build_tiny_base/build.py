@@ -137,6 +137,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "continues from (sdxl_controlnet_continue_steps at sdxl_controlnet_continue_lr)",
     )
     parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one BuildConfig field of the preset (repeatable), e.g. --set depth_views=5",
+    )
+    parser.add_argument(
         "--skip-sdxl",
         action="store_true",
         help="skip the tiny SDXL base and its ControlNet (stages sdxl_base, sdxl_controlnet)",
@@ -213,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             print(message, file=sys.stderr)
             return 2
     cfg = getattr(configs.BuildConfig, args.preset)(args.seed)
+    for override in args.overrides:
+        message = configs.apply_override(cfg, override)
+        if message:
+            print(f"error: --set {override}: {message}", file=sys.stderr)
+            return 2
     cfg.num_threads = args.threads
     steps = ("vae_steps", "judge_steps", "judge_continue_steps", "base_steps", "depth_steps")
     steps += ("controlnet_steps", "sdxl_base_steps", "sdxl_controlnet_steps")

@@ -325,3 +325,31 @@ def sdxl_unet_config() -> dict:
         transformer_layers_per_block=1,
     )
     return config
+
+
+def apply_override(cfg: BuildConfig, override: str) -> str | None:
+    """Set one field from ``"name=value"`` (``--set``), parsed as the field's current type
+    (int, float, bool, str; JSON for dicts and tuples). Returns an error message, or None."""
+    import json
+
+    name, sep, text = override.partition("=")
+    if not sep or name not in cfg.to_dict():
+        fields = ", ".join(sorted(cfg.to_dict()))
+        return f"expected FIELD=VALUE with FIELD one of: {fields}"
+    current = getattr(cfg, name)
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            value = text.lower() in ("true", "1")
+        elif isinstance(current, int | float | str):
+            value = type(current)(text)
+        else:
+            value = json.loads(text)
+            value = tuple(value) if isinstance(current, tuple) else value
+            if not isinstance(value, type(current)):
+                raise ValueError(text)
+    except ValueError:
+        return f"{text!r} is not a valid {type(current).__name__} (now {current!r})"
+    setattr(cfg, name, value)
+    return None
