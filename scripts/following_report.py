@@ -120,25 +120,7 @@ def main(argv=None) -> int:
         **extra,
     )
     print(report.following_table(result))
-    passed = [f"{d}/{s}" for d, sets in result.items() for s, e in sets.items() if e["passes"]]
-    print(f"passes: {', '.join(passed) or 'none'}")
-    free = [
-        f"{d}/{s}"
-        for d, sets in result.items()
-        for s, e in sets.items()
-        if e.get("judge_free", {}).get("passes")
-    ]
-    unreadable = [
-        f"{d}/{s}"
-        for d, sets in result.items()
-        for s, e in sets.items()
-        if e.get("judge_free", {}).get("instrument") is False
-    ]
-    print(f"judge-free (edge F1 vs the map) passes: {', '.join(free) or 'none'}")
-    if unreadable:
-        print(
-            f"judge-free: no verdict on {', '.join(unreadable)} (real renders do not beat chance)"
-        )
+    print(report.following_verdict(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"settings": {k: str(v) for k, v in vars(args).items()}, "following": result}

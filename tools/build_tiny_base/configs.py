@@ -7,6 +7,7 @@ latents), ~2 M-parameter UNets. ``BuildConfig.quick()`` is a smoke-test budget (
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 IMAGE_SIZE = 64  # px; the shipped model generates 64x64 images
@@ -330,8 +331,6 @@ def sdxl_unet_config() -> dict:
 def apply_override(cfg: BuildConfig, override: str) -> str | None:
     """Set one field from ``"name=value"`` (``--set``), parsed as the field's current type
     (int, float, bool, str; JSON for dicts and tuples). Returns an error message, or None."""
-    import json
-
     name, sep, text = override.partition("=")
     if not sep or name not in cfg.to_dict():
         fields = ", ".join(sorted(cfg.to_dict()))

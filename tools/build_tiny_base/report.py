@@ -267,7 +267,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
 
 {following_table(m["depth_following"])}
 
-{_following_verdict(m["depth_following"])}
+{following_verdict(m["depth_following"])}
 
 - Depth reliance (judge-free): the depth UNet's denoising MSE on held-out street and endoscopy
   latents (8 noise draws each, same noise and timesteps for both maps), with the scene's own
@@ -346,7 +346,7 @@ def _controlnet_section(info: dict) -> str:
                 data_note = " before the dense aerial towns were added"
         tables = "\n\n".join(
             f"  Conditioning scale {scale}:\n\n{following_table(following)}\n\n"
-            f"{_following_verdict(following)}"
+            f"{following_verdict(following)}"
             for scale, following in metrics["depth_following"].items()
         )
         parts.append(f"""- **Depth ControlNet `{folder}/`** ({_fmt_params(info["params"][name])} parameters,
@@ -379,7 +379,9 @@ def _judge_verdict(report: dict) -> str:
     )
 
 
-def _following_verdict(following: dict) -> str:
+def following_verdict(following: dict) -> str:
+    """One sentence: which sets pass and fail, by the judge and judge-free (``no verdict`` where
+    the real renders show the judge-free instrument cannot read the set)."""
     following = {d: _in_order(sets) for d, sets in _in_order(following).items()}
     passed = [f"{d}/{s}" for d, sets in following.items() for s, e in sets.items() if e["passes"]]
     failed = [
