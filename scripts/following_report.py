@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Does a depth-conditioned model follow depth maps whose layout it never saw?
 
-Generates from held-out synthetic depth maps turned 90/180/270 deg and from probe maps (ramps,
+Generates from held-out synthetic depth maps turned 90/180/270 deg, from off-centre crops of them
+(60 % of the side at the top-left / bottom-right corner, resized back) and from probe maps (ramps,
 spheres, steps, boxes at random angles and places) with each domain's captions, judges the
 images, and compares per image, paired: the judged depth vs its own map (own), vs every other map
 of the check (chance) and each upright layout prior, and whether each image looks like its
 caption's domain at all (layout-free appearance statistics, k-nearest neighbours among training
 renders; part of the pass criterion); 95 % bootstrap intervals over clusters (held-out scene or
-probe map). Also scores the judge on the real rotated renders (what a perfect
+probe map). Also scores the judge on the real rotated and cropped renders (what a perfect
 generator reaches), and the same images judge-free: edge F1 against their own map drawn as a
-grey image, with the same chance, priors and in-domain criterion (no verdict on a rotated set
+grey image, with the same chance, priors and in-domain criterion (no verdict on a set
 whose real renders do not beat chance by it; blind to the sign of depth). The same check the tiny-base builder runs (``tools/build_tiny_base/
 samples.py``; numbers for the shipped models in data/models/README.md).
 
@@ -46,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scenes", type=int, default=12, help="held-out scenes per domain")
     parser.add_argument("--random-probes", type=int, default=24, help="random probe maps")
     parser.add_argument("--probe-captions", type=int, default=2, help="captions per fixed probe")
+    parser.add_argument(
+        "--no-crops", action="store_true", help="leave out the cropped held-out scenes"
+    )
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument(
         "--controlnet-scale", type=float, default=1.0, help="ControlNet models: conditioning scale"
@@ -107,7 +111,12 @@ def main(argv=None) -> int:
         for d in args.domains
     }
     conditions = samples.following_conditions(
-        held, tuple(args.domains), args.scenes, args.probe_captions, args.random_probes
+        held,
+        tuple(args.domains),
+        args.scenes,
+        args.probe_captions,
+        args.random_probes,
+        crops=() if args.no_crops else samples.CROPS,
     )
     extra["guidance_scale"] = args.guidance_scale
     result = samples.depth_following(

@@ -36,7 +36,9 @@ def test_shipped_depth_model_follows_rotated_street_and_aerial_maps_and_street_p
         for domain in ("street", "aerial")
     }
     classifier = DomainClassifier(np.stack(train.images), train.domains)
-    conditions = samples.following_conditions(held, ("street", "aerial"), 6, 1, random_probes=12)
+    conditions = samples.following_conditions(
+        held, ("street", "aerial"), 6, 1, random_probes=12, crops=()
+    )
     judge = DepthEstimator.from_pretrained("shipped", batch_size=64)
     following = samples.depth_following(
         load_components("shipped"), judge.model, conditions, means, domain_classifier=classifier

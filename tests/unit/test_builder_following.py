@@ -36,6 +36,39 @@ def test_following_conditions_rotate_render_and_depth_together(held):
     assert len({cond["clusters"][i] for i in rotated}) == 3  # rotations of a scene: one cluster
 
 
+def test_following_conditions_crop_render_and_depth_together(held):
+    """Cropped rows: the same off-centre crop of a scene's render, its depth (min-max to [-1, 1]
+    again, as any user's map is normalized) and its partner's depth; one cluster per scene."""
+    import torch
+
+    from depth2img.data.synthetic.augment import apply_geometric
+    from tools.build_tiny_base.judge_eval import view_params
+
+    cond = samples.following_conditions(held, ("street",), 3, 1, random_probes=0)
+    sets = np.asarray(cond["sets"])
+    cropped = np.flatnonzero(sets == "cropped")
+    assert len(cropped) == 3 * len(samples.CROPS)
+    street = [i for i, d in enumerate(held.domains) if d == "street"]
+    row = cropped[len(cropped) // 2 + 1]  # second crop view, second scene
+    assert cond["names"][row] == f"{held.scene_ids[street[1]]} crop_br"
+    params = view_params(32)["crop_br"]
+    depth = apply_geometric(torch.from_numpy(held.depth[street[1]])[None], params)[0].numpy()
+    depth = (depth - depth.min()) / (depth.max() - depth.min()) * 2 - 1
+    np.testing.assert_allclose(cond["depth"][row, 0].numpy(), depth, atol=1e-5)
+    assert cond["depth"][row].min() == -1 and cond["depth"][row].max() == pytest.approx(1)
+    image = torch.from_numpy(held.images[street[1]]).permute(2, 0, 1).float()
+    expected = apply_geometric(image, params).permute(1, 2, 0).numpy() / 127.5 - 1.0
+    np.testing.assert_allclose(
+        cond["real_images"][row].permute(1, 2, 0).numpy(), expected, atol=1e-5
+    )
+    partner = apply_geometric(torch.from_numpy(held.depth[street[2]])[None], params)[0].numpy()
+    assert samples.spearman(cond["partner_depth"][row, 0].numpy().ravel(), partner.ravel()) > 0.999
+    assert len({cond["clusters"][i] for i in cropped}) == 3
+    # crops=() leaves the set out
+    bare = samples.following_conditions(held, ("street",), 3, 1, random_probes=0, crops=())
+    assert "cropped" not in bare["sets"]
+
+
 def test_chance_averages_every_other_cluster_of_the_group():
     rng = np.random.default_rng(0)
     maps = rng.random((4, 8, 8))

@@ -123,7 +123,7 @@ def _references(height_difference):
     stat = summarize(np.full(N, 0.3))
     structure = {
         key: {"base": stat, "finetuned": stat, "difference": dict(diff), "floor": stat,
-              "floor_vae": stat, "chance": stat}
+              "floor_vae": stat, "chance": stat, "prior": stat}
         for key, _ in STRUCTURE_ROWS
     }  # fmt: skip
     return {"structure": structure}

@@ -7,6 +7,8 @@ import pytest
 from depth2img.cli.demo_structure import (
     height_as_image,
     image_structure,
+    layout_prior_structure,
+    mean_of_other_scenes,
     other_scene_same_condition,
     vae_round_trip,
 )
@@ -47,6 +49,36 @@ def test_chance_pairs_keep_the_condition_and_change_the_scene():
     pairs = other_scene_same_condition(scenes, conditions)
     assert pairs[:4] == [2, 3, 0, 1]
     assert scenes[pairs[4]] != "c"  # no other fog scene: another scene anyway
+
+
+def test_mean_of_other_scenes_never_sees_the_own_scene():
+    arrays = np.array([[1.0], [3.0], [10.0], [20.0], [100.0]])
+    scenes = ["a", "a", "b", "b", "c"]
+    conditions = ["day", "night", "day", "night", "day"]
+    means = mean_of_other_scenes(arrays, scenes)
+    np.testing.assert_allclose(means[:, 0], [130 / 3, 130 / 3, 104 / 3, 104 / 3, 8.5])
+    same = mean_of_other_scenes(arrays, scenes, conditions)
+    # day samples of other scenes; "night" of scene a: only b's night sample
+    np.testing.assert_allclose(same[:, 0], [55.0, 20.0, 50.5, 3.0, 5.5])
+
+
+def test_layout_prior_scores_below_the_right_scene_when_buildings_move():
+    """Scenes whose buildings sit in different places: the other scenes' mean layout does not
+    have the sample's edges, so the prior scores well below the true render / own height map
+    (it would score like them only if every scene shared one layout)."""
+    scenes = [_scene(offset) for offset in (2, 12, 22)]
+    depths = np.stack([d for d, _ in scenes])
+    renders = np.stack([r for _, r in scenes])
+    prior = layout_prior_structure(renders, depths, ["a", "b", "c"], ["day"] * 3)
+    right = [image_structure(r, r, d) for d, r in scenes]
+    for p, r in zip(prior, right):
+        assert p["height_edge_f1"] < 0.6 < r["height_edge_f1"]
+        assert p["edge_f1"] < 0.6 < r["edge_f1"]
+    # One shared layout: the prior reproduces it exactly.
+    shared = layout_prior_structure(
+        np.stack([renders[0]] * 3), np.stack([depths[0]] * 3), ["a", "b", "c"], ["day"] * 3
+    )
+    assert all(p["height_edge_f1"] > 0.9 for p in shared)
 
 
 @pytest.mark.filterwarnings("ignore")

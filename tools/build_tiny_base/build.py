@@ -501,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.following_scenes,
         cfg.following_probe_captions,
         cfg.following_random_probes,
+        tuple(cfg.following_crops),
     )
     # Is each generated image in its caption's domain? (k-NN on layout-free appearance
     # statistics of the training renders; part of the following pass criterion.)

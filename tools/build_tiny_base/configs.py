@@ -159,6 +159,8 @@ class BuildConfig:
     following_scenes: int = 12
     following_probe_captions: int = 2
     following_random_probes: int = 24
+    # Off-centre crops of the held-out scenes in the following check (judge_eval view names).
+    following_crops: tuple = ("crop_tl", "crop_br")
     following_controlnet_scales: tuple = (1.0, 3.0)
     base_steps: int = 1000
     depth_steps: int = 2400  # the shipped build continues from the previous depth UNet

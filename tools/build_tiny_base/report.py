@@ -34,7 +34,7 @@ def _ci(d: dict) -> str:
 
 
 # Rows in this order, whatever order a (re-read, key-sorted) build_info.json gives.
-_ORDER = ("street", "aerial", "endoscopy", "rotated", "probe")
+_ORDER = ("street", "aerial", "endoscopy", "rotated", "cropped", "probe")
 
 
 def _in_order(mapping: dict) -> dict:
@@ -48,8 +48,8 @@ def following_table(following: dict) -> str:
         "| domain | depth maps | N (clusters) | own | chance | domain mean | lower rows "
         "| periphery | own - chance [95 % CI] | own - best prior [95 % CI] "
         "| in caption's domain (real render) | passes "
-        "| strict: own - same-rotation scene [95 % CI] | real render: own / chance "
-        "/ own - same-rotation scene | judge-free edge F1: own / chance (real render) "
+        "| strict: own - same-view scene [95 % CI] | real render: own / chance "
+        "/ own - same-view scene | judge-free edge F1: own / chance (real render) "
         "| judge-free: own - chance [95 % CI] | judge-free: own - best prior [95 % CI] "
         "| judge-free passes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -64,7 +64,7 @@ def following_table(following: dict) -> str:
                 if real
                 else "-"
             )
-            strict = _ci(e["own_minus_partner"]) if name == "rotated" else "-"
+            strict = _ci(e["own_minus_partner"]) if name in ("rotated", "cropped") else "-"
             in_domain = "-"
             if "in_domain" in e:
                 real_in = f" ({real['in_domain']:.2f})" if real and "in_domain" in real else ""
@@ -79,6 +79,17 @@ def following_table(following: dict) -> str:
                 + " |"
             )
     return "\n".join(lines)
+
+
+def _cropped_note(cfg: dict) -> str:
+    """The `cropped` set's description (builds before 2026-12-07 had none)."""
+    crops = cfg.get("following_crops") or ()
+    if not crops:
+        return ""
+    return (
+        f" `cropped`: the same held-out scenes upright, cropped off-centre ({', '.join(crops)}: "
+        "60 % of the side at that corner, resized back, depth min-max normalized again);"
+    )
 
 
 def _free_verdict(free: dict) -> str:
@@ -245,7 +256,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
 
 - **Depth following** of the depth UNet: one generation per depth map (seed = row index), judged
   by the shipped judge. `rotated`: {cfg["following_scenes"]} held-out scenes per domain rotated
-  90/180/270 deg; `probe`: ramps in four directions, a sphere, steps
+  90/180/270 deg;{_cropped_note(cfg)} `probe`: ramps in four directions, a sphere, steps
   (`procedural.probe_depth_maps`, {cfg["following_probe_captions"]} captions each) and
   {cfg["following_random_probes"]} random ramps, spheres, steps and boxes
   (`procedural.random_probe_depth_maps`, one caption each), with the domain's captions. Per
@@ -259,8 +270,8 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
   and edge statistics, `depth2img.evaluation.domain_match`; chance 1/3; the real renders'
   share in brackets): a generator that draws every domain in one domain's colours can follow
   probe maps as the judge reads them without drawing the scene asked for. Reported next to it, not a pass criterion:
-  the strict chance (another held-out scene at the same rotation; scenes of one domain share
-  their layout) and the same scores of the judge on the **real rotated renders** (what a
+  the strict chance (another held-out scene in the same view; scenes of one domain share
+  their layout) and the same scores of the judge on the **real rotated (cropped) renders** (what a
   perfect generator reaches under this judge). The same check for any model, from the command
   line: `python scripts/following_report.py --model shipped` (or a ControlNet alias/folder with
   `--controlnet-scale`, or your `.ckpt`); it reproduces the numbers below.

@@ -7,7 +7,8 @@ Depth reliance (judge-free): the UNet's denoising error on held-out latents with
 map vs another scene's depth map of the same domain, at fixed noise and timesteps.
 
 Depth following: generate from depth maps whose layout training never showed — held-out scenes
-rotated by 90/180/270 deg, the analytic probe maps (ramps in four directions, a sphere, steps,
+rotated by 90/180/270 deg, off-centre crops of held-out scenes (60 % of the side at the top-left
+/ bottom-right corner, resized back), the analytic probe maps (ramps in four directions, a sphere, steps,
 ``procedural.probe_depth_maps``) and random probes of the same kinds
 (``procedural.random_probe_depth_maps``), with each domain's captions — judge the generated
 images and compare, per image and paired:
@@ -15,8 +16,8 @@ images and compare, per image and paired:
 - own: judged Spearman vs the conditioning depth;
 - chance: the same judged depth vs every other conditioning map of the check (same domain and
   set, another scene or probe; any rotation), averaged — the score of a randomly drawn depth map;
-- partner (strict, reported, not a pass criterion): vs another held-out scene at the SAME
-  rotation (for probes an upright held-out scene). Street scenes share one layout, so even the
+- partner (strict, reported, not a pass criterion): vs another held-out scene in the SAME
+  view (rotation or crop; for probes an upright held-out scene). Street scenes share one layout, so even the
   real renders barely beat it (the ``real_render`` entry shows what a perfect generator scores);
 - priors: each layout prior (``depth2img.evaluation.priors``) vs the conditioning depth, i.e.
   what a "judge" that always outputs the layout would score.
@@ -43,6 +44,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import DepthSpec, depth_to_uint8_preview
+from depth2img.data.synthetic.augment import apply_geometric
 from depth2img.data.synthetic.procedural import (
     PROBE_NAMES,
     probe_depth_maps,
@@ -55,11 +57,13 @@ from depth2img.evaluation.priors import prior_maps
 from depth2img.evaluation.structure_measures import EdgeField, height_as_image, matched_edge_f1
 from depth2img.inference.sampling import encode_prompts, generate
 
+from .judge_eval import view_params
 from .training import encode_latents, predict_depth, unet_prediction
 
 GUIDANCE = 4.0
 STEPS = 20
 ROTATIONS = (1, 2, 3)  # quarter turns of the held-out depth maps in the following check
+CROPS = ("crop_tl", "crop_br")  # off-centre crops of the held-out depth maps (judge_eval views)
 
 
 def generate_images(
@@ -162,10 +166,32 @@ def depth_reliance(
     return out
 
 
+def _crop_view(array: np.ndarray, view: str) -> np.ndarray:
+    """One of the judge report's off-centre crops (``judge_eval.view_params``: 60 % of the side
+    at a corner, resized back) of an (H, W) or (H, W, C) array."""
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    out = apply_geometric(x, view_params(array.shape[0])[view])
+    return out[0].numpy() if array.ndim == 2 else out.permute(1, 2, 0).numpy()
+
+
+def _renormalized(depth: np.ndarray) -> np.ndarray:
+    """Min-max to [-1, 1] again, as ``DepthSpec.normalize`` treats any depth map a user gives
+    (a crop of a scene spans only part of its depth range)."""
+    low, high = float(depth.min()), float(depth.max())
+    return (depth - low) / max(high - low, 1e-6) * 2.0 - 1.0
+
+
 def following_conditions(
-    held, domains: tuple[str, ...], scenes: int, probe_captions: int, random_probes: int = 0
+    held,
+    domains: tuple[str, ...],
+    scenes: int,
+    probe_captions: int,
+    random_probes: int = 0,
+    crops: tuple[str, ...] = CROPS,
 ):
-    """Depth maps for the following check, per domain: rotated held-out scenes and probes.
+    """Depth maps for the following check, per domain: rotated held-out scenes, off-centre crops
+    of held-out scenes and probes.
 
     Args:
         held: ``dataset.RenderedSet`` of held-out samples.
@@ -173,13 +199,18 @@ def following_conditions(
             canonical probe (``procedural.probe_depth_maps``); random_probes: extra probe maps
             at random angles, positions and sizes (``procedural.random_probe_depth_maps``, one
             caption each, one cluster each: the canonical six alone give CIs over 6 clusters).
+        crops: off-centre crops of the upright held-out scenes (``judge_eval.view_params``
+            names: ``crop_tl``, ``crop_br``; 60 % of the side, resized back, depth min-max
+            normalized again): a zoomed-in view whose depth range and layout no full frame has.
+            ``()`` leaves the set out.
 
     Returns:
         dict with "depth" (N, 1, H, W) in [-1, 1], "partner_depth" (N, 1, H, W) (the strict
         chance map: another held-out scene at the same rotation; for probes an upright held-out
-        scene), "real_images" (N, 3, H, W) in [-1, 1], the rotated real render of a rotated
-        row and NaN for probes (which have none), "captions", "domains", "sets" ("rotated" /
-        "probe"), "clusters" (scene id or probe name), "names" (what each row shows).
+        scene), "real_images" (N, 3, H, W) in [-1, 1], the rotated (cropped) real render of a
+        rotated (cropped) row and NaN for probes (which have none), "captions", "domains",
+        "sets" ("rotated" / "cropped" / "probe"), "clusters" (scene id or probe name), "names"
+        (what each row shows).
     """
     size = held.depth.shape[-1]
     probes = probe_depth_maps(size)
@@ -201,6 +232,17 @@ def following_conditions(
                 rows["sets"].append("rotated")
                 rows["clusters"].append(held.scene_ids[i])
                 rows["names"].append(f"{held.scene_ids[i]} rot{90 * k}")
+        for view in crops:
+            for j, i in enumerate(idx):
+                other = idx[(j + 1) % len(idx)]
+                rows["depth"].append(_renormalized(_crop_view(held.depth[i], view)))
+                rows["partner_depth"].append(_renormalized(_crop_view(held.depth[other], view)))
+                rows["real_images"].append(_crop_view(held.images[i], view) / 127.5 - 1.0)
+                rows["captions"].append(held.captions[i])
+                rows["domains"].append(domain)
+                rows["sets"].append("cropped")
+                rows["clusters"].append(held.scene_ids[i])
+                rows["names"].append(f"{held.scene_ids[i]} {view}")
         probe_rows = [
             (name, probes[name], j) for name in PROBE_NAMES for j in range(probe_captions)
         ]
@@ -294,8 +336,9 @@ def depth_following(
     Returns:
         ``{domain: {set: {"n_images", "n_clusters", "own", "chance", "partner", "<prior>",
         "own_minus_chance", "own_minus_<prior>" (paired differences; the pass criterion),
-        "own_minus_partner" (strict, reported only), "passes", "real_render" (rotated sets: the
-        same scores of the judge on the real rotated renders — what a perfect generator
+        "own_minus_partner" (strict, reported only), "passes", "real_render" (rotated and
+        cropped sets: the same scores of the judge on the real renders of those views — what a
+        perfect generator
         reaches); with a classifier also "in_domain" (share of images classified as the
         caption's domain) and "in_domain_minus_chance" (vs 1 / number of domains, clustered
         CI; part of the pass criterion)}}}``.
@@ -373,7 +416,7 @@ def depth_following(
                 scores["own"][sel], scores["partner"][sel], clusters
             )
             real_edges = real_hwc = None
-            if has_real[sel].all():  # rotated sets: the instrument's own check on real renders
+            if has_real[sel].all():  # rotated/cropped: the instrument's own check on real renders
                 real_hwc = _to_hwc(real[sel], signed=True)
                 real_edges = edge_following_scores(
                     _to_uint8(real_hwc),
@@ -410,7 +453,7 @@ def _edge_entry(
     """One set's judge-free following: means, paired own - chance / own - prior, and its pass
     (both positive with CIs excluding zero, plus the judged check's in-domain criterion).
 
-    ``real_edges`` (rotated sets: the same scores of the real rotated renders) checks the
+    ``real_edges`` (rotated and cropped sets: the same scores of their real renders) checks the
     instrument itself: when the real renders do not beat chance (their own - chance CI not
     above 0), edge F1 cannot see following on this set and ``passes`` is None (no verdict).
     Edge F1 is blind to the sign of depth: it shows edges where the map has them, not that

@@ -81,6 +81,7 @@ STRUCTURE_HEADER = [
     "floor (real images)",
     "floor through the VAE",
     "chance",
+    "prior (other scenes' mean)",
     "better",
 ]
 
@@ -143,7 +144,15 @@ def structure_rows(references: dict) -> list[list[str]]:
             [label]
             + [
                 "–" if entry.get(group) is None else _cell(entry[group])
-                for group in ("base", "finetuned", "difference", "floor", "floor_vae", "chance")
+                for group in (
+                    "base",
+                    "finetuned",
+                    "difference",
+                    "floor",
+                    "floor_vae",
+                    "chance",
+                    "prior",
+                )
             ]
             + ["higher"]
         )
@@ -356,7 +365,9 @@ def write_demo_report(
                 "the model's VAE, the best a generator whose images the VAE decodes can score. "
                 "Judge-free measures (no depth network): edges of the generated image against the "
                 "true render of the same scene and condition, and against the conditioning "
-                "height map (`depth2img.cli.demo_structure`).",
+                "height map (`depth2img.cli.demo_structure`). Their *prior* is the layout guess "
+                "scored the same way: the other scenes' mean render in the same condition, and "
+                "their mean height map drawn grey.",
                 "",
                 _markdown_table(STRUCTURE_HEADER, structure_rows(references)),
                 "",

@@ -13,7 +13,10 @@ need none. For each evaluated sample (same inputs and seeds for both models):
   the edges of the height map drawn as a grey image (building and tree outlines).
 
 Floor: the true render; chance: the true render of another scene in the same condition (the
-right look, the wrong geometry).
+right look, the wrong geometry); prior: the simplest layout guess, scored the same way — the
+pixel mean of the other scenes' renders in the same condition (vs the true render) and the mean
+height map of the other scenes drawn as a grey image (vs the conditioning height map), the
+judge-free counterpart of the judged rows' "mean height map of the other evaluated scenes".
 
 Base and fine-tuned are paired per image with a scene-clustered CI
 (``evaluation.bootstrap.paired_difference``).
@@ -68,6 +71,23 @@ def other_scene_same_condition(scenes: list[str], conditions: list[str]) -> list
     return pairs
 
 
+def mean_of_other_scenes(
+    arrays: np.ndarray, scenes: list[str], conditions: list[str] | None = None
+) -> np.ndarray:
+    """Per sample, the mean of ``arrays`` over the samples of every other scene (in the same
+    condition when ``conditions`` is given and such samples exist): a layout guess that never
+    saw the sample's own scene. ``arrays`` (N, ...) -> (N, ...) float64."""
+    scenes = np.asarray(scenes)
+    out = np.empty(arrays.shape, dtype=np.float64)
+    for i in range(len(arrays)):
+        others = scenes != scenes[i]
+        if conditions is not None:
+            same = others & (np.asarray(conditions) == conditions[i])
+            others = same if same.any() else others
+        out[i] = arrays[others].mean(axis=0) if others.any() else arrays[i]
+    return out
+
+
 def load_targets(shards: Path, num_samples: int, size: int, depth_spec: DepthSpec) -> dict:
     """The eval set: ``renders`` (N, H, W, 3) uint8, ``depths`` (N, H, W), ``scenes`` and
     ``conditions`` (metadata ``condition``, "" when absent)."""
@@ -89,6 +109,22 @@ def load_targets(shards: Path, num_samples: int, size: int, depth_spec: DepthSpe
 def vae_round_trip(vae, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """(N, H, W, 3) uint8 -> the same images encoded (posterior mean) and decoded by ``vae``."""
     return np.stack(shared_vae_round_trip(vae, list(images), batch_size=batch_size))
+
+
+def layout_prior_structure(renders, depths, scenes: list[str], conditions: list[str]) -> list:
+    """The measures of a generator that draws the other scenes' average: their mean render in
+    the same condition against the true render, their mean height map (drawn grey) against the
+    conditioning height map. renders (N, H, W, 3) uint8, depths (N, H, W)."""
+    mean_renders = np.round(mean_of_other_scenes(renders, scenes, conditions)).astype(np.uint8)
+    mean_depths = mean_of_other_scenes(depths, scenes)
+    return [
+        {
+            "edge_f1": edge_f1(mean_renders[i], renders[i]),
+            "grad_corr": grad_corr(mean_renders[i], renders[i]),
+            "height_edge_f1": edge_f1(height_as_image(mean_depths[i]), height_as_image(depths[i])),
+        }
+        for i in range(len(renders))
+    ]
 
 
 def structure_per_image(eval_dir: Path, renders, depths) -> list[dict]:
@@ -113,12 +149,14 @@ def demo_references(
     each eval's ``metrics.json`` and of its gate).
 
     Returns:
-        ``{"structure": {metric: {base, finetuned, difference, floor, floor_vae, chance}}}``.
+        ``{"structure": {metric: {base, finetuned, difference, floor, floor_vae, chance,
+        prior}}}``.
         ``base`` / ``finetuned``
         are ``summarize`` over images (scene CI); ``difference`` is fine-tuned - base, paired per
         image. ``floor`` is the true render, ``floor_vae`` its VAE round trip, ``chance`` the true
         render against another scene (``height_edge_f1`` only: against its own render the
-        render scores 1 by construction).
+        render scores 1 by construction), ``prior`` the other scenes' mean render / mean height
+        map (:func:`layout_prior_structure`).
     """
     targets = load_targets(shards, num_samples, size, DepthSpec())
     renders, depths = targets["renders"], targets["depths"]
@@ -132,6 +170,9 @@ def demo_references(
         "floor_vae": [image_structure(round_trips[i], renders[i], depths[i]) for i in range(n)],
         # Another scene's true render in the same condition: right look, wrong geometry.
         "chance": [image_structure(renders[others[i]], renders[i], depths[i]) for i in range(n)],
+        "prior": layout_prior_structure(
+            renders[:n], depths[:n], clusters, targets["conditions"][:n]
+        ),
     }
     structure = {}
     for key, _ in STRUCTURE_ROWS:
