@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the shipped depth judge read geometry, or a domain's layout?
 
-Per domain x view (0/90/180/270 deg, two off-centre crops) of held-out synthetic scenes:
+Per domain x view (0/90/180/270 deg, a 60 % crop at each corner) of held-out synthetic scenes:
 Spearman and aligned AbsRel of the judge vs the exact depth, next to layout priors (domain mean
 depth map of training scenes, lower rows near, periphery near) scored identically. Prints a
 table and writes JSON. See ``tools/build_tiny_base/judge_eval.py`` for the definitions.

@@ -64,9 +64,14 @@ def test_following_conditions_crop_render_and_depth_together(held):
     partner = apply_geometric(torch.from_numpy(held.depth[street[2]])[None], params)[0].numpy()
     assert samples.spearman(cond["partner_depth"][row, 0].numpy().ravel(), partner.ravel()) > 0.999
     assert len({cond["clusters"][i] for i in cropped}) == 3
-    # crops=() leaves the set out
-    bare = samples.following_conditions(held, ("street",), 3, 1, random_probes=0, crops=())
+    # crops=() leaves the set out; with crops every other row keeps its index (= its seed), also
+    # across domains, so rotated and probe images stay paired with builds without crops.
+    two = ("street", "endoscopy")
+    bare = samples.following_conditions(held, two, 3, 1, random_probes=2, crops=())
+    full = samples.following_conditions(held, two, 3, 1, random_probes=2)
     assert "cropped" not in bare["sets"]
+    n = len(bare["names"])
+    assert full["names"][:n] == bare["names"] and set(full["sets"][n:]) == {"cropped"}
 
 
 def test_chance_averages_every_other_cluster_of_the_group():
@@ -113,3 +118,23 @@ def test_judge_free_following_scores_an_image_drawn_from_its_map_above_chance(he
     from tools.build_tiny_base.report import _judge_free_cells
 
     assert _judge_free_cells(None, None) == "- | - | - | -"
+
+
+def test_readme_names_every_reused_folder_and_an_uncommitted_judge_init():
+    """Provenance: --depth-unet is listed with the other reused folders, and a --judge-init
+    folder that was never committed carries its own recipe into the README."""
+    from tools.build_tiny_base.report import _judge_steps, _previous_note
+
+    info = {
+        "previous_build_commit": "abc1234",
+        "parent": "/p/tiny-sd-base",
+        "depth_unet_from": "/p/tiny-depth2img",
+        "config": {"judge_continue_steps": 1500, "judge_continue_lr": 2.5e-4},
+        "judge_init": "/tmp/j1/tiny-depth2img",
+    }
+    note = _previous_note(info)
+    assert "`--parent`, `--depth-unet`" in note and "`abc1234`" in note
+    assert "that judge" not in _judge_steps(info)
+    info["judge_init_recipe"] = "the judge at abc1234 continued 3000 steps"
+    steps = _judge_steps(info)
+    assert "1500 steps (lr 0.00025); that judge: the judge at abc1234 continued 3000" in steps

@@ -243,8 +243,8 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
 
 - VAE reconstruction PSNR: {", ".join(f"{k} {v:.2f} dB" for k, v in m["vae_psnr"].items())}.
 - **Judge** (`python scripts/judge_report.py`): Spearman and aligned AbsRel vs exact depth per
-  domain x view (rotations counter-clockwise; `crop_tl`/`crop_br`: 60 % of the side at the
-  top-left / bottom-right corner, rescaled), next to layout priors
+  domain x view (rotations counter-clockwise; `crop_tl`/`crop_tr`/`crop_bl`/`crop_br`: 60 % of
+  the side at that corner, rescaled; builds before 2026-12-07 scored two corners), next to layout priors
   (`depth2img.evaluation.priors`; domain mean of training depth maps, lower rows near,
   periphery near) scored identically; {m["judge_report"]["settings"]["scenes_per_domain"]} held-out scenes per domain and view.
   Goal: Spearman >= 0.85 (street, endoscopy) / 0.7 (aerial) in every row and >= 0.2 above the
@@ -428,6 +428,7 @@ def _previous_note(info: dict) -> str:
     commit = info.get("previous_build_commit")
     options = {
         "--parent": info.get("parent"),
+        "--depth-unet": info.get("depth_unet_from"),
         "--depth-init": info.get("depth_init"),
         "--judge": info.get("judge_from"),
         "--keep-extra": info.get("extra_from"),
@@ -494,9 +495,14 @@ def _judge_steps(info: dict) -> str:
             "recipe is in this README's git history)"
         )
     if info.get("judge_init"):
+        # A --judge-init folder that was itself never committed (an intermediate continuation)
+        # gets its recipe written into build_info after the build ("judge_init_recipe").
+        recipe = (
+            f"; that judge: {info['judge_init_recipe']}" if info.get("judge_init_recipe") else ""
+        )
         return (
             f"continued from the judge in `{info['judge_init']}` for "
-            f"{cfg['judge_continue_steps']} steps (lr {cfg['judge_continue_lr']:g})"
+            f"{cfg['judge_continue_steps']} steps (lr {cfg['judge_continue_lr']:g}){recipe}"
         )
     return f"{cfg['judge_steps']} steps"
 

@@ -216,47 +216,67 @@ def following_conditions(
     probes = probe_depth_maps(size)
     extra = random_probe_depth_maps(size, random_probes, seed=1) if random_probes else {}
     keys = ("depth", "partner_depth", "real_images", "captions", "domains", "sets", "clusters")
-    rows = {k: [] for k in keys}
-    rows["names"] = []
+    rows = {k: [] for k in (*keys, "names")}
+    # Cropped rows go after every domain's rotated and probe rows: a row's seed is its index,
+    # so the rotated and probe images stay those of builds without crops (paired across builds).
+    cropped = {k: [] for k in rows}
+
+    def add(to: dict, depth, partner, real, caption, domain, subset, cluster, name) -> None:
+        for key, value in zip(
+            to, (depth, partner, real, caption, domain, subset, cluster, name), strict=True
+        ):
+            to[key].append(value)
+
     no_render = np.full((size, size, 3), np.nan, np.float32)
     for domain in domains:
         idx = [i for i, d in enumerate(held.domains) if d == domain][:scenes]
         for k in ROTATIONS:
             for j, i in enumerate(idx):
                 other = idx[(j + 1) % len(idx)]
-                rows["depth"].append(np.rot90(held.depth[i], k))
-                rows["partner_depth"].append(np.rot90(held.depth[other], k))
-                rows["real_images"].append(np.rot90(held.images[i], k) / 127.5 - 1.0)
-                rows["captions"].append(held.captions[i])
-                rows["domains"].append(domain)
-                rows["sets"].append("rotated")
-                rows["clusters"].append(held.scene_ids[i])
-                rows["names"].append(f"{held.scene_ids[i]} rot{90 * k}")
+                add(
+                    rows,
+                    np.rot90(held.depth[i], k),
+                    np.rot90(held.depth[other], k),
+                    np.rot90(held.images[i], k) / 127.5 - 1.0,
+                    held.captions[i],
+                    domain,
+                    "rotated",
+                    held.scene_ids[i],
+                    f"{held.scene_ids[i]} rot{90 * k}",
+                )
         for view in crops:
             for j, i in enumerate(idx):
                 other = idx[(j + 1) % len(idx)]
-                rows["depth"].append(_renormalized(_crop_view(held.depth[i], view)))
-                rows["partner_depth"].append(_renormalized(_crop_view(held.depth[other], view)))
-                rows["real_images"].append(_crop_view(held.images[i], view) / 127.5 - 1.0)
-                rows["captions"].append(held.captions[i])
-                rows["domains"].append(domain)
-                rows["sets"].append("cropped")
-                rows["clusters"].append(held.scene_ids[i])
-                rows["names"].append(f"{held.scene_ids[i]} {view}")
+                add(
+                    cropped,
+                    _renormalized(_crop_view(held.depth[i], view)),
+                    _renormalized(_crop_view(held.depth[other], view)),
+                    _crop_view(held.images[i], view) / 127.5 - 1.0,
+                    held.captions[i],
+                    domain,
+                    "cropped",
+                    held.scene_ids[i],
+                    f"{held.scene_ids[i]} {view}",
+                )
         probe_rows = [
             (name, probes[name], j) for name in PROBE_NAMES for j in range(probe_captions)
         ]
         probe_rows += [(name, m, 0) for name, m in extra.items()]
         for p, (name, depth01, j) in enumerate(probe_rows):
             i = idx[(p + j) % len(idx)]
-            rows["depth"].append(depth01 * 2.0 - 1.0)
-            rows["partner_depth"].append(held.depth[idx[(p + j + 1) % len(idx)]])
-            rows["real_images"].append(no_render)
-            rows["captions"].append(held.captions[i])
-            rows["domains"].append(domain)
-            rows["sets"].append("probe")
-            rows["clusters"].append(name)
-            rows["names"].append(f"{name} / {held.scene_ids[i]}")
+            add(
+                rows,
+                depth01 * 2.0 - 1.0,
+                held.depth[idx[(p + j + 1) % len(idx)]],
+                no_render,
+                held.captions[i],
+                domain,
+                "probe",
+                name,
+                f"{name} / {held.scene_ids[i]}",
+            )
+    for key, values in cropped.items():
+        rows[key] += values
     for key in ("depth", "partner_depth"):
         rows[key] = torch.from_numpy(np.stack(rows[key]).astype(np.float32))[:, None]
     real = np.stack(rows["real_images"]).astype(np.float32)
