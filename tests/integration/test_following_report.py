@@ -37,5 +37,7 @@ def test_small_run_writes_table_and_json(tmp_path):
     assert "| street | rotated | 6 (2) |" in result.stdout
     assert "| street | probe | 8 (8) |" in result.stdout  # 6 fixed + 2 random probe maps
     report = json.loads(out.read_text())["following"]["street"]
+    assert "| street | cropped | 4 (2) |" in result.stdout  # two corner crops per scene
     assert report["rotated"]["real_render"]["own"] > 0.8  # the judge reads the real renders
-    assert set(report) == {"rotated", "probe"}
+    assert report["cropped"]["real_render"]["own"] > 0.5  # ... and their crops
+    assert set(report) == {"rotated", "cropped", "probe"}
