@@ -53,7 +53,7 @@ from depth2img.data.synthetic.procedural import (
 from depth2img.evaluation.bootstrap import paired_difference
 from depth2img.evaluation.depth_metrics import spearman
 from depth2img.evaluation.domain_match import DomainClassifier
-from depth2img.evaluation.priors import prior_maps
+from depth2img.evaluation.priors import normalize01, prior_maps
 from depth2img.evaluation.structure_measures import EdgeField, height_as_image, matched_edge_f1
 from depth2img.inference.sampling import encode_prompts, generate
 
@@ -175,11 +175,10 @@ def _crop_view(array: np.ndarray, view: str) -> np.ndarray:
     return out[0].numpy() if array.ndim == 2 else out.permute(1, 2, 0).numpy()
 
 
-def _renormalized(depth: np.ndarray) -> np.ndarray:
-    """Min-max to [-1, 1] again, as ``DepthSpec.normalize`` treats any depth map a user gives
-    (a crop of a scene spans only part of its depth range)."""
-    low, high = float(depth.min()), float(depth.max())
-    return (depth - low) / max(high - low, 1e-6) * 2.0 - 1.0
+def _renormalized(depth: np.ndarray, view: str) -> np.ndarray:
+    """The crop of an (H, W) depth map min-max normalized to [-1, 1] again, as any depth map a
+    user gives is (a crop of a scene spans only part of its depth range)."""
+    return normalize01(_crop_view(depth, view)) * 2.0 - 1.0
 
 
 def following_conditions(
@@ -249,8 +248,8 @@ def following_conditions(
                 other = idx[(j + 1) % len(idx)]
                 add(
                     cropped,
-                    _renormalized(_crop_view(held.depth[i], view)),
-                    _renormalized(_crop_view(held.depth[other], view)),
+                    _renormalized(held.depth[i], view),
+                    _renormalized(held.depth[other], view),
                     _crop_view(held.images[i], view) / 127.5 - 1.0,
                     held.captions[i],
                     domain,

@@ -37,6 +37,7 @@ from PIL import Image
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.evaluation.bootstrap import paired_difference, summarize
 from depth2img.evaluation.depth_metrics import chance_pairs
+from depth2img.evaluation.priors import HeldOutDomainMean
 from depth2img.evaluation.runner import load_eval_set
 from depth2img.evaluation.structure_measures import edge_f1, grad_corr, height_as_image
 from depth2img.evaluation.vae_floor import vae_round_trip as shared_vae_round_trip
@@ -114,14 +115,20 @@ def vae_round_trip(vae, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
 def layout_prior_structure(renders, depths, scenes: list[str], conditions: list[str]) -> list:
     """The measures of a generator that draws the other scenes' average: their mean render in
     the same condition against the true render, their mean height map (drawn grey) against the
-    conditioning height map. renders (N, H, W, 3) uint8, depths (N, H, W)."""
+    conditioning height map. renders (N, H, W, 3) uint8, depths (N, H, W) square; at least two
+    scenes."""
     mean_renders = np.round(mean_of_other_scenes(renders, scenes, conditions)).astype(np.uint8)
-    mean_depths = mean_of_other_scenes(depths, scenes)
+    # The height half is the judged rows' prior map itself (the runner's HeldOutDomainMean).
+    mean_depths = HeldOutDomainMean(size=np.asarray(depths).shape[-1])
+    for depth, scene in zip(depths, scenes):
+        mean_depths.add(depth, None, scene)
     return [
         {
             "edge_f1": edge_f1(mean_renders[i], renders[i]),
             "grad_corr": grad_corr(mean_renders[i], renders[i]),
-            "height_edge_f1": edge_f1(height_as_image(mean_depths[i]), height_as_image(depths[i])),
+            "height_edge_f1": edge_f1(
+                height_as_image(mean_depths.for_scene(scenes[i])), height_as_image(depths[i])
+            ),
         }
         for i in range(len(renders))
     ]
