@@ -5,8 +5,8 @@ street and endoscopy meet the Spearman goal (0.85) in every rotation, where the 
 before scored -0.60 on street scenes turned upside down. Aerial does not reach 0.7 (its tie
 ceiling is ~0.5, see judge_eval), but it beats every layout prior by 0.2 in every rotation.
 Off-centre endoscopy crops (a tunnel whose centre is out of view) meet the goal too, where the
-judge shipped before 2026-12-07 scored 0.71 on both; street crops without ground (top-left,
-top-right) are read above every layout prior.
+judge shipped before 2026-12-07 scored 0.71 on both; so do street crops without ground
+(top-left, top-right: facades and sky), 0.2 above every layout prior.
 
 ``DEPTH2IMG_TEST_JUDGE=/path/to/build_out/tiny-depth2img`` checks a freshly built judge instead
 of the shipped one (before it is shipped).
@@ -51,12 +51,14 @@ def test_shipped_judge_meets_the_rotation_goal_on_held_out_scenes():
         (r["view"], r["judge_spearman"]) for r in crops
     ]
     assert all(r["margin"] >= MARGIN_GOAL for r in crops), [(r["view"], r["margin"]) for r in crops]
-    # Street crops without ground (facades and sky): read above the layout priors. Below the
-    # 0.85 goal (0.82 / 0.82 on 12 scenes, 0.71 / 0.76 on 36 others); the judge shipped before
-    # 2026-12-07 (session 12) scored 0.67 / 0.52 on these 4 scenes, -0.07 below a prior on one.
+    # Street crops without ground (facades and sky) meet the goal too (4 scenes: 0.05 slack)
+    # and beat every layout prior by 0.2: 0.91 / 0.87 here (0.91 / 0.90 on 12 scenes, 0.89 /
+    # 0.83 on 36 others). The judge shipped before session 13 scored 0.79 / 0.75 on these 4
+    # scenes, +0.15 over a prior on the top-right one; the one before session 12, 0.67 / 0.52.
     upper = [
         r for r in report["rows"] if r["domain"] == "street" and r["view"] in ("crop_tl", "crop_tr")
     ]
-    assert all(r["judge_spearman"] >= 0.7 and r["margin"] >= 0.1 for r in upper), [
-        (r["view"], r["judge_spearman"], r["margin"]) for r in upper
-    ]
+    assert all(
+        r["judge_spearman"] >= SPEARMAN_GOAL["street"] - 0.05 and r["margin"] >= MARGIN_GOAL
+        for r in upper
+    ), [(r["view"], r["judge_spearman"], r["margin"]) for r in upper]

@@ -140,3 +140,30 @@ def test_training_latents_match_cached_latents_unless_sampling():
     reference = step_loss(cached, "mean")
     torch.testing.assert_close(step_loss(batch, "mean"), reference, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(step_loss(batch, "sample"), reference, rtol=1e-3)
+
+
+def test_timestep_sampling_reaches_the_training_loss():
+    """``timestep_sampling=cubic`` draws the training timesteps towards high noise (mean 0.75 T
+    vs 0.5 T uniform); an unknown name is refused at construction."""
+    import pytest
+
+    means = {}
+    for sampling in ("uniform", "cubic"):
+        torch.manual_seed(0)
+        module = Depth2ImgModule(model_source="tiny", ema_decay=None, timestep_sampling=sampling)
+        seen = []
+        add_noise = module.noise_scheduler.add_noise
+
+        def recording(latents, noise, timesteps, add_noise=add_noise, seen=seen):
+            seen.append(timesteps)
+            return add_noise(latents, noise, timesteps)
+
+        module.noise_scheduler.add_noise = recording
+        batch = _batch([str(i) for i in range(16)], size=16)
+        with torch.no_grad():
+            for _ in range(8):
+                module.training_loss(batch)
+        means[sampling] = torch.cat(seen).float().mean().item() / 1000
+    assert abs(means["uniform"] - 0.5) < 0.07 and abs(means["cubic"] - 0.75) < 0.07, means
+    with pytest.raises(ValueError, match="timestep_sampling must be one of"):
+        Depth2ImgModule(model_source="tiny", timestep_sampling="late")

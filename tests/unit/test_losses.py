@@ -13,6 +13,7 @@ from depth2img.models.losses import (
     compute_snr,
     min_snr_weights,
     sample_noise,
+    sample_timesteps,
     training_target,
     weighted_mse,
 )
@@ -82,6 +83,21 @@ def test_noise_offset_is_constant_per_channel():
     per_channel = offset.flatten(2)
     assert torch.allclose(per_channel, per_channel[..., :1].expand_as(per_channel), atol=1e-6)
     assert per_channel.abs().max() > 0
+
+
+def test_timestep_sampling_uniform_and_cubic():
+    gen = torch.Generator().manual_seed(0)
+    uniform = sample_timesteps(20_000, 1000, "uniform", gen)
+    cubic = sample_timesteps(20_000, 1000, "cubic", gen)
+    for t in (uniform, cubic):
+        assert t.dtype == torch.int64 and t.min() >= 0 and t.max() <= 999
+    # P(t >= 500): 0.5 uniform; cubic t = (1 - u^3) T >= T/2 iff u <= 0.5^(1/3) = 0.794
+    assert abs((uniform >= 500).float().mean() - 0.5) < 0.02
+    assert abs((cubic >= 500).float().mean() - 0.5 ** (1 / 3)) < 0.02
+    again = sample_timesteps(5, 1000, "cubic", torch.Generator().manual_seed(1))
+    assert torch.equal(again, sample_timesteps(5, 1000, "cubic", torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="valid: uniform, cubic"):
+        sample_timesteps(4, 1000, "logit-normal")
 
 
 def test_weighted_mse():

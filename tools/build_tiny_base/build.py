@@ -250,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     dense = dataset.render_extra("aerial-dense", n_dense, cfg.image_size, cfg.seed)
     n_endo = max(cfg.judge_endoscopy_procedural, cfg.depth_endoscopy_procedural)
     endo_procedural = dataset.render_extra("endoscopy-procedural", n_endo, cfg.image_size, cfg.seed)
+    judge_extra = dataset.render_distinct(
+        cfg.judge_extra_scenes,
+        cfg.image_size,
+        cfg.seed,
+        dataset.JUDGE_EXTRA_START,
+        desc="render judge-only scenes",
+    )
     held = dataset.render_heldout(cfg.heldout_samples, cfg.image_size, cfg.seed)
     lap("render")
     images, depth = train.images_tensor(), train.depth_tensor()  # [N,3,H,W], [N,1,H,W]
@@ -355,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         procedural.subset(np.arange(cfg.judge_procedural)),
         dense.subset(np.arange(cfg.judge_dense_aerial)),
         endo_procedural.subset(np.arange(cfg.judge_endoscopy_procedural)),
+        judge_extra,
     )
     judge_images, judge_depth = judge_set.images_tensor(), judge_set.depth_tensor()
     judge_init = None
@@ -601,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                 "procedural": cfg.judge_procedural,
                 "aerial-dense": cfg.judge_dense_aerial,
                 "endoscopy-procedural": cfg.judge_endoscopy_procedural,
+                **{f"{d}-distinct-scenes": n for d, n in cfg.judge_extra_scenes.items()},
             },
             "unet": {d: int(sum(train.domains[i] == d for i in mix)) for d in DOMAINS}
             | {

@@ -32,6 +32,7 @@ from depth2img.models.losses import (
     compute_snr,
     min_snr_weights,
     sample_noise,
+    sample_timesteps,
     training_target,
     weighted_mse,
 )
@@ -160,6 +161,7 @@ def train_denoiser(
     seed: int,
     image_hw: tuple[int, int],
     min_snr_gamma: float = 5.0,
+    timesteps: str = "uniform",
     desc: str = "train",
 ) -> tuple[torch.nn.Module, list[float]]:
     """Diffusion training of ``trained`` (the ControlNet, or the UNet of a text-to-image model)
@@ -172,6 +174,7 @@ def train_denoiser(
         text: N caption embeddings; uncond: 1 embedding of "" (the family's negative rule).
         scheduler: noise schedule and ``prediction_type``.
         image_hw: (H, W) of the images (SDXL time ids: uncropped).
+        timesteps: training timestep sampling (``depth2img.models.losses.sample_timesteps``).
 
     Returns:
         The EMA weights (a copy of ``trained``) and the loss history.
@@ -191,7 +194,7 @@ def train_denoiser(
         view = torch.randint(0, views, (batch,), generator=gen)
         x0 = latents[view, idx]  # [B, 4, h, w]
         noise = sample_noise(x0, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        t = sample_timesteps(batch, scheduler.config.num_train_timesteps, timesteps, gen)
         noisy = scheduler.add_noise(x0, noise, t)
         drop = torch.rand(batch, generator=gen) < caption_dropout
         embeds = _drop_captions(_select(text, idx), uncond, drop)

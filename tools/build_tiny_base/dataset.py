@@ -18,6 +18,8 @@ from depth2img.data.synthetic.procedural import (
 
 # Held-out scenes start far past any training scene index, so no geometry is shared.
 HELDOUT_START = 100_000
+# Extra judge-only scenes (``judge_extra_scenes``): past the training indices, before held-out.
+JUDGE_EXTRA_START = 50_000
 
 
 @dataclass
@@ -134,20 +136,29 @@ def concat(*sets: RenderedSet) -> RenderedSet:
     )
 
 
-def render_heldout(per_domain: int, size: int, seed: int) -> RenderedSet:
-    """Held-out renders: ``per_domain`` samples per domain from scenes never used in training.
+def render_distinct(
+    counts: dict[str, int], size: int, seed: int, start: int, desc: str = "render"
+) -> RenderedSet:
+    """``counts[domain]`` samples per domain, **one condition per scene** (cycling through the
+    conditions) from scene index ``start``: as many geometries as samples, where
+    :func:`render_set` renders every condition of fewer scenes.
 
-    One condition per scene (cycling through the conditions) so the set covers many geometries.
+    Args:
+        counts: samples (= scenes) per domain; domains missing from the dict are skipped.
+        size: square image size in px.
+        seed: renderer seed.
+        start: first scene index (keep ranges of different sets disjoint).
     """
     spec = DepthSpec()
     images, depths, captions, domains, scene_ids = [], [], [], [], []
-    with tqdm(total=per_domain * len(DOMAINS), desc="render held-out", unit="img") as bar:
+    total = sum(counts.get(d, 0) for d in DOMAINS)
+    with tqdm(total=total, desc=desc, unit="img") as bar:
         for domain in DOMAINS:
             conds = CONDITIONS[domain]
-            for i in range(per_domain):
+            for i in range(counts.get(domain, 0)):
                 cond = conds[i % len(conds)]
                 (sample,) = iter_samples(
-                    domain, 1, size=size, seed=seed, conditions=[cond], start=HELDOUT_START + i
+                    domain, 1, size=size, seed=seed, conditions=[cond], start=start + i
                 )
                 normalized, _ = spec.normalize(
                     torch.from_numpy(sample.depth)[None], sample.depth_kind
@@ -158,9 +169,25 @@ def render_heldout(per_domain: int, size: int, seed: int) -> RenderedSet:
                 domains.append(domain)
                 scene_ids.append(sample.scene_id)
                 bar.update()
+    if not images:
+        return RenderedSet(
+            np.zeros((0, size, size, 3), np.uint8),
+            np.zeros((0, size, size), np.float32),
+            [],
+            [],
+            [],
+        )
     return RenderedSet(
         np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
     )
+
+
+def render_heldout(per_domain: int, size: int, seed: int) -> RenderedSet:
+    """Held-out renders: ``per_domain`` samples per domain from scenes never used in training
+    (indices from ``HELDOUT_START``), one condition per scene so the set covers many geometries.
+    """
+    counts = {d: per_domain for d in DOMAINS}
+    return render_distinct(counts, size, seed, HELDOUT_START, desc="render held-out")
 
 
 def unet_mix_index(domains: list[str], aerial_fraction: float, seed: int) -> np.ndarray:

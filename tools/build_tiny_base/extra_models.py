@@ -132,6 +132,7 @@ def controlnet_for(
         {"steps": steps, "family": family, "seed": seed, "lr": lr},
         "scratch" if init is None else [p.detach() for p in init.parameters()],
         _fields(cfg, "controlnet_caption_dropout", "unet_batch", "ema_decay"),
+        _fields(cfg, "controlnet_timesteps"),
         _CONTROLNET_CODE,
     )
 
@@ -159,6 +160,7 @@ def controlnet_for(
             caption_dropout=cfg.controlnet_caption_dropout,
             ema_decay=cfg.ema_decay,
             seed=seed,
+            timesteps=cfg.controlnet_timesteps,
             desc=f"train {stage}",
         )[0],
     )
@@ -273,10 +275,7 @@ def train_extra_models(
             if sdxl_controlnet_init is not None:
                 folder = sdxl_controlnet_init / SDXL_CONTROLNET_FOLDER
                 init = ControlNetModel.from_pretrained(folder)
-                models.facts["sdxl_controlnet"] = _training_facts(folder) | {
-                    "continued_steps": cfg.sdxl_controlnet_continue_steps,
-                    "continued_learning_rate": cfg.sdxl_controlnet_continue_lr,
-                }
+                models.facts["sdxl_controlnet"] = _continued_facts(_training_facts(folder), cfg)
             cn_data, cn_text = data.for_controlnets(text)
             models.sdxl_controlnet, models.reused["sdxl_controlnet"] = controlnet_for(
                 cache, "sdxl_controlnet", sdxl_key, sdxl.unet, "sdxl", cn_data, cn_text,
@@ -307,7 +306,32 @@ def _training_facts(folder: Path) -> dict:
     """The training facts (steps, learning rate, continuations) in a saved ControlNet folder's
     ``depth2img.json``."""
     meta = json.loads((folder / "depth2img.json").read_text())
-    return {k: v for k, v in meta.items() if "steps" in k or "learning_rate" in k}
+    keep = ("steps", "learning_rate", "timesteps", "continuations")
+    return {k: v for k, v in meta.items() if any(word in k for word in keep)}
+
+
+def _continued_facts(facts: dict, cfg: configs.BuildConfig) -> dict:
+    """``facts`` of a ControlNet folder plus this build's continuation: ``continued_steps`` /
+    ``continued_learning_rate`` / ``continued_timesteps`` describe this build's, and
+    ``continuations`` lists every continuation in order (so a ControlNet continued twice keeps
+    the first one on record; folders from before the list held one ``continued_*`` pair)."""
+    rounds = list(facts.get("continuations", []))
+    if not rounds and "continued_steps" in facts:
+        rounds.append(
+            {"steps": facts["continued_steps"], "learning_rate": facts["continued_learning_rate"]}
+        )
+    this = {
+        "steps": cfg.sdxl_controlnet_continue_steps,
+        "learning_rate": cfg.sdxl_controlnet_continue_lr,
+        "timesteps": cfg.controlnet_timesteps,
+    }
+    base = {k: v for k, v in facts.items() if not k.startswith("continu")}
+    return base | {
+        "continued_steps": this["steps"],
+        "continued_learning_rate": this["learning_rate"],
+        "continued_timesteps": this["timesteps"],
+        "continuations": [*rounds, this],
+    }
 
 
 def export_extra_models(

@@ -25,6 +25,22 @@ def _endoscopy_procedural_note(mix: dict) -> str:
     )
 
 
+def _judge_distinct_note(mix: dict) -> str:
+    """Judge-only scenes rendered one condition each (``judge_extra_scenes``; absent before)."""
+    extra = {
+        k.removesuffix("-distinct-scenes"): n
+        for k, n in mix["judge_extra"].items()
+        if k.endswith("-distinct-scenes") and n
+    }
+    if not extra:
+        return ""
+    counts = ", ".join(f"{n} {d}" for d, n in extra.items())
+    return (
+        f"; for the judge only, {counts} more scenes under one condition each"
+        " (`dataset.render_distinct`: more geometries, not more lighting)"
+    )
+
+
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f} M"
 
@@ -215,7 +231,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
    scenes from `depth2img.data.synthetic.procedural`: {cfg["judge_procedural"]} procedural scenes (random
    spheres, boxes, cylinders and tilted planes at random orientations, random camera roll,
    Lambert shading, cast shadows, ambient occlusion, some haze) and {mix["judge_extra"]["aerial-dense"]} dense
-   aerial towns (height carried by shading and cast shadows){_endoscopy_procedural_note(mix)}; held-out: {cfg["heldout_samples"]} per domain
+   aerial towns (height carried by shading and cast shadows){_endoscopy_procedural_note(mix)}{_judge_distinct_note(mix)}; held-out: {cfg["heldout_samples"]} per domain
    from unseen scenes.
 2. **Tokenizer, text encoder** (`CLIPTextModel`, {_fmt_params(p["text_encoder"])} parameters, randomly
    initialized and frozen), **VAE** (`AutoencoderKL`, {_fmt_params(p["vae"])} parameters,
@@ -344,10 +360,22 @@ def _controlnet_section(info: dict) -> str:
         data_note = ""
         steps_text = f"{facts.get('steps', cfg[steps])} steps"
         if "continued_steps" in facts:
+            earlier = facts.get("continuations", [])[:-1]
+            steps_text += "".join(
+                f" + {r['steps']} continued earlier (learning rate {r['learning_rate']:g})"
+                for r in earlier
+            )
+            timesteps = facts.get("continued_timesteps", "uniform")
+            timestep_note = (
+                f", {timesteps} timestep sampling (`--set controlnet_timesteps={timesteps}`)"
+                if timesteps != "uniform"
+                else ""
+            )
             steps_text += (
                 f" + {facts['continued_steps']} continued by this build (`--sdxl-controlnet-init "
                 f"{info.get('sdxl_controlnet_init')}`, learning rate "
-                f"{facts['continued_learning_rate']:g}, the dense aerial towns added to the data)"
+                f"{facts['continued_learning_rate']:g}{timestep_note}, with the dense aerial towns"
+                " in the data)"
             )
         elif kept:
             steps_text = (
@@ -490,9 +518,9 @@ def _judge_steps(info: dict) -> str:
     """How the judge stage trained: from scratch, or continued from ``--judge-init``."""
     cfg = info["config"]
     if info.get("judge_from"):
+        recipe = info.get("judge_recipe") or "its recipe is in this README's git history"
         return (
-            f"kept from `{info['judge_from']}` (`--judge`: trained earlier by this tool; its "
-            "recipe is in this README's git history)"
+            f"kept from `{info['judge_from']}` (`--judge`: trained earlier by this tool; {recipe})"
         )
     if info.get("judge_init"):
         # A --judge-init folder that was itself never committed (an intermediate continuation)

@@ -36,10 +36,12 @@ from depth2img.models.ema import EMA
 from depth2img.models.families import ImageGeometry
 from depth2img.models.loading import build_components
 from depth2img.models.losses import (
+    TIMESTEP_SAMPLING,
     check_prediction_type,
     compute_snr,
     min_snr_weights,
     sample_noise,
+    sample_timesteps,
     training_target,
     weighted_mse,
 )
@@ -104,6 +106,8 @@ class Depth2ImgModule(pl.LightningModule):
         snr_gamma: min-SNR-γ; None = plain MSE.
         noise_offset: per-channel offset noise scale (0 = off).
         input_perturbation: extra noise on the model input only (Ning et al. 2023; 0 = off).
+        timestep_sampling: ``"uniform"`` (DDPM) or ``"cubic"`` (T2I-Adapter's bias towards
+            high noise, where the layout is decided; ``depth2img.models.losses.sample_timesteps``).
         vae_latents: ``"mean"`` (default) trains on the VAE posterior mean, the same latents
             cached-latent shards hold, so both paths train alike; ``"sample"`` draws from the
             posterior as the diffusers training scripts do. For SD's VAE the two barely differ;
@@ -162,6 +166,7 @@ class Depth2ImgModule(pl.LightningModule):
         snr_gamma: float | None = 5.0,
         noise_offset: float = 0.0,
         input_perturbation: float = 0.0,
+        timestep_sampling: str = "uniform",
         vae_latents: str = "mean",
         gradient_checkpointing: bool | str = False,
         enable_sdpa: bool = True,
@@ -185,6 +190,10 @@ class Depth2ImgModule(pl.LightningModule):
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
         if prediction_type is not None:
             check_prediction_type(prediction_type)
+        if timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ValueError(
+                f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, got {timestep_sampling!r}"
+            )
         if vae_latents not in VAE_LATENTS:
             raise ValueError(f"vae_latents must be one of {VAE_LATENTS}, got {vae_latents!r}")
         hparams = {k: to_plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
@@ -424,7 +433,8 @@ class Depth2ImgModule(pl.LightningModule):
             noise = sample_noise(latents, self.hparams.noise_offset)
         if timesteps is None:
             num_steps = self.noise_scheduler.config.num_train_timesteps
-            timesteps = torch.randint(0, num_steps, (bsz,), device=self.device)
+            sampling = self.hparams.get("timestep_sampling", "uniform")  # older checkpoints
+            timesteps = sample_timesteps(bsz, num_steps, sampling, device=self.device)
         timesteps = timesteps.long().to(self.device)
         model_noise = noise
         if self.hparams.input_perturbation and self.training:
