@@ -43,7 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "shipped-sdxl-controlnet), exported folder or .ckpt (default: shipped)",
     )
     parser.add_argument("--judge", default="shipped", help="depth judge (default: shipped)")
-    parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS))
+    parser.add_argument(
+        "--domains",
+        nargs="+",
+        choices=DOMAINS,
+        default=list(DOMAINS),
+        help="domains to check (default: all). A generation's seed is its row index in the whole "
+        "check, so a subset draws other seeds for the domains after the first: the builder's "
+        "numbers are reproduced with all three",
+    )
     parser.add_argument("--scenes", type=int, default=12, help="held-out scenes per domain")
     parser.add_argument("--random-probes", type=int, default=24, help="random probe maps")
     parser.add_argument("--probe-captions", type=int, default=2, help="captions per fixed probe")

@@ -290,7 +290,8 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
   their layout) and the same scores of the judge on the **real rotated (cropped) renders** (what a
   perfect generator reaches under this judge). The same check for any model, from the command
   line: `python scripts/following_report.py --model shipped` (or a ControlNet alias/folder with
-  `--controlnet-scale`, or your `.ckpt`); it reproduces the numbers below.
+  `--controlnet-scale`, or your `.ckpt`); with all three domains (the default) it reproduces
+  the numbers below (a row's seed is its index in the whole check).
 
 {following_table(m["depth_following"])}
 
