@@ -609,8 +609,8 @@ def main(argv: list[str] | None = None) -> int:
                 "procedural": cfg.judge_procedural,
                 "aerial-dense": cfg.judge_dense_aerial,
                 "endoscopy-procedural": cfg.judge_endoscopy_procedural,
-                **{f"{d}-distinct-scenes": n for d, n in cfg.judge_extra_scenes.items()},
             },
+            "judge_distinct_scenes": dict(cfg.judge_extra_scenes),
             "unet": {d: int(sum(train.domains[i] == d for i in mix)) for d in DOMAINS}
             | {
                 "procedural": cfg.depth_procedural,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,26 @@ class RenderedSet:
         return torch.from_numpy(self.depth)[:, None]
 
 
+def _collect(samples: Iterable, size: int) -> RenderedSet:
+    """A set from ``SyntheticSample``-like renders (image, depth, depth_kind, caption, domain,
+    scene_id), each depth map normalized by ``DepthSpec``; empty (shaped) when none."""
+    spec = DepthSpec()
+    images, depths, captions, domains, scene_ids = [], [], [], [], []
+    for sample in samples:
+        normalized, _ = spec.normalize(torch.from_numpy(sample.depth)[None], sample.depth_kind)
+        images.append(sample.image)
+        depths.append(normalized[0].numpy())
+        captions.append(sample.caption)
+        domains.append(sample.domain)
+        scene_ids.append(sample.scene_id)
+    if not images:
+        empty = np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.float32)
+        return RenderedSet(*empty, [], [], [])
+    return RenderedSet(
+        np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
+    )
+
+
 def render_set(
     counts: dict[str, int], size: int, seed: int, start: int = 0, desc: str = "render"
 ) -> RenderedSet:
@@ -70,24 +91,13 @@ def render_set(
         seed: renderer seed (geometry is a pure function of domain, seed and scene index).
         start: first scene index.
     """
-    spec = DepthSpec()
-    images, depths, captions, domains, scene_ids = [], [], [], [], []
-    total = sum(counts.get(d, 0) for d in DOMAINS)
-    with tqdm(total=total, desc=desc, unit="img") as bar:
-        for domain in DOMAINS:
-            n = counts.get(domain, 0)
-            for sample in iter_samples(domain, n, size=size, seed=seed, start=start):
-                depth = torch.from_numpy(sample.depth)[None]
-                normalized, _ = spec.normalize(depth, sample.depth_kind)
-                images.append(sample.image)
-                depths.append(normalized[0].numpy())
-                captions.append(sample.caption)
-                domains.append(domain)
-                scene_ids.append(sample.scene_id)
-                bar.update()
-    return RenderedSet(
-        np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
+    samples = (
+        sample
+        for domain in DOMAINS
+        for sample in iter_samples(domain, counts.get(domain, 0), size=size, seed=seed, start=start)
     )
+    total = sum(counts.get(d, 0) for d in DOMAINS)
+    return _collect(tqdm(samples, total=total, desc=desc, unit="img"), size)
 
 
 def render_extra(
@@ -102,27 +112,8 @@ def render_extra(
         "endoscopy-procedural": render_endoscopy_procedural,
         "aerial-dense": render_dense_aerial,
     }[kind]
-    spec = DepthSpec()
-    images, depths, captions, domains, scene_ids = [], [], [], [], []
-    for i in tqdm(range(count), desc=desc or f"render {kind}", unit="img"):
-        sample = render(start + i, size, seed)
-        normalized, _ = spec.normalize(torch.from_numpy(sample.depth)[None], sample.depth_kind)
-        images.append(sample.image)
-        depths.append(normalized[0].numpy())
-        captions.append(sample.caption)
-        domains.append(sample.domain)
-        scene_ids.append(sample.scene_id)
-    if not images:
-        return RenderedSet(
-            np.zeros((0, size, size, 3), np.uint8),
-            np.zeros((0, size, size), np.float32),
-            [],
-            [],
-            [],
-        )
-    return RenderedSet(
-        np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
-    )
+    bar = tqdm(range(count), desc=desc or f"render {kind}", unit="img")
+    return _collect((render(start + i, size, seed) for i in bar), size)
 
 
 def concat(*sets: RenderedSet) -> RenderedSet:
@@ -149,37 +140,17 @@ def render_distinct(
         seed: renderer seed.
         start: first scene index (keep ranges of different sets disjoint).
     """
-    spec = DepthSpec()
-    images, depths, captions, domains, scene_ids = [], [], [], [], []
-    total = sum(counts.get(d, 0) for d in DOMAINS)
-    with tqdm(total=total, desc=desc, unit="img") as bar:
-        for domain in DOMAINS:
-            conds = CONDITIONS[domain]
-            for i in range(counts.get(domain, 0)):
-                cond = conds[i % len(conds)]
-                (sample,) = iter_samples(
-                    domain, 1, size=size, seed=seed, conditions=[cond], start=start + i
-                )
-                normalized, _ = spec.normalize(
-                    torch.from_numpy(sample.depth)[None], sample.depth_kind
-                )
-                images.append(sample.image)
-                depths.append(normalized[0].numpy())
-                captions.append(sample.caption)
-                domains.append(domain)
-                scene_ids.append(sample.scene_id)
-                bar.update()
-    if not images:
-        return RenderedSet(
-            np.zeros((0, size, size, 3), np.uint8),
-            np.zeros((0, size, size), np.float32),
-            [],
-            [],
-            [],
+
+    def one(domain: str, i: int):
+        cond = CONDITIONS[domain][i % len(CONDITIONS[domain])]
+        (sample,) = iter_samples(
+            domain, 1, size=size, seed=seed, conditions=[cond], start=start + i
         )
-    return RenderedSet(
-        np.stack(images), np.stack(depths).astype(np.float32), captions, domains, scene_ids
-    )
+        return sample
+
+    samples = (one(d, i) for d in DOMAINS for i in range(counts.get(d, 0)))
+    total = sum(counts.get(d, 0) for d in DOMAINS)
+    return _collect(tqdm(samples, total=total, desc=desc, unit="img"), size)
 
 
 def render_heldout(per_domain: int, size: int, seed: int) -> RenderedSet:

@@ -27,17 +27,13 @@ def _endoscopy_procedural_note(mix: dict) -> str:
 
 def _judge_distinct_note(mix: dict) -> str:
     """Judge-only scenes rendered one condition each (``judge_extra_scenes``; absent before)."""
-    extra = {
-        k.removesuffix("-distinct-scenes"): n
-        for k, n in mix["judge_extra"].items()
-        if k.endswith("-distinct-scenes") and n
-    }
+    extra = {d: n for d, n in mix.get("judge_distinct_scenes", {}).items() if n}
     if not extra:
         return ""
     counts = ", ".join(f"{n} {d}" for d, n in extra.items())
     return (
-        f"; for the judge only, {counts} more scenes under one condition each"
-        " (`dataset.render_distinct`: more geometries, not more lighting)"
+        f"; for the judge only, more scenes under one condition each ({counts};"
+        " `dataset.render_distinct`: more geometries, not more lighting)"
     )
 
 

@@ -433,7 +433,7 @@ class Depth2ImgModule(pl.LightningModule):
             noise = sample_noise(latents, self.hparams.noise_offset)
         if timesteps is None:
             num_steps = self.noise_scheduler.config.num_train_timesteps
-            sampling = self.hparams.get("timestep_sampling", "uniform")  # older checkpoints
+            sampling = self.hparams.timestep_sampling
             timesteps = sample_timesteps(bsz, num_steps, sampling, device=self.device)
         timesteps = timesteps.long().to(self.device)
         model_noise = noise
