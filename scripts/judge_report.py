@@ -89,7 +89,10 @@ def main(argv=None) -> int:
         transform=transform,
     )
     report["judge"] = judge.name
+    report["judge_output_floor"] = judge.output_floor
     report["vae_round_trip"] = None if args.vae is None else [str(args.vae), args.round_trip]
+    floor = judge.output_floor
+    print(f"judge: {judge.name}; output floor: {'none' if floor is None else floor}")
     print(format_table(report))
     failed = [f"{r['domain']}/{r['view']}" for r in report["rows"] if not r["meets_goal"]]
     print(f"goal met in {len(report['rows']) - len(failed)}/{len(report['rows'])} rows", end="")

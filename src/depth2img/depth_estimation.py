@@ -16,6 +16,15 @@ Sources accepted by :meth:`DepthEstimator.from_pretrained`:
 Output convention (see docs/CONTRACTS.md): (H, W) float32 *near-is-high* relative depth at the
 input image's resolution. MiDaS/DPT and Depth Anything (relative) already output inverse depth;
 metric models (far = large) need ``depth_kind="depth"``, which converts with ``1 / d``.
+
+Output floor: a model whose ``config`` carries ``depth2img_output_floor`` (the shipped judge,
+0.05) reports every pixel it reads as "at or beyond the farthest plane" as exactly that value,
+the way DPT's final ReLU outputs exactly 0 for sky. Why: rank correlation with average ranks
+counts any spread among pixels whose true depth is tied (flat aerial ground, ~90 % of a map;
+street sky) as error, so a judge without exact ties cannot score above ~0.5 on aerial scenes
+however right its order (``tools/build_tiny_base/judge_eval``). The judge is trained with the
+same floor, so it learns to push flat ground below it. Vanilla transformers loading ignores the
+key (the raw sigmoid output); pass ``output_floor=None`` to get that here.
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ from depth2img.paths import SHIPPED_MODELS, local_files_only, models_dir
 DEPTH_ESTIMATOR_SUBFOLDER = "depth_estimator"
 FEATURE_EXTRACTOR_SUBFOLDER = "feature_extractor"
 SHIPPED_ALIASES = ("shipped",)
+OUTPUT_FLOOR_KEY = "depth2img_output_floor"
+# Resizing a tied region can move it by float rounding (bicubic weights sum to 1 only up to
+# rounding): values this close above the floor are snapped onto it, so ties stay exact.
+FLOOR_SNAP = 1e-5
 
 
 def load_depth_estimator_folder(path: str | Path):
@@ -93,6 +106,20 @@ def _resolve(source: str) -> tuple[str, str, str]:
     return source, source, source
 
 
+def model_output_floor(config) -> float | None:
+    """The floor a depth model's config declares (``depth2img_output_floor``), None if none."""
+    floor = getattr(config, OUTPUT_FLOOR_KEY, None)
+    return None if floor is None else float(floor)
+
+
+def apply_output_floor(depth: torch.Tensor, floor: float | None) -> torch.Tensor:
+    """Raw model output (any shape) with every value below ``floor + FLOOR_SNAP`` set to exactly
+    ``floor`` (no-op for None). Differentiable above the floor, zero gradient below it."""
+    if floor is None:
+        return depth
+    return torch.where(depth < floor + FLOOR_SNAP, torch.full_like(depth, floor), depth)
+
+
 def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, h, w) → (N, H, W) bicubic (how the judge's output reaches the image's size)."""
     return F.interpolate(depth[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
@@ -106,6 +133,8 @@ class DepthEstimator:
         processor: its image processor (PIL backend when torchvision is missing).
         name: where it came from (hub id, folder, or ``shipped-tiny-judge``); recorded in results.
         depth_kind: what the model outputs ("inverse" for MiDaS/DPT/Depth Anything relative).
+        output_floor: raw output value every pixel at or below it is reported as (exact ties),
+            or None; see the module docstring.
     """
 
     def __init__(
@@ -116,7 +145,10 @@ class DepthEstimator:
         device: str | torch.device = "cpu",
         batch_size: int = 8,
         depth_kind: str = "inverse",
+        output_floor: float | None | str = "config",
     ) -> None:
+        """``output_floor``: "config" (the model's ``depth2img_output_floor``, if any), a value,
+        or None (the raw output, as vanilla transformers gives it)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval().to(device)
@@ -125,6 +157,9 @@ class DepthEstimator:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.depth_kind = check_depth_kind(depth_kind)
+        if output_floor == "config":
+            output_floor = model_output_floor(model.config)
+        self.output_floor = None if output_floor is None else float(output_floor)
 
     @classmethod
     def from_pretrained(
@@ -133,6 +168,7 @@ class DepthEstimator:
         device: str | torch.device = "cpu",
         batch_size: int = 8,
         depth_kind: str = "inverse",
+        output_floor: float | None | str = "config",
     ) -> DepthEstimator:
         """Load from ``shipped``, a local folder (model or depth2img layout) or a hub id.
 
@@ -154,7 +190,7 @@ class DepthEstimator:
                 "local folder (download e.g. Intel/dpt-hybrid-midas elsewhere and pass its path), "
                 "or set HF_HUB_OFFLINE=0 where the hub is reachable."
             ) from err
-        return cls(model, processor, name, device, batch_size, depth_kind)
+        return cls(model, processor, name, device, batch_size, depth_kind, output_floor)
 
     @staticmethod
     def _to_uint8_list(images) -> list[np.ndarray]:
@@ -186,6 +222,8 @@ class DepthEstimator:
         pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
         predicted = self.model(pixel_values=pixel_values).predicted_depth.float()  # [N, h, w]
         resized = predicted if native else resize_depth(predicted, (height, width))
+        # After resizing, so a tied region stays exactly tied at the output size.
+        resized = apply_output_floor(resized, self.output_floor)
         if self.depth_kind != "inverse":
             resized, _ = to_near_high(resized.clamp_min(1e-6), self.depth_kind)
         return resized.cpu()
@@ -224,4 +262,8 @@ class DepthEstimator:
         return [r.numpy().astype(np.float32) for r in results]
 
     def __repr__(self) -> str:
-        return f"DepthEstimator(name={self.name!r}, device={self.device}, kind={self.depth_kind})"
+        floor = "" if self.output_floor is None else f", output_floor={self.output_floor}"
+        return (
+            f"DepthEstimator(name={self.name!r}, device={self.device}, kind={self.depth_kind}"
+            f"{floor})"
+        )

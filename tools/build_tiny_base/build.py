@@ -40,7 +40,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, GLPNConfig, GLPNForDepthE
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.synthetic import DOMAINS
 from depth2img.data.synthetic.augment import apply_geometric, random_params
-from depth2img.depth_estimation import DepthEstimator
+from depth2img.depth_estimation import DepthEstimator, model_output_floor
 from depth2img.evaluation.depth_metrics import batch_depth_metrics
 from depth2img.evaluation.domain_match import DomainClassifier
 from depth2img.evaluation.priors import mean_depth_map
@@ -390,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             build=lambda: GLPNForDepthEstimation(GLPNConfig(**configs.judge_config())),
             train=lambda: training.train_judge(judge_images, judge_depth, cfg, vae, judge_init)[0],
         )
+        # The stage cache rebuilds the architecture from judge_config(): restore the floor.
+        training.set_judge_floor(judge, cfg.judge_output_floor)
     pred = training.predict_depth(judge, held_images)
     judge_metrics = {}
     for d in DOMAINS:
@@ -619,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
                 "views_per_image": cfg.depth_views,
             },
         },
+        # what the shipped judge's config declares (a --judge folder keeps its own)
+        "judge_output_floor": model_output_floor(judge.config),
         "latent_shape": list(latents.shape[2:]),
         "vae_scale_factor": cfg.image_size // latent_hw[0],
         "scaling_factor": scaling,

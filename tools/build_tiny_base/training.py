@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from depth2img.data.synthetic.augment import augment_pair
+from depth2img.depth_estimation import OUTPUT_FLOOR_KEY, apply_output_floor, model_output_floor
 from depth2img.models.components import Components
 from depth2img.models.denoiser import Denoiser
 from depth2img.models.ema import EMA
@@ -175,6 +176,17 @@ def build_judge(seed: int) -> GLPNForDepthEstimation:
     return GLPNForDepthEstimation(GLPNConfig(**configs.judge_config()))
 
 
+def set_judge_floor(judge: GLPNForDepthEstimation, floor: float) -> float | None:
+    """Record ``floor`` (> 0; 0 = none) as the judge's ``depth2img_output_floor``; returns it or
+    None. Saved in its config.json (vanilla transformers ignores the key)."""
+    value = float(floor) if floor and floor > 0 else None
+    if value is not None:
+        setattr(judge.config, OUTPUT_FLOOR_KEY, value)
+    elif hasattr(judge.config, OUTPUT_FLOOR_KEY):
+        delattr(judge.config, OUTPUT_FLOOR_KEY)  # a judge without a floor keeps a clean config
+    return value
+
+
 def _median_mad_normalize(x: torch.Tensor) -> torch.Tensor:
     """Per image ``(x - median) / mean|x - median|`` (MiDaS); (B, H, W) -> (B, H, W)."""
     flat = x.flatten(1)
@@ -205,8 +217,8 @@ def predict_depth(judge: torch.nn.Module, images: torch.Tensor, batch: int = 64)
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = images[i : i + batch]
-            pred = judge(pixel_values=x).predicted_depth
-            out.append(resize_prediction(pred, x.shape[-2:]))
+            pred = resize_prediction(judge(pixel_values=x).predicted_depth, x.shape[-2:])
+            out.append(apply_output_floor(pred, model_output_floor(judge.config)))
     return torch.cat(out)
 
 
@@ -270,6 +282,12 @@ def train_judge(
     stays the exact depth, so the judge learns to read geometry through the VAE. A judge trained
     on clean renders only read chance-level depth on generations at strength 0.2.
 
+    With ``judge_output_floor`` > 0 the loss sees the prediction floored
+    (``depth2img.depth_estimation.apply_output_floor``): a pixel predicted below the floor where
+    the target is the farthest plane (0) costs nothing, so the judge learns to put flat ground
+    and sky below it, and they come out as exact ties. The returned judge's config carries the
+    floor (``depth2img_output_floor``) so ``DepthEstimator`` applies it too.
+
     Args:
         images: (N, 3, H, W) in [-1, 1] (what the judge's processor gives).
         depth: (N, 1, H, W) model-convention depth in [-1, 1]; the target is ``(d + 1) / 2``.
@@ -281,6 +299,7 @@ def train_judge(
         judge, steps, lr = build_judge(cfg.seed + 2), cfg.judge_steps, cfg.judge_lr
     else:
         judge, steps, lr = copy.deepcopy(init), cfg.judge_continue_steps, cfg.judge_continue_lr
+    floor = set_judge_floor(judge, cfg.judge_output_floor)
     judge.train().requires_grad_(True)
     opt, sched = _optimizer(judge, lr, steps)
     gen = torch.Generator().manual_seed(cfg.seed + 3)
@@ -300,7 +319,7 @@ def train_judge(
         x = photometric_jitter(x, gen, cfg.judge_photometric_probability)
         target = (d[:, 0] + 1.0) / 2.0
         pred = resize_prediction(judge(pixel_values=x).predicted_depth, target.shape[-2:])
-        loss = ssi_loss(pred, target)
+        loss = ssi_loss(apply_output_floor(pred, floor), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(judge.parameters(), 1.0)
