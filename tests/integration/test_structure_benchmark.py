@@ -146,7 +146,39 @@ def test_rotated_run_pools_rotations_with_scenes_as_clusters(
     assert "rotations 0°, 180° counter-clockwise" in table
     assert "all rotations of a scene are one cluster" in table and "## Per rotation" in table
     comparison = (out / "comparison.md").read_text()
-    assert "Rotated layouts:" in comparison and "concat − wrong scene (paired)" in comparison
+    assert "Views: rotations 0°, 180°" in comparison
+    assert "concat − wrong scene (paired)" in comparison
+
+
+def test_cropped_run_cuts_every_task_at_one_corner(tiny_model_dir, tiny_base_dir, tmp_path):
+    """--crop br: the same tasks and clusters as a full-frame run, every task cut at the
+    bottom-right corner; the tables say so and compare against a wrong scene cut the same way."""
+    out = tmp_path / "bench"
+    args = [
+        "--depth-model", str(tiny_model_dir), "--img2img-model", str(tiny_base_dir),
+        "--judge", str(tiny_model_dir), "--domain", "street", "--scenes", "2",
+        "--strengths", "1.0", "--size", "32", "--steps", "1", "--no-progress",
+    ]  # fmt: skip
+    assert main(["--out", str(out), "--crop", "br", *args]) == 0
+    result = json.loads((out / "street" / "benchmark.json").read_text())
+    assert result["settings"]["crop"] == "br"
+    assert result["num_tasks"] == 4 and result["num_scenes"] == 2
+    rows = {(r["method"], r["strength"]): r for r in result["rows"]}
+    assert rows[("target", None)]["edge_f1"]["mean"] == 1.0  # scored against the cut render
+    table = (out / "street" / "benchmark.md").read_text()
+    assert "off-centre crop at the bottom-right corner (60 % of the side" in table
+    assert "## Per rotation" not in table and "Rows pool all rotations" not in table
+    comparison = (out / "comparison.md").read_text()
+    assert "Views: off-centre crop" in comparison
+    assert "concat − wrong scene (paired)" in comparison
+    # Same seeds and tasks as the full frame: only the pixels differ.
+    assert main(["--out", str(tmp_path / "full"), *args]) == 0
+    full = json.loads((tmp_path / "full" / "street" / "benchmark.json").read_text())
+    assert full["settings"]["crop"] is None and full["num_tasks"] == result["num_tasks"]
+    assert (
+        full["rows"][0]["edge_f1"] != result["rows"][0]["edge_f1"]
+        or full["rows"][0]["grad_corr"] != result["rows"][0]["grad_corr"]
+    )
 
 
 def test_help_says_what_rotations_do():
@@ -155,3 +187,4 @@ def test_help_says_what_rotations_do():
     text = " ".join(build_parser().format_help().split())
     assert "--rotations" in text and "counter-clockwise" in text
     assert "clusters stay the scenes" in text and "another scene at the same rotation" in text
+    assert "--crop" in text and "another scene cut at the same corner" in text

@@ -94,6 +94,7 @@ def test_zero_controlnet_equals_img2img_exactly_and_tables_and_plots_are_written
         (["--controlnet", "x", "--controlnet-scale", "-1"], "conditioning scale must be >= 0"),
         (["--rotations", "45"], "rotations must be quarter turns from 0, 90, 180, 270"),
         (["--rotations", "90", "ninety"], "'ninety' is not a whole number of degrees"),
+        (["--crop", "middle"], "crop must be one of tl, tr, bl, br (a corner), got 'middle'"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_code_2(args, message, tmp_path, capsys):

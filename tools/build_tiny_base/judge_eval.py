@@ -49,29 +49,25 @@ import torch
 
 from depth2img.data.depth_spec import DepthSpec
 from depth2img.data.synthetic import CONDITIONS, DOMAINS, iter_samples
-from depth2img.data.synthetic.augment import GeometricParams, apply_geometric
+from depth2img.data.synthetic.augment import (
+    CROP_CORNERS,
+    CROP_FRACTION,
+    GeometricParams,
+    apply_geometric,
+    corner_crop,
+)
 from depth2img.evaluation.depth_metrics import image_depth_metrics
 from depth2img.evaluation.priors import mean_depth_map, prior_maps
 
 HELDOUT_START = 100_000  # held-out scene indices (training uses indices from 0)
-CROP_FRACTION = 0.6
 SPEARMAN_GOAL = {"street": 0.85, "endoscopy": 0.85, "aerial": 0.7}
 MARGIN_GOAL = 0.2
 
 
 def view_params(size: int) -> dict[str, GeometricParams]:
     """The eight views of a ``size`` x ``size`` sample."""
-    side = int(round(size * CROP_FRACTION))
-    return {
-        "rot0": GeometricParams(0),
-        "rot90": GeometricParams(1),
-        "rot180": GeometricParams(2),
-        "rot270": GeometricParams(3),
-        "crop_tl": GeometricParams(0, False, 0, 0, side),
-        "crop_tr": GeometricParams(0, False, 0, size - side, side),
-        "crop_bl": GeometricParams(0, False, size - side, 0, side),
-        "crop_br": GeometricParams(0, False, size - side, size - side, side),
-    }
+    rotations = {f"rot{90 * k}": GeometricParams(k) for k in range(4)}
+    return rotations | {f"crop_{c}": corner_crop(size, c, CROP_FRACTION) for c in CROP_CORNERS}
 
 
 def render_domain(domain: str, count: int, size: int, seed: int, start: int):

@@ -6,6 +6,7 @@ ControlNet over strength, on synthetic pairs.
     depth2img-benchmark --depth-model outputs/train/run/checkpoints/last.ckpt \\
         --img2img-model shipped-base --domain aerial --scenes 32 --size 128
     depth2img-benchmark --out outputs/rotated --rotations 90,180,270   # layouts never seen
+    depth2img-benchmark --out outputs/crop_tl --crop tl                 # a zoomed-in corner
     depth2img-benchmark --help
 
 Writes ``benchmark.json``, ``benchmark.md`` (tables), ``benchmark.png`` (metric vs strength, one
@@ -46,6 +47,13 @@ Rotated layouts (--rotations, default 0 = upright only):
   N scenes is unchanged when rotations are added. Rows and paired differences pool the given
   rotations; with several, per-rotation rows and paired differences follow in benchmark.md.
 
+Off-centre crops (--crop tl|tr|bl|br, default: full frames):
+  Every task is cut to that corner (60 % of the side) and resized back, source image, true
+  target render and exact depth TOGETHER (before any --rotations): a zoomed-in view whose
+  depth range and layout no full frame has; the depth conditioning is min-max normalized again,
+  as any user's map is. The wrong scene is another scene cut at the same corner; the layout
+  priors stay full-frame maps. One corner per run.
+
 Methods (--methods, comma-separated):
   img2img     the 4-channel --img2img-model as it is: the init image is its only structure
   concat      the depth2img model --depth-model (depth as an extra latent channel)
@@ -60,6 +68,8 @@ Examples:
   depth2img-benchmark --out outputs/rotated --methods img2img,concat,controlnet \
       --controlnet data/models/tiny-sd-depth-controlnet --strengths 0.6,1.0 \
       --rotations 90,180,270 --scenes 16
+  depth2img-benchmark --out outputs/cropped --methods img2img,concat,controlnet \
+      --controlnet data/models/tiny-sd-depth-controlnet --strengths 0.6,1.0 --crop tl --scenes 16
   depth2img-benchmark --depth-model /models/sd2-depth --img2img-model /models/sd2-base \\
       --judge /models/dpt-large --size 512 --steps 20 --scheduler unipc --device cuda
 """
@@ -207,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         "wrong scene is another scene at the same rotation; clusters stay the scenes "
         "(default: 0 = upright only)",
     )
+    p.add_argument(
+        "--crop",
+        default=None,
+        help="cut every task to this corner, one of tl, tr, bl, br (60 %% of the side, resized "
+        "back; source, target render and exact depth together; default: full frames)",
+    )
     p.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
     p.add_argument("--guidance-scale", type=float, default=7.5)
@@ -270,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         target_conditions=tuple(args.target_conditions) if args.target_conditions else None,
         strengths=strengths,
         rotations=rotations,
+        crop=args.crop,
         size=args.size,
         steps=args.steps,
         guidance_scale=args.guidance_scale,

@@ -34,6 +34,13 @@ paired differences pool every requested rotation (scenes stay the clusters); wit
 rotation the result also has per-rotation rows (``rows_by_rotation``) and per-rotation paired
 differences (``paired_by_rotation``).
 
+Off-centre crops (``crop``): every task is cut to one corner of its frame (``CROP_FRACTION``
+of the side, ``data.synthetic.augment.corner_crop``) and resized back, source, target render,
+exact depth and valid mask together, *before* any rotation: a zoomed-in view whose depth range
+and layout no full frame has (the depth conditioning is min-max normalized again, as any
+user's map is). The wrong scene is another scene cut at the same corner; the layout priors stay
+full-frame maps. One corner per run; run each corner you want to see.
+
 Methods (``METHODS``; any subset, all on the same tasks, prompts and seeds, so every comparison
 is paired):
 
@@ -58,6 +65,12 @@ import torch
 from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import to_near_high
+from depth2img.data.synthetic.augment import (
+    CROP_CORNERS,
+    CROP_FRACTION,
+    apply_geometric,
+    corner_crop,
+)
 from depth2img.evaluation.bootstrap import format_stat, paired_difference, summarize
 from depth2img.evaluation.depth_metrics import (
     DEPTH_METRICS,
@@ -126,6 +139,8 @@ class BenchmarkSettings:
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS
     #: quarter turns (deg, counter-clockwise) of source, target and depth; (0,) = upright only
     rotations: tuple[int, ...] = (0,)
+    #: off-centre crop corner (``tl``, ``tr``, ``bl``, ``br``) of every task, or None (full frame)
+    crop: str | None = None
     size: int = 64
     steps: int = 20
     guidance_scale: float = 7.5
@@ -163,6 +178,10 @@ def check_settings(settings: BenchmarkSettings) -> None:
                 f"rotations must be quarter turns from 0, 90, 180, 270 (deg, counter-clockwise), "
                 f"got {angle:g}"
             )
+    if settings.crop is not None and settings.crop not in CROP_CORNERS:
+        raise ValueError(
+            f"crop must be one of {', '.join(CROP_CORNERS)} (a corner), got {settings.crop!r}"
+        )
     if len(set(settings.rotations)) != len(settings.rotations):
         raise ValueError(f"rotations repeat an angle: {settings.rotations}; give each once")
     if "controlnet" in settings.methods and not settings.controlnet_model:
@@ -211,10 +230,29 @@ def rotate(array: np.ndarray, degrees: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, degrees // 90 % 4, axes=(0, 1)))
 
 
+def crop_corner(array: np.ndarray, corner: str | None) -> np.ndarray:
+    """``array`` (H, W) or (H, W, C) (square) cut at ``corner`` (``CROP_FRACTION`` of the side)
+    and resized back to (H, W) bilinearly; None returns it unchanged. uint8 images are rounded
+    back to uint8; a bool mask stays True only where every pixel it blends was True."""
+    if corner is None:
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array)).float()
+    x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+    out = apply_geometric(x, corner_crop(array.shape[0], corner))
+    out = out[0] if array.ndim == 2 else out.permute(1, 2, 0)
+    if array.dtype == np.bool_:
+        return (out >= 1.0 - 1e-6).numpy()
+    if array.dtype == np.uint8:
+        return out.round().clamp(0, 255).byte().numpy()
+    return out.numpy().astype(array.dtype)
+
+
 def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
     """Render every (scene, rotation, target condition) task, in that order (conditions
     resolved per domain). Source, target and depth of a task are rotated together; with
-    ``rotations == (0,)`` the tasks (and their indices, hence seeds) are the upright ones."""
+    ``rotations == (0,)`` the tasks (and their indices, hence seeds) are the upright ones.
+    With ``crop`` every image, depth and mask is cut at that corner first (:func:`crop_corner`).
+    """
     from depth2img.data.synthetic import render_sample
 
     settings = resolve_conditions(settings)
@@ -224,6 +262,9 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
             settings.domain, scene, settings.source_condition, settings.size, settings.render_seed
         )
         near_high, valid = to_near_high(torch.from_numpy(source.depth), source.depth_kind)
+        near_high = crop_corner(near_high.numpy(), settings.crop)
+        valid = crop_corner(valid.numpy(), settings.crop)
+        source_image = crop_corner(source.image, settings.crop)
         targets = {
             condition: render_sample(
                 settings.domain, scene, condition, settings.size, settings.render_seed
@@ -236,11 +277,11 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
                     PairedScene(
                         index=len(tasks),
                         scene_id=source.scene_id,
-                        source=rotate(source.image, angle),
-                        target=rotate(target.image, angle),
+                        source=rotate(source_image, angle),
+                        target=rotate(crop_corner(target.image, settings.crop), angle),
                         prompt=target.caption,
-                        depth_near_high=rotate(near_high.numpy(), angle),
-                        valid=rotate(valid.numpy(), angle),
+                        depth_near_high=rotate(near_high, angle),
+                        valid=rotate(valid, angle),
                         target_condition=condition,
                         rotation=angle,
                     )
@@ -644,17 +685,33 @@ def rotations_of(result: dict) -> list[int]:
     return list(result["settings"].get("rotations", [0]))
 
 
-def rotation_phrase(result: dict) -> str:
-    """``""`` for upright runs, else which rotations ran and that scenes stay the clusters."""
-    rotations = rotations_of(result)
-    if rotations == [0]:
-        return ""
-    angles = ", ".join(f"{a}°" for a in rotations)
-    return (
-        f"rotations {angles} counter-clockwise (source, target render and exact depth rotated "
-        "together; wrong scene = another scene at the same rotation; priors stay upright; "
-        "all rotations of a scene are one cluster)"
-    )
+CROP_NAMES = {"tl": "top-left", "tr": "top-right", "bl": "bottom-left", "br": "bottom-right"}
+
+
+def crop_of(result: dict) -> str | None:
+    """The crop corner a result was run on; None for full frames (and older results)."""
+    return result["settings"].get("crop")
+
+
+def view_phrase(result: dict) -> str:
+    """``""`` for upright full-frame runs, else which crop and rotations ran (what moved
+    together, what the wrong scene and the priors are, that scenes stay the clusters)."""
+    rotations, crop = rotations_of(result), crop_of(result)
+    parts = []
+    if crop is not None:
+        parts.append(
+            f"off-centre crop at the {CROP_NAMES[crop]} corner ({CROP_FRACTION * 100:.0f} % of "
+            "the side, resized back; source, target render and exact depth cropped together; "
+            "wrong scene = another scene cut at the same corner; priors stay full-frame maps)"
+        )
+    if rotations != [0]:
+        angles = ", ".join(f"{a}°" for a in rotations)
+        parts.append(
+            f"rotations {angles} counter-clockwise (source, target render and exact depth "
+            "rotated together; wrong scene = another scene at the same rotation; priors stay "
+            "upright; all rotations of a scene are one cluster)"
+        )
+    return "; ".join(parts)
 
 
 def _fmt_cell(stat: dict) -> str:
@@ -675,13 +732,13 @@ def markdown_table(result: dict) -> str:
     with several rotations also per-rotation rows and paired differences."""
     settings = result["settings"]
     gate = result["judge_quality"]
-    rotated = rotation_phrase(result)
+    views = view_phrase(result)
     lines = [
         f"# Structure-preservation benchmark: {settings['domain']}",
         "",
         f"{settings['domain']}: {settings['source_condition']} → "
         f"{', '.join(settings['target_conditions'])}, "
-        + (f"{rotated}, " if rotated else "")
+        + (f"{views}, " if views else "")
         + f"{result['num_tasks']} tasks from "
         f"{result['num_scenes']} scenes (CIs resample scenes), {settings['size']} px, "
         f"{settings['steps']} {settings['scheduler']} steps, guidance {settings['guidance_scale']},"
@@ -697,7 +754,7 @@ def markdown_table(result: dict) -> str:
         "",
         *(
             [f"Rows pool all rotations ({', '.join(map(str, rotations_of(result)))} deg).", ""]
-            if rotated
+            if len(rotations_of(result)) > 1
             else []
         ),
         "| method | strength | "

@@ -21,7 +21,7 @@ from depth2img.evaluation.structure_benchmark import (
     METHOD_LABELS,
     METHODS,
     methods_line,
-    rotation_phrase,
+    view_phrase,
 )
 
 #: measures of the comparison tables, with what kind of measure each is
@@ -138,12 +138,12 @@ def comparison_markdown(results: dict[str, dict]) -> str:
         "where the judge separates floor from chance by that metric; ssim is appearance, not structure.",
         "",
     ]
-    rotated = rotation_phrase(first)
-    if rotated:
-        lines += [f"Rotated layouts: {rotated}; every row pools these rotations.", ""]
+    views = view_phrase(first)
+    if views:
+        lines += [f"Views: {views}; every row pools these views.", ""]
     for metric in COMPARISON_METRICS:
         lines += [*comparison_table(results, metric), ""]
-    if rotated:
+    if views:
         for metric in ("grad_corr", "edge_f1", "depth_absrel"):
             lines += [*wrong_scene_table(results, metric), ""]
     return "\n".join(lines)

@@ -46,6 +46,26 @@ def crop_resize(x: torch.Tensor, top: int, left: int, size: int, out_hw) -> torc
     return F.interpolate(patch[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
 
 
+#: Off-centre crop corners (top-left, top-right, bottom-left, bottom-right) and the share of the
+#: side a corner crop keeps: the views the judge report, the builder's following check and the
+#: structure benchmark use to show layouts no full frame has.
+CROP_CORNERS = ("tl", "tr", "bl", "br")
+CROP_FRACTION = 0.6
+
+
+def corner_crop(size: int, corner: str, fraction: float = CROP_FRACTION) -> GeometricParams:
+    """The square crop of ``fraction`` of a ``size`` x ``size`` frame's side at ``corner``
+    (one of ``CROP_CORNERS``), resized back to ``size`` by :func:`apply_geometric`."""
+    if corner not in CROP_CORNERS:
+        raise ValueError(f"crop corner must be one of {', '.join(CROP_CORNERS)}, got {corner!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"crop fraction must be in (0, 1], got {fraction:g}")
+    side = int(round(size * fraction))
+    top = 0 if corner[0] == "t" else size - side
+    left = 0 if corner[1] == "l" else size - side
+    return GeometricParams(0, False, top, left, side)
+
+
 def apply_geometric(x: torch.Tensor, params: GeometricParams) -> torch.Tensor:
     """Apply one sample's transform to ``x`` (C, H, W) (square); output has the same shape."""
     x = dihedral(x, params.quarter_turns, params.mirror)
