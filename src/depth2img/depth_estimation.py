@@ -18,13 +18,17 @@ input image's resolution. MiDaS/DPT and Depth Anything (relative) already output
 metric models (far = large) need ``depth_kind="depth"``, which converts with ``1 / d``.
 
 Output floor: a model whose ``config`` carries ``depth2img_output_floor`` (the shipped judge,
-0.05) reports every pixel it reads as "at or beyond the farthest plane" as exactly that value,
-the way DPT's final ReLU outputs exactly 0 for sky. Why: rank correlation with average ranks
+0.1) reports ``max(raw - floor, 0)``: every pixel it reads as "at or beyond the farthest plane"
+comes out as exactly 0, the way DPT's final ReLU outputs exactly 0 for sky, and the rest keeps
+its order. Why: rank correlation with average ranks
 counts any spread among pixels whose true depth is tied (flat aerial ground, ~90 % of a map;
 street sky) as error, so a judge without exact ties cannot score above ~0.5 on aerial scenes
-however right its order (``tools/build_tiny_base/judge_eval``). The judge is trained with the
-same floor, so it learns to push flat ground below it. Vanilla transformers loading ignores the
-key (the raw sigmoid output); pass ``output_floor=None`` to get that here.
+however right its order (``tools/build_tiny_base/judge_eval``); and ControlNet++'s RMSE
+divides by the max, so a far plane that is not 0 reads as a constant error (the shipped judge on
+real renders: 46 / 21 / 23 with the far plane at the floor value, 37 / 11 / 18 at 0, aerial /
+street / endoscopy). The judge is trained with the same floor, so it learns to push flat ground
+below it. Vanilla transformers loading ignores the key (the raw sigmoid output); pass
+``output_floor=None`` to get that here.
 """
 
 from __future__ import annotations
@@ -113,11 +117,12 @@ def model_output_floor(config) -> float | None:
 
 
 def apply_output_floor(depth: torch.Tensor, floor: float | None) -> torch.Tensor:
-    """Raw model output (any shape) with every value below ``floor + FLOOR_SNAP`` set to exactly
-    ``floor`` (no-op for None). Differentiable above the floor, zero gradient below it."""
+    """Raw model output (any shape) -> ``max(depth - floor, 0)``, every value below
+    ``floor + FLOOR_SNAP`` exactly 0 (no-op for None). Order-preserving above the floor
+    (gradient 1), zero gradient below it."""
     if floor is None:
         return depth
-    return torch.where(depth < floor + FLOOR_SNAP, torch.full_like(depth, floor), depth)
+    return torch.where(depth < floor + FLOOR_SNAP, torch.zeros_like(depth), depth - floor)
 
 
 def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -133,8 +138,8 @@ class DepthEstimator:
         processor: its image processor (PIL backend when torchvision is missing).
         name: where it came from (hub id, folder, or ``shipped-tiny-judge``); recorded in results.
         depth_kind: what the model outputs ("inverse" for MiDaS/DPT/Depth Anything relative).
-        output_floor: raw output value every pixel at or below it is reported as (exact ties),
-            or None; see the module docstring.
+        output_floor: raw output value at or below which a pixel reads exactly 0 (the output is
+            ``max(raw - floor, 0)``, exact ties on the far plane), or None; see the module doc.
     """
 
     def __init__(

@@ -72,9 +72,10 @@ def test_native_output_and_one_pass_resize_match_the_default(tiny_judge):
 
 
 def test_output_floor_from_config_gives_exact_ties_and_survives_save(tiny_judge_dir, tmp_path):
-    """A judge whose config declares ``depth2img_output_floor`` reports every pixel at or below
-    it as exactly the floor, at any output size (bicubic resizing must not break the ties), and
-    the key survives save/load while vanilla transformers loading ignores it."""
+    """A judge whose config declares ``depth2img_output_floor`` reports ``max(raw - floor, 0)``:
+    every pixel at or below the floor exactly 0 at any output size (bicubic resizing must not
+    break the ties), the rest shifted, order kept; the key survives save/load while vanilla
+    transformers loading ignores it."""
     from transformers import AutoModelForDepthEstimation
 
     from depth2img.depth_estimation import OUTPUT_FLOOR_KEY, apply_output_floor
@@ -94,9 +95,10 @@ def test_output_floor_from_config_gives_exact_ties_and_survives_save(tiny_judge_
     for r, f in zip(raw, floored_judge(images)):
         below = r < floor
         assert below.mean() > 0.05
-        assert (f[below] == np.float32(floor)).all()  # exact ties, not near-ties
-        np.testing.assert_allclose(f[r > floor + 1e-3], r[r > floor + 1e-3], atol=1e-6)
-        assert f.min() == np.float32(floor)
+        assert (f[below] == 0).all()  # exact ties, not near-ties
+        above = r > floor + 1e-3
+        np.testing.assert_allclose(f[above], r[above] - floor, atol=1e-6)
+        assert f.min() == 0
     # the raw output stays available, and vanilla loading is unaffected
     assert DepthEstimator.from_pretrained(str(tmp_path), output_floor=None).output_floor is None
     vanilla = AutoModelForDepthEstimation.from_pretrained(tmp_path / "depth_estimator")
@@ -105,5 +107,5 @@ def test_output_floor_from_config_gives_exact_ties_and_survives_save(tiny_judge_
     x = torch.tensor([0.01, 0.2, 0.9], requires_grad=True)
     y = apply_output_floor(x, 0.05)
     y.sum().backward()
-    assert y.tolist() == pytest.approx([0.05, 0.2, 0.9]) and x.grad.tolist() == [0.0, 1.0, 1.0]
+    assert y.tolist() == pytest.approx([0.0, 0.15, 0.85]) and x.grad.tolist() == [0.0, 1.0, 1.0]
     assert apply_output_floor(x, None) is x

@@ -22,7 +22,8 @@ use average ranks for ties, so any judge whose output is not *exactly* constant 
 reference is (aerial: ~90 % flat ground) loses correlation however small its noise: on aerial
 scenes even a perfect map with 1e-6 noise scores ~0.5. Read aerial Spearman against it.
 A judge can make exact ties, though: since session 14 the shipped judge has an output floor
-(``depth2img_output_floor`` in its config, ``depth2img.depth_estimation``; trained with it,
+(``depth2img_output_floor`` in its config, ``depth2img.depth_estimation``: it reports
+``max(raw - floor, 0)``; trained with it,
 like DPT's final ReLU that outputs exactly 0 for sky), so ground it reads as the farthest plane
 comes out as one value and the ceiling no longer binds it. The floor is part of the judge's
 output for every image it reads (generated ones too), not a step of this report.

@@ -427,9 +427,10 @@ def _judge_floor(info: dict) -> str:
         return "No output floor: the judge's raw sigmoid output is its reading."
     return (
         f"**Output floor {floor:g}** (`depth2img_output_floor` in its config.json, trained with "
-        "it): every pixel it reads at or beyond the farthest plane is reported as exactly "
-        f"{floor:g}, as DPT's final ReLU gives exactly 0 for sky, so flat aerial ground and sky "
-        "come out tied like the exact depth (vanilla transformers ignores the key)."
+        f"it): the judge reports max(raw - {floor:g}, 0), so every pixel it reads at or beyond "
+        "the farthest plane is exactly 0, as DPT's final ReLU gives exactly 0 for sky, and flat "
+        "aerial ground and sky come out tied like the exact depth (vanilla transformers ignores "
+        "the key)."
     )
 
 

@@ -283,9 +283,9 @@ def train_judge(
     on clean renders only read chance-level depth on generations at strength 0.2.
 
     With ``judge_output_floor`` > 0 the loss sees the prediction floored
-    (``depth2img.depth_estimation.apply_output_floor``): a pixel predicted below the floor where
-    the target is the farthest plane (0) costs nothing, so the judge learns to put flat ground
-    and sky below it, and they come out as exact ties. The returned judge's config carries the
+    (``depth2img.depth_estimation.apply_output_floor``: ``max(raw - floor, 0)``): a pixel
+    predicted below the floor where the target is the farthest plane (0) costs nothing, so the
+    judge learns to put flat ground and sky below it, and they come out as exact ties at 0. The returned judge's config carries the
     floor (``depth2img_output_floor``) so ``DepthEstimator`` applies it too.
 
     Args:
