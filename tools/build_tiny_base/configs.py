@@ -160,7 +160,10 @@ class BuildConfig:
     # ground (~90 % of a map) is tied in the exact depth, and Spearman with average ranks caps
     # a judge without exact ties near 0.5 there however right its order. 0.05 = the shipped
     # judge was trained at 0.05 then 0.1 (session 14); street pixels with a target <= 0.1
-    # (distant facades, 15 %) may tie with sky.
+    # (distant facades, 15 %) may tie with sky. It was trained while the floor still reported
+    # the far plane as the floor value, not 0 (``max(raw, floor)``): the scale-and-shift
+    # invariant loss is the same either way, only its small direct L1 term saw the shift, so a
+    # rerun of those commands with this code gives a close, not a bit-identical, judge.
     judge_output_floor: float = 0.0
     # Extra judge data without a fixed layout (data/synthetic/procedural.py).
     judge_procedural: int = 800  # random primitives and ramps, random roll

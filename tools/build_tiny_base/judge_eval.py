@@ -23,9 +23,9 @@ reference is (aerial: ~90 % flat ground) loses correlation however small its noi
 scenes even a perfect map with 1e-6 noise scores ~0.5. Read aerial Spearman against it.
 A judge can make exact ties, though: since session 14 the shipped judge has an output floor
 (``depth2img_output_floor`` in its config, ``depth2img.depth_estimation``: it reports
-``max(raw - floor, 0)``; trained with it,
-like DPT's final ReLU that outputs exactly 0 for sky), so ground it reads as the farthest plane
-comes out as one value and the ceiling no longer binds it. The floor is part of the judge's
+``max(raw - floor, 0)``; trained with it, like DPT's final ReLU that outputs exactly 0 for sky),
+so ground it reads as the farthest plane comes out as one value and the ceiling no longer binds
+it. The floor is part of the judge's
 output for every image it reads (generated ones too), not a step of this report.
 
 Why: with average ranks the ~90 % tied ground pixels all share one reference rank, while a
@@ -253,7 +253,8 @@ def format_table(report: dict) -> str:
         "Priors: Spearman / AbsRel. margin = judge Spearman - best prior Spearman; "
         "'n/a' = the best prior scores above 0.8, so a margin of 0.2 is impossible. "
         "tie ceiling = Spearman of the exact depth + 1e-6 noise (what a perfect judge without "
-        "exact ties scores; a judge with an output floor can exceed it). Extra measures (not the goal; tie-aware, see judge_eval): "
+        "exact ties scores; a judge with an output floor can exceed it). "
+        "Extra measures (not the goal; tie-aware, see judge_eval): "
         "Somers' D = concordant - discordant pairs over the pairs the exact depth orders; "
         "Spearman off mode = over pixels off the most frequent exact depth (flat ground / sky; "
         "nan when no value covers 20 %)."

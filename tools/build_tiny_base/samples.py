@@ -44,7 +44,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import DepthSpec, depth_to_uint8_preview
-from depth2img.data.synthetic.augment import apply_geometric
+from depth2img.data.synthetic.augment import crop_array
 from depth2img.data.synthetic.procedural import (
     PROBE_NAMES,
     probe_depth_maps,
@@ -57,7 +57,6 @@ from depth2img.evaluation.priors import normalize01, prior_maps
 from depth2img.evaluation.structure_measures import EdgeField, height_as_image, matched_edge_f1
 from depth2img.inference.sampling import encode_prompts, generate
 
-from .judge_eval import view_params
 from .training import encode_latents, predict_depth, unet_prediction
 
 GUIDANCE = 4.0
@@ -167,12 +166,9 @@ def depth_reliance(
 
 
 def _crop_view(array: np.ndarray, view: str) -> np.ndarray:
-    """One of the judge report's off-centre crops (``judge_eval.view_params``: 60 % of the side
-    at a corner, resized back) of an (H, W) or (H, W, C) array."""
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-    out = apply_geometric(x, view_params(array.shape[0])[view])
-    return out[0].numpy() if array.ndim == 2 else out.permute(1, 2, 0).numpy()
+    """One of the judge report's off-centre crops (``crop_tl`` ...: 60 % of the side at a
+    corner, resized back) of an (H, W) or (H, W, C) array, as float32 (images not rounded)."""
+    return crop_array(np.asarray(array, dtype=np.float32), view.removeprefix("crop_"))
 
 
 def _renormalized(depth: np.ndarray, view: str) -> np.ndarray:

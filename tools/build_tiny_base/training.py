@@ -285,8 +285,9 @@ def train_judge(
     With ``judge_output_floor`` > 0 the loss sees the prediction floored
     (``depth2img.depth_estimation.apply_output_floor``: ``max(raw - floor, 0)``): a pixel
     predicted below the floor where the target is the farthest plane (0) costs nothing, so the
-    judge learns to put flat ground and sky below it, and they come out as exact ties at 0. The returned judge's config carries the
-    floor (``depth2img_output_floor``) so ``DepthEstimator`` applies it too.
+    judge learns to put flat ground and sky below it, and they come out as exact ties at 0.
+    The returned judge's config carries the floor (``depth2img_output_floor``) so
+    ``DepthEstimator`` applies it too.
 
     Args:
         images: (N, 3, H, W) in [-1, 1] (what the judge's processor gives).

@@ -65,12 +65,8 @@ import torch
 from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import to_near_high
-from depth2img.data.synthetic.augment import (
-    CROP_CORNERS,
-    CROP_FRACTION,
-    apply_geometric,
-    corner_crop,
-)
+from depth2img.data.synthetic.augment import CROP_CORNERS, CROP_FRACTION
+from depth2img.data.synthetic.augment import crop_array as crop_corner
 from depth2img.evaluation.bootstrap import format_stat, paired_difference, summarize
 from depth2img.evaluation.depth_metrics import (
     DEPTH_METRICS,
@@ -230,23 +226,6 @@ def rotate(array: np.ndarray, degrees: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, degrees // 90 % 4, axes=(0, 1)))
 
 
-def crop_corner(array: np.ndarray, corner: str | None) -> np.ndarray:
-    """``array`` (H, W) or (H, W, C) (square) cut at ``corner`` (``CROP_FRACTION`` of the side)
-    and resized back to (H, W) bilinearly; None returns it unchanged. uint8 images are rounded
-    back to uint8; a bool mask stays True only where every pixel it blends was True."""
-    if corner is None:
-        return array
-    x = torch.from_numpy(np.ascontiguousarray(array)).float()
-    x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
-    out = apply_geometric(x, corner_crop(array.shape[0], corner))
-    out = out[0] if array.ndim == 2 else out.permute(1, 2, 0)
-    if array.dtype == np.bool_:
-        return (out >= 1.0 - 1e-6).numpy()
-    if array.dtype == np.uint8:
-        return out.round().clamp(0, 255).byte().numpy()
-    return out.numpy().astype(array.dtype)
-
-
 def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
     """Render every (scene, rotation, target condition) task, in that order (conditions
     resolved per domain). Source, target and depth of a task are rotated together; with
@@ -271,6 +250,7 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
             )
             for condition in settings.target_conditions
         }
+        target_images = {c: crop_corner(t.image, settings.crop) for c, t in targets.items()}
         for angle in settings.rotations:
             for condition, target in targets.items():
                 tasks.append(
@@ -278,7 +258,7 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
                         index=len(tasks),
                         scene_id=source.scene_id,
                         source=rotate(source_image, angle),
-                        target=rotate(crop_corner(target.image, settings.crop), angle),
+                        target=rotate(target_images[condition], angle),
                         prompt=target.caption,
                         depth_near_high=rotate(near_high, angle),
                         valid=rotate(valid, angle),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -64,6 +65,25 @@ def corner_crop(size: int, corner: str, fraction: float = CROP_FRACTION) -> Geom
     top = 0 if corner[0] == "t" else size - side
     left = 0 if corner[1] == "l" else size - side
     return GeometricParams(0, False, top, left, side)
+
+
+def crop_array(
+    array: np.ndarray, corner: str | None, fraction: float = CROP_FRACTION
+) -> np.ndarray:
+    """``array`` (H, W) or (H, W, C) (square) cut at ``corner`` (:func:`corner_crop`) and resized
+    back to (H, W) bilinearly; None returns it unchanged. uint8 images are rounded back to uint8;
+    a bool mask stays True only where every pixel it blends was True; floats keep their dtype."""
+    if corner is None:
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array)).float()
+    x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+    out = apply_geometric(x, corner_crop(array.shape[0], corner, fraction))
+    out = out[0] if array.ndim == 2 else out.permute(1, 2, 0)
+    if array.dtype == np.bool_:
+        return (out >= 1.0 - 1e-6).numpy()
+    if array.dtype == np.uint8:
+        return out.round().clamp(0, 255).byte().numpy()
+    return out.numpy().astype(array.dtype)
 
 
 def apply_geometric(x: torch.Tensor, params: GeometricParams) -> torch.Tensor:
