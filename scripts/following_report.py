@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     extra["guidance_scale"] = args.guidance_scale
     result = samples.depth_following(
         components,
-        judge.model,
+        judge,
         conditions,
         means,
         seed=args.seed,

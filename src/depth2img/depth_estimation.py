@@ -24,9 +24,9 @@ its order. Why: rank correlation with average ranks
 counts any spread among pixels whose true depth is tied (flat aerial ground, ~90 % of a map;
 street sky) as error, so a judge without exact ties cannot score above ~0.5 on aerial scenes
 however right its order (``tools/build_tiny_base/judge_eval``); and ControlNet++'s RMSE
-divides by the max, so a far plane that is not 0 reads as a constant error (the shipped judge on
-real renders: 46 / 21 / 23 with the far plane at the floor value, 37 / 11 / 18 at 0, aerial /
-street / endoscopy). The judge is trained with the same floor, so it learns to push flat ground
+divides by the max, so a far plane that is not 0 reads as a constant error (the session-14
+judge on real renders: 46 / 21 / 23 with the far plane at the floor value, 37 / 11 / 18 at 0,
+aerial / street / endoscopy). The judge is trained with the same floor, so it learns to push flat ground
 below it. Vanilla transformers loading ignores the key (the raw sigmoid output); pass
 ``output_floor=None`` to get that here.
 """

@@ -41,7 +41,7 @@ def test_shipped_depth_model_follows_rotated_street_and_aerial_maps_and_street_p
     )
     judge = DepthEstimator.from_pretrained("shipped", batch_size=64)
     following = samples.depth_following(
-        load_components("shipped"), judge.model, conditions, means, domain_classifier=classifier
+        load_components("shipped"), judge, conditions, means, domain_classifier=classifier
     )
     result = following["street"]
     for subset in ("rotated", "probe"):

@@ -2,10 +2,11 @@
 
 A few held-out scenes at 64 px, rotated by 0/90/180/270 deg (image and exact depth together):
 street and endoscopy meet the Spearman goal (0.85) in every rotation, where the judge shipped
-before scored -0.60 on street scenes turned upside down. Aerial does not reach 0.7, but it beats
-every layout prior by 0.2 in every rotation, and, with its output floor (flat ground read as
+before scored -0.60 on street scenes turned upside down. Aerial beats every layout prior by 0.2
+in every rotation, and, with its output floor (flat ground read as
 the farthest plane comes out as exact ties), it scores above the tie ceiling that bounds any
 judge without exact ties (~0.5, see judge_eval); the judge shipped before session 14 did not.
+Reading every image at 96 px (session 15), it meets the aerial goal (0.7) in every rotation.
 Off-centre endoscopy crops (a tunnel whose centre is out of view) meet the goal too, where the
 judge shipped before 2026-12-07 scored 0.71 on both; so do street crops without ground
 (top-left, top-right: facades and sky), 0.2 above every layout prior.
@@ -45,6 +46,11 @@ def test_shipped_judge_meets_the_rotation_goal_on_held_out_scenes():
     # vs 0.52 on 12 scenes; the judge before it, 0.44, below the ceiling).
     assert all(r["judge_spearman"] >= r["tie_ceiling_spearman"] + 0.05 for r in aerial), [
         (r["judge_spearman"], r["tie_ceiling_spearman"]) for r in aerial
+    ]
+    # Read at 96 px (session 15), aerial rotations meet the goal itself, no slack: 0.72-0.75
+    # on these 4 scenes; the judge that read them at 64 px scored 0.64-0.66.
+    assert all(r["judge_spearman"] >= SPEARMAN_GOAL["aerial"] for r in aerial), [
+        (r["view"], r["judge_spearman"]) for r in aerial
     ]
     # Upside-down streets are read right side up (the previous judge: -0.60).
     rot180 = next(r for r in rows if r["domain"] == "street" and r["view"] == "rot180")

@@ -376,12 +376,15 @@ def main(argv: list[str] | None = None) -> int:
         {k: v for k, v in cfg.to_dict().items() if k.startswith("judge")},
         [training.train_judge, training.build_judge, training.ssi_loss, configs.judge_config],
         [training._median_mad_normalize, training._optimizer, training.resize_prediction],
+        [training.judge_pixels],
         [random_params, apply_geometric, training.vae_round_trip, training.photometric_jitter],
         fingerprint([p.detach() for p in vae.parameters()]),  # the judge trains on its decodes
         "scratch" if judge_init is None else [p.detach() for p in judge_init.parameters()],
     )
     if args.judge is not None:
         judge = GLPNForDepthEstimation.from_pretrained(args.judge, subfolder="depth_estimator")
+        # A reused judge keeps the input size it was trained at (its processor's).
+        cfg.judge_input_size = export.judge_input_size_of(args.judge)
         judge, reused["judge"] = judge.eval().requires_grad_(False), True
     else:
         judge, reused["judge"] = cache.run(
@@ -392,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The stage cache rebuilds the architecture from judge_config(): restore the floor.
         training.set_judge_floor(judge, cfg.judge_output_floor)
-    pred = training.predict_depth(judge, held_images)
+    pred = training.predict_depth(judge, held_images, cfg.judge_input_size)
     judge_metrics = {}
     for d in DOMAINS:
         sel = [i for i, x in enumerate(held.domains) if x == d]
@@ -478,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 7. diffusers folders + checksums + vanilla load checks
     depth_dir, base_dir = export.save_pipelines(
-        args.out, vae, text_encoder, tokenizer, base_unet, depth_unet, judge
+        args.out, vae, text_encoder, tokenizer, base_unet, depth_unet, judge, cfg.judge_input_size
     )
     checks = export.check_folders(depth_dir, base_dir)
     extra_dirs, extra_checks = extra_models.export_extra_models(args.out, extras, base_dir, cfg)
@@ -517,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     # statistics of the training renders; part of the following pass criterion.)
     classifier = DomainClassifier(np.stack(train.images), train.domains)
     following = samples.depth_following(
-        loaded, shipped_judge.model, conditions, domain_means, domain_classifier=classifier
+        loaded, shipped_judge, conditions, domain_means, domain_classifier=classifier
     )
     print(f"[build] depth following {report.following_table(following)}", flush=True)
     gen_sel = np.flatnonzero(np.isin(held.domains, ["street", "endoscopy"]))
@@ -546,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         model, cn_following, cn_reliance = extra_models.evaluate_controlnet(
             base_folder,
             extra_dirs[name],
-            shipped_judge.model,
+            shipped_judge,
             conditions,
             domain_means,
             reliance_set,

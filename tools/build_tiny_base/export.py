@@ -38,13 +38,24 @@ BASE_FOLDER = SHIPPED_MODELS["shipped-base"]
 SD_CONTROLNET_FOLDER = SHIPPED_MODELS["shipped-sd-controlnet"]
 
 
-def judge_processor():
-    """The judge's ``DPTImageProcessor`` (the PIL backend: torchvision is not installed)."""
+def judge_processor(input_size: int = configs.IMAGE_SIZE):
+    """The judge's ``DPTImageProcessor`` resizing to ``input_size`` (the PIL backend:
+    torchvision is not installed)."""
     try:
         from transformers import DPTImageProcessorPil as processor_cls
     except ImportError:  # older transformers: the PIL processor is the default one
         from transformers import DPTImageProcessor as processor_cls
-    return processor_cls(**configs.judge_processor_config())
+    return processor_cls(**configs.judge_processor_config(input_size))
+
+
+def judge_input_size_of(folder: str | Path) -> int:
+    """The side a saved judge's processor (``folder/feature_extractor``) resizes to; the
+    64-px default when the folder has no processor."""
+    config = Path(folder) / "feature_extractor" / "preprocessor_config.json"
+    if not config.is_file():
+        return configs.IMAGE_SIZE
+    size = json.loads(config.read_text()).get("size", {})
+    return int(size.get("height", configs.IMAGE_SIZE))
 
 
 def _replace_folder(folder: Path) -> None:
@@ -101,8 +112,10 @@ def save_pipelines(
     base_unet: UNet2DConditionModel,
     depth_unet: UNet2DConditionModel,
     judge: PreTrainedModel,
+    judge_input_size: int = configs.IMAGE_SIZE,
 ) -> tuple[Path, Path]:
-    """Save both pipelines under ``out`` with checksum manifests; return their folders."""
+    """Save both pipelines under ``out`` with checksum manifests; return their folders.
+    ``judge_input_size``: the side the judge's processor resizes to (what it was trained at)."""
     scheduler = DDIMScheduler.from_config(sd_scheduler_config())
     depth_dir, base_dir = out / DEPTH_FOLDER, out / BASE_FOLDER
     _replace_folder(depth_dir)
@@ -114,7 +127,7 @@ def save_pipelines(
         unet=depth_unet,
         scheduler=scheduler,
         depth_estimator=judge,
-        feature_extractor=judge_processor(),
+        feature_extractor=judge_processor(judge_input_size),
     ).save_pretrained(depth_dir)
     StableDiffusionImg2ImgPipeline(
         vae=vae,

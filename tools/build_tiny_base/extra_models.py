@@ -27,6 +27,7 @@ from PIL import Image
 from transformers import CLIPTextModelWithProjection
 
 from depth2img.artifacts.checksums import write_manifest
+from depth2img.depth_estimation import DepthEstimator
 from depth2img.inference.sampling import generate
 from depth2img.models.components import Components
 from depth2img.models.conditioning import get_conditioner
@@ -411,7 +412,7 @@ def controlnet_reliance(
 def evaluate_controlnet(
     base_dir: Path,
     controlnet_dir: Path,
-    judge: torch.nn.Module,
+    judge: DepthEstimator,
     conditions: dict,
     domain_means: dict,
     reliance_set: tuple,

@@ -254,7 +254,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
    parameters): {parent_note}.
 3. **Depth judge**: `GLPNForDepthEstimation`, {_fmt_params(p["judge"])} parameters (hierarchical
    encoder with overlapping convolutional patch embeddings and no absolute position embedding),
-   input {cfg["image_size"]} px, {_judge_steps(info)}, batch {cfg["judge_batch"]}, scale-and-shift-invariant L1 + gradient
+   {_judge_input(cfg)}, {_judge_steps(info)}, batch {cfg["judge_batch"]}, scale-and-shift-invariant L1 + gradient
    loss on near-is-high depth of all three domains + the procedural scenes. Every batch is
    **rotated by multiples of 90 deg, mirrored, and {cfg["judge_crop_probability"]:.0%} of it cropped off-centre ({cfg.get("judge_min_crop", 0.5):.0%}-100 %
    of the side) and rescaled**, image and depth together (`depth2img.data.synthetic.augment`);
@@ -418,6 +418,18 @@ def _controlnet_section(info: dict) -> str:
 {_reliance_lines(metrics["depth_reliance"])}
 """)
     return "\n".join(parts)
+
+
+def _judge_input(cfg: dict) -> str:
+    """Where the judge reads: the renders' size, and the size its processor resizes them to."""
+    size, image = cfg.get("judge_input_size", cfg["image_size"]), cfg["image_size"]
+    if size == image:
+        return f"input {image} px"
+    return (
+        f"reads every image at **{size} px** (its processor resizes the {image}-px renders, and "
+        f"it trains at that size: its first stage has stride 4, so at {image} px a building "
+        "edge is placed to 4 px)"
+    )
 
 
 def _judge_floor(info: dict) -> str:

@@ -50,6 +50,7 @@ from depth2img.data.synthetic.procedural import (
     probe_depth_maps,
     random_probe_depth_maps,
 )
+from depth2img.depth_estimation import DepthEstimator
 from depth2img.evaluation.bootstrap import paired_difference
 from depth2img.evaluation.depth_metrics import spearman
 from depth2img.evaluation.domain_match import DomainClassifier
@@ -57,7 +58,7 @@ from depth2img.evaluation.priors import normalize01, prior_maps
 from depth2img.evaluation.structure_measures import EdgeField, height_as_image, matched_edge_f1
 from depth2img.inference.sampling import encode_prompts, generate
 
-from .training import encode_latents, predict_depth, unet_prediction
+from .training import encode_latents, unet_prediction
 
 GUIDANCE = 4.0
 STEPS = 20
@@ -328,7 +329,7 @@ def _diff_stats(a: np.ndarray, b: np.ndarray, clusters: list[str]) -> dict:
 
 def depth_following(
     components,
-    judge: torch.nn.Module,
+    judge: DepthEstimator,
     conditions: dict,
     domain_means: dict[str, np.ndarray],
     seed: int = 0,
@@ -338,7 +339,8 @@ def depth_following(
     """Judged Spearman of generated images vs their own depth, chance and priors (see module).
 
     Args:
-        judge: near-is-high depth network (``training.predict_depth``).
+        judge: the depth judge as users load it (its processor resizes to its input size,
+            its config's output floor applies); it reads the images as 8-bit, as saved.
         conditions: from :func:`following_conditions`.
         domain_means: domain -> (H, W) near-is-high mean depth of training scenes.
         domain_classifier: when given, a set passes only if its images also look like their
@@ -362,8 +364,8 @@ def depth_following(
     n = len(depth)
     seeds = [seed + i for i in range(n)]
     images = generate_images(components, depth, conditions["captions"], seeds, **generate_kwargs)
-    judged = predict_depth(judge, images * 2.0 - 1.0).numpy()
     images_hwc = _to_hwc(images)
+    judged = _judge_uint8(judge, _to_uint8(images_hwc))
     in_domain = chance_in_domain = None
     if domain_classifier is not None:
         in_domain = domain_classifier.in_domain(images_hwc, conditions["domains"])
@@ -384,7 +386,8 @@ def depth_following(
     real_scores = {}
     if has_real.any():
         real_judged = np.full_like(judged, np.nan)
-        real_judged[has_real] = predict_depth(judge, real[has_real]).numpy()
+        real_uint8 = _to_uint8(_to_hwc(real[has_real], signed=True))
+        real_judged[has_real] = _judge_uint8(judge, real_uint8)
         real_scores = {
             "own": _spearman_rows(real_judged, maps),
             "chance": _any_other_chance(real_judged, maps, groups, clusters_all),
@@ -500,6 +503,11 @@ def _to_hwc(images: torch.Tensor, signed: bool = False) -> np.ndarray:
     x = images.detach().float()
     x = (x + 1.0) / 2.0 if signed else x
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def _judge_uint8(judge: DepthEstimator, images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, H, W) float32 near-is-high judged depth."""
+    return np.stack(judge(list(images))).astype(np.float32)
 
 
 def _to_uint8(images_hwc: np.ndarray) -> np.ndarray:

@@ -28,7 +28,12 @@ from transformers import (
 )
 
 from depth2img.data.synthetic.augment import augment_pair
-from depth2img.depth_estimation import OUTPUT_FLOOR_KEY, apply_output_floor, model_output_floor
+from depth2img.depth_estimation import (
+    OUTPUT_FLOOR_KEY,
+    apply_output_floor,
+    model_output_floor,
+    resize_depth,
+)
 from depth2img.models.components import Components
 from depth2img.models.denoiser import Denoiser
 from depth2img.models.ema import EMA
@@ -63,10 +68,20 @@ def _flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 def resize_prediction(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) -> (B, H, W) bilinear (a judge may output at another size than its input)."""
+    """(B, h, w) -> (B, H, W), bicubic as ``DepthEstimator`` resizes (a judge outputs at its
+    input size, which may differ from the image's)."""
     if tuple(pred.shape[-2:]) == tuple(size):
         return pred
-    return F.interpolate(pred[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return resize_depth(pred, size)
+
+
+def judge_pixels(images: torch.Tensor, input_size: int) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 3, input_size, input_size), bicubic and clamped, as the
+    judge's processor resizes every image (``BuildConfig.judge_input_size``)."""
+    if tuple(images.shape[-2:]) == (input_size, input_size):
+        return images
+    size = (input_size, input_size)
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
 # ------------------------------------------------------------------------------------ text
@@ -211,13 +226,17 @@ def ssi_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (p - t).abs().mean() + 0.5 * grad + 0.1 * (pred - target).abs().mean()
 
 
-def predict_depth(judge: torch.nn.Module, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """(N, 3, H, W) in [-1, 1] (= the processor's output) -> (N, H, W) near-is-high depth."""
+def predict_depth(
+    judge: torch.nn.Module, images: torch.Tensor, input_size: int, batch: int = 64
+) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W) near-is-high depth (floored as the judge's config
+    says), the images resized to the judge's ``input_size`` first, as its processor does."""
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = images[i : i + batch]
-            pred = resize_prediction(judge(pixel_values=x).predicted_depth, x.shape[-2:])
+            pixels = judge_pixels(x, input_size)
+            pred = resize_prediction(judge(pixel_values=pixels).predicted_depth, x.shape[-2:])
             out.append(apply_output_floor(pred, model_output_floor(judge.config)))
     return torch.cat(out)
 
@@ -319,7 +338,8 @@ def train_judge(
                 x[trip] = vae_round_trip(vae, x[trip], use_sample[trip], gen)
         x = photometric_jitter(x, gen, cfg.judge_photometric_probability)
         target = (d[:, 0] + 1.0) / 2.0
-        pred = resize_prediction(judge(pixel_values=x).predicted_depth, target.shape[-2:])
+        pixels = judge_pixels(x, cfg.judge_input_size)
+        pred = resize_prediction(judge(pixel_values=pixels).predicted_depth, target.shape[-2:])
         loss = ssi_loss(apply_output_floor(pred, floor), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
