@@ -18,7 +18,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from PIL import Image
-from transformers import AutoModelForDepthEstimation
+from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
 from depth2img.artifacts.checksums import ChecksumError, verify_manifest
 from depth2img.data.depth_spec import DepthSpec
@@ -164,17 +164,24 @@ def test_img2img_base_pipeline_runs():
 
 
 def test_judge_loads_with_vanilla_transformers_and_beats_a_constant(street):
-    """The judge loads with vanilla transformers and sees structure on an unseen render."""
+    """The judge and its processor load with vanilla transformers and see structure on an
+    unseen render; the processor resizes to the size the judge was trained at (96 px for the
+    64-px renders since session 15, ``judge_input_size`` in build_info.json)."""
     judge = AutoModelForDepthEstimation.from_pretrained(DEPTH_DIR, subfolder="depth_estimator")
     judge = judge.eval()
+    processor = AutoImageProcessor.from_pretrained(DEPTH_DIR, subfolder="feature_extractor")
+    info = json.loads((models_dir() / "build_info.json").read_text())
+    size = info["config"]["judge_input_size"]
     config = json.loads((DEPTH_DIR / "feature_extractor" / "preprocessor_config.json").read_text())
-    assert config["size"] == {"height": 64, "width": 64}
+    assert config["size"] == {"height": size, "width": size}
     image, depth = street
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2:] == (size, size)
     with torch.no_grad():
-        pred = judge(pixel_values=pixels).predicted_depth  # [1, 64, 64] near-is-high
+        pred = judge(pixel_values=pixels).predicted_depth  # [1, size, size] near-is-high
     assert torch.isfinite(pred).all()
-    judged = image_depth_metrics(pred[0].numpy(), depth[0].numpy())
+    pred = torch.nn.functional.interpolate(pred[None], size=(64, 64), mode="bicubic")[0, 0]
+    judged = image_depth_metrics(pred.numpy(), depth[0].numpy())
     constant = image_depth_metrics(np.zeros((64, 64)), depth[0].numpy())
     assert judged["depth_spearman"] > 0.5, judged
     assert judged["depth_absrel"] < constant["depth_absrel"], (judged, constant)
