@@ -26,9 +26,9 @@ street sky) as error, so a judge without exact ties cannot score above ~0.5 on a
 however right its order (``tools/build_tiny_base/judge_eval``); and ControlNet++'s RMSE
 divides by the max, so a far plane that is not 0 reads as a constant error (the session-14
 judge on real renders: 46 / 21 / 23 with the far plane at the floor value, 37 / 11 / 18 at 0,
-aerial / street / endoscopy). The judge is trained with the same floor, so it learns to push flat ground
-below it. Vanilla transformers loading ignores the key (the raw sigmoid output); pass
-``output_floor=None`` to get that here.
+aerial / street / endoscopy; the session-15 judge, read at 96 px: 34 / 10 / 17 at 0). The judge
+is trained with the same floor, so it learns to push flat ground below it. Vanilla transformers
+loading ignores the key (the raw sigmoid output); pass ``output_floor=None`` to get that here.
 """
 
 from __future__ import annotations
