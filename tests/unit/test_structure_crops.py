@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from depth2img.data.synthetic.augment import CROP_CORNERS, corner_crop
+from depth2img.data.synthetic.augment import CROP_CORNERS, corner_crop, crop_array
 from depth2img.evaluation.structure_benchmark import (
     BenchmarkSettings,
     build_tasks,
     check_settings,
-    crop_corner,
     rotate,
     view_phrase,
     wrong_scene_partner,
@@ -63,13 +62,13 @@ def test_crop_corner_matches_the_augmentation_crop_and_keeps_dtypes():
         assert params.size == round(SIZE * 0.6)
         assert (params.top == 0) == corner.startswith("t")
         assert (params.left == 0) == corner.endswith("l")
-        assert crop_corner(image, corner).dtype == np.uint8
-        assert crop_corner(depth, corner).dtype == np.float32
+        assert crop_array(image, corner).dtype == np.uint8
+        assert crop_array(depth, corner).dtype == np.float32
     # a mask stays valid only where every blended pixel was valid
-    cut = crop_corner(mask, "tl")
+    cut = crop_array(mask, "tl")
     assert cut.dtype == np.bool_ and not cut[0, 0] and cut[-1, -1]
-    assert crop_corner(mask, "br").all()  # the invalid pixel is outside the bottom-right crop
-    assert crop_corner(depth, None) is depth
+    assert crop_array(mask, "br").all()  # the invalid pixel is outside the bottom-right crop
+    assert crop_array(depth, None) is depth
     with pytest.raises(ValueError, match="crop corner must be one of"):
         corner_crop(SIZE, "middle")
 

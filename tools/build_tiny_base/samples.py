@@ -365,7 +365,8 @@ def depth_following(
     seeds = [seed + i for i in range(n)]
     images = generate_images(components, depth, conditions["captions"], seeds, **generate_kwargs)
     images_hwc = _to_hwc(images)
-    judged = _judge_uint8(judge, _to_uint8(images_hwc))
+    images_uint8 = _to_uint8(images_hwc)  # what the judge and the edge measures read
+    judged = _judge_uint8(judge, images_uint8)
     in_domain = chance_in_domain = None
     if domain_classifier is not None:
         in_domain = domain_classifier.in_domain(images_hwc, conditions["domains"])
@@ -375,7 +376,7 @@ def depth_following(
     domains, sets = np.asarray(conditions["domains"]), np.asarray(conditions["sets"])
     groups = [f"{d}/{s}" for d, s in zip(domains, sets)]
     clusters_all = conditions["clusters"]
-    edges = edge_following_scores(_to_uint8(images_hwc), maps, groups, clusters_all)
+    edges = edge_following_scores(images_uint8, maps, groups, clusters_all)
     scores = {
         "own": _spearman_rows(judged, maps),
         "chance": _any_other_chance(judged, maps, groups, clusters_all),

@@ -65,8 +65,7 @@ import torch
 from tqdm.auto import tqdm
 
 from depth2img.data.depth_spec import to_near_high
-from depth2img.data.synthetic.augment import CROP_CORNERS, CROP_FRACTION
-from depth2img.data.synthetic.augment import crop_array as crop_corner
+from depth2img.data.synthetic.augment import CROP_CORNERS, CROP_FRACTION, crop_array
 from depth2img.evaluation.bootstrap import format_stat, paired_difference, summarize
 from depth2img.evaluation.depth_metrics import (
     DEPTH_METRICS,
@@ -230,7 +229,8 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
     """Render every (scene, rotation, target condition) task, in that order (conditions
     resolved per domain). Source, target and depth of a task are rotated together; with
     ``rotations == (0,)`` the tasks (and their indices, hence seeds) are the upright ones.
-    With ``crop`` every image, depth and mask is cut at that corner first (:func:`crop_corner`).
+    With ``crop`` every image, depth and mask is cut at that corner first
+    (``data.synthetic.augment.crop_array``).
     """
     from depth2img.data.synthetic import render_sample
 
@@ -241,16 +241,16 @@ def build_tasks(settings: BenchmarkSettings) -> list[PairedScene]:
             settings.domain, scene, settings.source_condition, settings.size, settings.render_seed
         )
         near_high, valid = to_near_high(torch.from_numpy(source.depth), source.depth_kind)
-        near_high = crop_corner(near_high.numpy(), settings.crop)
-        valid = crop_corner(valid.numpy(), settings.crop)
-        source_image = crop_corner(source.image, settings.crop)
+        near_high = crop_array(near_high.numpy(), settings.crop)
+        valid = crop_array(valid.numpy(), settings.crop)
+        source_image = crop_array(source.image, settings.crop)
         targets = {
             condition: render_sample(
                 settings.domain, scene, condition, settings.size, settings.render_seed
             )
             for condition in settings.target_conditions
         }
-        target_images = {c: crop_corner(t.image, settings.crop) for c, t in targets.items()}
+        target_images = {c: crop_array(t.image, settings.crop) for c, t in targets.items()}
         for angle in settings.rotations:
             for condition, target in targets.items():
                 tasks.append(
