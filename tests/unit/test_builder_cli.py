@@ -19,6 +19,8 @@ SHIPPED = str(Path(__file__).resolve().parents[2] / "data" / "models")
         (["--steps-scale", "0"], "--steps-scale must be > 0"),
         (["--keep-extra", SHIPPED], "pass that build's --parent too"),
         (["--sdxl-controlnet-init", SHIPPED], "pass --keep-extra"),
+        (["--sd-controlnet-init", SHIPPED], "pass that build's --parent"),
+        (["--sd-controlnet-init", str(Path(SHIPPED).parent)], "lacks tiny-sd-depth-controlnet/"),
         (["--depth-init", str(Path(SHIPPED).parent)], "lacks unet/"),
     ],
 )

@@ -172,6 +172,16 @@ def test_controlnet_data_is_the_leading_share_of_the_unet_data():
     assert torch.equal(everything.latents, latents)
 
 
+def _trained_3_steps(comps, latents, control, text, uncond) -> ControlNetModel:
+    """A ControlNet of ``comps.unet`` trained 3 steps (zero convolutions no longer 0)."""
+    trained, _ = controlnet_stage.train_controlnet(
+        comps.unet, controlnet_stage.build_controlnet(comps.unet, comps.vae_scale_factor),
+        latents, control, text, uncond, DDPMScheduler(**sd_scheduler_config()),
+        steps=3, lr=1e-3, batch=2, caption_dropout=0.0, ema_decay=0.0, seed=0,
+    )  # fmt: skip
+    return trained
+
+
 def test_controlnet_stage_continues_from_an_existing_controlnet_and_keeps_its_facts(tmp_path):
     """``--sdxl-controlnet-init``: the stage starts from the given ControlNet (not from
     ``from_unet``), trains it at the continuation LR, and the saved folder records both the
@@ -180,11 +190,7 @@ def test_controlnet_stage_continues_from_an_existing_controlnet_and_keeps_its_fa
     from tools.build_tiny_base.stage_cache import StageCache
 
     comps, latents, control, text, uncond = _tiny_sd_setup()
-    trained, _ = controlnet_stage.train_controlnet(
-        comps.unet, controlnet_stage.build_controlnet(comps.unet, comps.vae_scale_factor),
-        latents, control, text, uncond, DDPMScheduler(**sd_scheduler_config()),
-        steps=3, lr=1e-3, batch=2, caption_dropout=0.0, ema_decay=0.0, seed=0,
-    )  # fmt: skip
+    trained = _trained_3_steps(comps, latents, control, text, uncond)
     folder = export.save_controlnet(tmp_path, trained, "cn", "shipped-base", "sd", steps=3)
     facts = extra_models._training_facts(folder)
     assert facts == {"steps": 3}
@@ -206,3 +212,34 @@ def test_controlnet_stage_continues_from_an_existing_controlnet_and_keeps_its_fa
     fresh = controlnet_stage.build_controlnet(comps.unet, comps.vae_scale_factor)
     assert float(fresh.controlnet_mid_block.weight.detach().abs().max()) == 0
     assert float(continued.controlnet_mid_block.weight.detach().abs().max()) > 0
+
+
+def test_sd_controlnet_init_continues_the_sd_controlnet_and_records_the_continuation(tmp_path):
+    """``--sd-controlnet-init``: ``train_extra_models`` continues the folder's SD ControlNet
+    (not ``from_unet``, not kept) for ``sd_controlnet_continue_steps`` at
+    ``sd_controlnet_continue_lr``, and its facts list the earlier training and this round."""
+    from tools.build_tiny_base import extra_models
+    from tools.build_tiny_base.stage_cache import StageCache
+
+    comps, latents, control, text, uncond = _tiny_sd_setup()
+    trained = _trained_3_steps(comps, latents, control, text, uncond)
+    export.save_controlnet(
+        tmp_path, trained, extra_models.SD_CONTROLNET_FOLDER, "shipped-base", "sd",
+        steps=3, learning_rate=1e-3,
+    )  # fmt: skip
+    start = [p.detach().clone() for p in trained.parameters()]
+    cfg = configs.BuildConfig.quick()
+    cfg.ema_decay, cfg.controlnet_timesteps = 0.0, "cubic"
+    cfg.sd_controlnet_continue_steps, cfg.sd_controlnet_continue_lr = 2, 1e-4
+    data = TrainingData(latents, torch.zeros(2, 6, 1, 32, 32), ["x"] * 6, n_base=6)
+    models = extra_models.train_extra_models(
+        StageCache(None), cfg, comps, "parent", data, text.hidden, uncond.hidden,
+        DDPMScheduler(**sd_scheduler_config()), with_sdxl=False, sd_controlnet_init=tmp_path,
+    )  # fmt: skip
+    assert not models.reused["sd_controlnet"]
+    moved = [float((a - b).abs().max()) for a, b in zip(models.controlnet.parameters(), start)]
+    assert 0 < max(moved) < 1e-3  # continued from the folder's weights at 1e-4 for 2 steps
+    facts = models.facts["sd_controlnet"]
+    assert facts["steps"] == 3 and facts["continued_steps"] == 2
+    assert facts["continued_learning_rate"] == 1e-4 and facts["continued_timesteps"] == "cubic"
+    assert facts["continuations"] == [{"steps": 2, "learning_rate": 1e-4, "timesteps": "cubic"}]

@@ -47,18 +47,15 @@ def test_no_judge_only_scenes_by_default_and_an_empty_set_concatenates():
 def test_a_controlnet_continued_twice_keeps_both_continuations_on_record():
     from tools.build_tiny_base.extra_models import _continued_facts
 
-    cfg = configs.BuildConfig.continued()
-    cfg.sdxl_controlnet_continue_steps, cfg.sdxl_controlnet_continue_lr = 2800, 5e-4
-    cfg.controlnet_timesteps = "cubic"
     # a folder written before the list existed: one continued_* pair
     legacy = {"steps": 2800, "learning_rate": 1e-3, "continued_steps": 1400}
     legacy["continued_learning_rate"] = 2.5e-4
-    facts = _continued_facts(legacy, cfg)
+    facts = _continued_facts(legacy, 2800, 5e-4, "cubic")
     assert facts["steps"] == 2800 and facts["continued_steps"] == 2800
     assert facts["continued_timesteps"] == "cubic"
     assert facts["continuations"] == [
         {"steps": 1400, "learning_rate": 2.5e-4},
         {"steps": 2800, "learning_rate": 5e-4, "timesteps": "cubic"},
     ]
-    again = _continued_facts(facts, cfg)  # a third round appends, never overwrites
+    again = _continued_facts(facts, 2800, 5e-4, "cubic")  # a third round appends, never overwrites
     assert len(again["continuations"]) == 3 and again["continuations"][:2] == facts["continuations"]

@@ -1,11 +1,16 @@
 """The depth-following check of the tiny-base builder (tools/build_tiny_base/samples.py):
 which maps it asks for, and what it calls chance."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from depth2img.evaluation.depth_metrics import spearman
 from tools.build_tiny_base import dataset, samples
+
+SHIPPED = Path(__file__).resolve().parents[2] / "data" / "models"
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +140,36 @@ def test_readme_names_every_reused_folder_and_an_uncommitted_judge_init():
     note = _previous_note(info)
     assert "`--parent`, `--depth-unet`" in note and "`abc1234`" in note
     assert "that judge" not in _judge_steps(info)
+    info["input_notes"] = {"--depth-unet": "the UNet at abc1234 continued 2400 steps"}
+    note = _previous_note(info)
+    assert "`--parent` are `data/models`" in note  # the noted folder is not claimed committed
+    assert "`--depth-unet` /p/tiny-depth2img: the UNet at abc1234 continued 2400 steps" in note
     info["judge_init_recipe"] = "the judge at abc1234 continued 3000 steps"
     steps = _judge_steps(info)
     assert "1500 steps (lr 0.00025); that judge: the judge at abc1234 continued 3000" in steps
+
+
+def test_readme_says_a_kept_controlnet_was_continued_earlier_not_by_this_build():
+    """A ControlNet kept with --keep-extra whose folder records a continuation is described as
+    kept and continued earlier (with its timestep sampling), never as "continued by this build"
+    with an unset option; one continued by this build names its option and folder."""
+    from tools.build_tiny_base.report import _controlnet_section
+
+    info = json.loads((SHIPPED / "build_info.json").read_text())
+    info["sd_controlnet_init"] = None
+    info["controlnet_facts"]["sd_controlnet"] = {
+        "steps": 2000,
+        "learning_rate": 1e-3,
+        "continued_steps": 2000,
+        "continued_learning_rate": 5e-4,
+        "continued_timesteps": "cubic",
+        "continuations": [{"steps": 2000, "learning_rate": 5e-4, "timesteps": "cubic"}],
+    }
+    text = _controlnet_section(info)
+    sd = text[text.index("tiny-sd-depth-controlnet/") : text.index("tiny-sdxl-depth-controlnet/")]
+    assert "(`--keep-extra`), trained by this tool: 2000 steps + 2000 continued earlier" in sd
+    assert "(learning rate 0.0005, cubic timestep sampling)" in sd
+    assert "by this build" not in sd and "None" not in sd
+    info["sd_controlnet_init"] = "/x/models"
+    sd = _controlnet_section(info)
+    assert "2000 steps + 2000 continued by this build (`--sd-controlnet-init /x/models`" in sd

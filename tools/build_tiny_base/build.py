@@ -67,9 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="full",
         help="budget preset: quick (smoke test), draft, full (the recipe shipped until "
         "2026-12-07), candidate (shipped since 2026-12-07: sharper VAE, longer bases, "
-        "endoscopy-lit procedural scenes), continued (the candidate's depth UNet and SDXL "
-        "ControlNet continued with dense aerial towns; use with --depth-init, "
-        "--sdxl-controlnet-init, --keep-extra)",
+        "endoscopy-lit procedural scenes), continued (the candidate's depth UNet and ControlNets "
+        "continued with dense aerial towns; use with --depth-init, --sdxl-controlnet-init, "
+        "--sd-controlnet-init, --keep-extra)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     parser.add_argument(
@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="existing models folder (e.g. a copy of data/models) whose tiny-sdxl-base, "
         "tiny-sd-depth-controlnet and tiny-sdxl-depth-controlnet are kept instead of trained "
-        "(except a ControlNet named by --sdxl-controlnet-init)",
+        "(except a ControlNet named by --sdxl-controlnet-init or --sd-controlnet-init)",
     )
     parser.add_argument(
         "--sdxl-controlnet-init",
@@ -135,6 +135,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="existing models folder whose tiny-sdxl-depth-controlnet the SDXL ControlNet stage "
         "continues from (sdxl_controlnet_continue_steps at sdxl_controlnet_continue_lr)",
+    )
+    parser.add_argument(
+        "--sd-controlnet-init",
+        type=Path,
+        default=None,
+        help="existing models folder whose tiny-sd-depth-controlnet the SD ControlNet stage "
+        "continues from (sd_controlnet_continue_steps at sd_controlnet_continue_lr; needs the "
+        "--parent it was trained on)",
     )
     parser.add_argument(
         "--set",
@@ -212,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         "error: --sdxl-controlnet-init needs the SDXL base it was trained on: pass --keep-extra"
         if args.sdxl_controlnet_init is not None and args.keep_extra is None
         else None,
+        _check_folder(
+            args.sd_controlnet_init, "--sd-controlnet-init", (extra_models.SD_CONTROLNET_FOLDER,)
+        ),
+        "error: --sd-controlnet-init needs the SD base it was trained on: pass that build's "
+        "--parent"
+        if args.sd_controlnet_init is not None and args.parent is None
+        else None,
         "error: --keep-extra keeps networks trained on another build's VAE and SD base: pass "
         "that build's --parent too"
         if args.keep_extra is not None and args.parent is None
@@ -229,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.num_threads = args.threads
     steps = ("vae_steps", "judge_steps", "judge_continue_steps", "base_steps", "depth_steps")
     steps += ("controlnet_steps", "sdxl_base_steps", "sdxl_controlnet_steps")
-    for name in steps + ("sdxl_controlnet_continue_steps",):
+    for name in steps + ("sdxl_controlnet_continue_steps", "sd_controlnet_continue_steps"):
         setattr(cfg, name, max(1, round(getattr(cfg, name) * args.steps_scale)))
     torch.set_num_threads(cfg.num_threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -430,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             init_key,
             [latents, depth_cond, text_emb, uncond, sd_scheduler_config()],
             _fields(cfg, "seed", "depth_steps", "depth_lr", "depth_caption_dropout"),
+            _fields(cfg, "depth_timesteps"),
             _fields(cfg, "unet_batch", "ema_decay"),
             unet_code + [expand_unet_input_channels, augmented_views],
         )
@@ -448,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=cfg.seed + 6,
                 depth=depth_cond,
                 caption_dropout=cfg.depth_caption_dropout,
+                timesteps=cfg.depth_timesteps,
                 desc="train depth UNet",
                 **unet_kwargs,
             )[0],
@@ -475,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         not args.skip_sdxl,
         keep=args.keep_extra,
         sdxl_controlnet_init=args.sdxl_controlnet_init,
+        sd_controlnet_init=args.sd_controlnet_init,
     )
     reused.update(extras.reused)
     lap("extra_models")
@@ -597,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "sdxl_controlnet_init": (
             str(args.sdxl_controlnet_init) if args.sdxl_controlnet_init else None
         ),
+        "sd_controlnet_init": str(args.sd_controlnet_init) if args.sd_controlnet_init else None,
         "timings_s": timings,
         "reused_stages": [stage for stage, hit in reused.items() if hit],
         "controlnet_facts": extras.facts,

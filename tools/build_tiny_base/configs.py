@@ -208,6 +208,10 @@ class BuildConfig:
     # used when continuing from a trained depth UNet (--depth-init): 800 steps at 5e-4 did not
     # teach it to follow rotated depth maps.
     depth_lr: float = 1e-3
+    # Training timestep sampling of the depth UNet, as ``controlnet_timesteps``. "cubic" puts
+    # 79 % of the steps at t >= T/2, where a sample's layout is decided: for continuing a depth
+    # UNet that already draws each domain and should follow depth maps more closely.
+    depth_timesteps: str = "uniform"
     caption_dropout: float = 0.1
     # Depth stage: the caption alone already tells the domain (street vs tube), so with 10 %
     # dropout a first build ignored the depth channel after 1000 steps. Dropping half of the
@@ -247,6 +251,11 @@ class BuildConfig:
     # rotated street as well, and aerial crops, but not street probes; docs/benchmarks.md).
     sdxl_controlnet_continue_steps: int = 1400
     sdxl_controlnet_continue_lr: float = 2.5e-4
+    # --sd-controlnet-init: the same for the SD ControlNet. A pilot (session 15: + 2000 at 5e-4
+    # with controlnet_timesteps="cubic") passed 2 sets at scale 1 instead of 1 and raised the
+    # aerial following (docs/benchmarks.md).
+    sd_controlnet_continue_steps: int = 2000
+    sd_controlnet_continue_lr: float = 5e-4
     ema_decay: float = 0.99  # short runs: a long EMA lags far behind the trained weights
     num_threads: int = 1  # 2 threads on 2 oversubscribed cores was 10x slower (OpenMP spin)
 
@@ -331,9 +340,10 @@ class BuildConfig:
     @classmethod
     def continued(cls, seed: int = 0) -> BuildConfig:
         """The candidate recipe continued with dense aerial towns in the UNets' data: the depth
-        UNet continues from the shipped one (``--depth-init``) for ``depth_steps``, the SDXL
-        ControlNet from the shipped one (``--sdxl-controlnet-init``); the bases, the judge and
-        the SD ControlNet are kept (``--parent``, ``--judge``, ``--keep-extra``)."""
+        UNet continues from the shipped one (``--depth-init``) for ``depth_steps``, the
+        ControlNets from the shipped ones (``--sdxl-controlnet-init``, ``--sd-controlnet-init``)
+        or are kept; the bases and the judge are kept (``--parent``, ``--judge``,
+        ``--keep-extra``)."""
         cfg = cls.candidate(seed)
         cfg.depth_dense_aerial = 300
         cfg.depth_steps = 2400

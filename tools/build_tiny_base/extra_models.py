@@ -250,6 +250,7 @@ def train_extra_models(
     with_sdxl: bool = True,
     keep: Path | None = None,
     sdxl_controlnet_init: Path | None = None,
+    sd_controlnet_init: Path | None = None,
 ) -> ExtraModels:
     """SDXL base + its ControlNet (unless ``with_sdxl`` is False), then the SD ControlNet.
 
@@ -257,9 +258,11 @@ def train_extra_models(
         parent: the SD parent (vae, text_encoder, tokenizer, unet frozen).
         text_emb: (N, L, D) SD caption embeddings of ``data.captions``; uncond: (1, L, D).
         keep: a models folder whose ``KEPT_FOLDERS`` are loaded instead of trained
-            (``--keep-extra``), except the SDXL ControlNet when ``sdxl_controlnet_init`` is set.
+            (``--keep-extra``), except a ControlNet whose ``*_init`` is set.
         sdxl_controlnet_init: a models folder whose SDXL ControlNet is continued for
             ``cfg.sdxl_controlnet_continue_steps`` (needs ``keep``: its base).
+        sd_controlnet_init: a models folder whose SD ControlNet is continued for
+            ``cfg.sd_controlnet_continue_steps`` (on ``parent``: the base it was trained on).
     """
     models = ExtraModels()
     if with_sdxl:
@@ -267,16 +270,13 @@ def train_extra_models(
             cache, cfg, parent, data, scheduler, keep
         )
         models.sdxl = sdxl
-        if keep is not None and sdxl_controlnet_init is None:
-            models.sdxl_controlnet = _kept_controlnet(keep / SDXL_CONTROLNET_FOLDER)
-            models.reused["sdxl_controlnet"] = True
-            models.facts["sdxl_controlnet"] = _training_facts(keep / SDXL_CONTROLNET_FOLDER)
+        kept, init = _kept_or_continued(
+            models, "sdxl_controlnet", SDXL_CONTROLNET_FOLDER, keep, sdxl_controlnet_init,
+            cfg.sdxl_controlnet_continue_steps, cfg.sdxl_controlnet_continue_lr, cfg,
+        )  # fmt: skip
+        if kept is not None:
+            models.sdxl_controlnet = kept
         else:
-            init = None
-            if sdxl_controlnet_init is not None:
-                folder = sdxl_controlnet_init / SDXL_CONTROLNET_FOLDER
-                init = ControlNetModel.from_pretrained(folder)
-                models.facts["sdxl_controlnet"] = _continued_facts(_training_facts(folder), cfg)
             cn_data, cn_text = data.for_controlnets(text)
             models.sdxl_controlnet, models.reused["sdxl_controlnet"] = controlnet_for(
                 cache, "sdxl_controlnet", sdxl_key, sdxl.unet, "sdxl", cn_data, cn_text,
@@ -286,17 +286,50 @@ def train_extra_models(
                 init=init,
                 lr=None if init is None else cfg.sdxl_controlnet_continue_lr,
             )  # fmt: skip
-    if keep is not None:
-        models.controlnet = _kept_controlnet(keep / SD_CONTROLNET_FOLDER)
-        models.reused["sd_controlnet"] = True
-        models.facts["sd_controlnet"] = _training_facts(keep / SD_CONTROLNET_FOLDER)
+    kept, init = _kept_or_continued(
+        models, "sd_controlnet", SD_CONTROLNET_FOLDER, keep, sd_controlnet_init,
+        cfg.sd_controlnet_continue_steps, cfg.sd_controlnet_continue_lr, cfg,
+    )  # fmt: skip
+    if kept is not None:
+        models.controlnet = kept
         return models
     cn_data, cn_text = data.for_controlnets(PromptEmbeds(text_emb))
     models.controlnet, models.reused["sd_controlnet"] = controlnet_for(
         cache, "sd_controlnet", base_key, parent.unet, "sd", cn_data, cn_text,
-        PromptEmbeds(uncond), scheduler, cfg, cfg.controlnet_steps, cfg.seed + 8,
+        PromptEmbeds(uncond), scheduler, cfg,
+        cfg.controlnet_steps if init is None else cfg.sd_controlnet_continue_steps,
+        cfg.seed + 8,
+        init=init,
+        lr=None if init is None else cfg.sd_controlnet_continue_lr,
     )  # fmt: skip
     return models
+
+
+def _kept_or_continued(
+    models: ExtraModels,
+    name: str,
+    folder: str,
+    keep: Path | None,
+    init_from: Path | None,
+    continue_steps: int,
+    continue_lr: float,
+    cfg: configs.BuildConfig,
+) -> tuple[ControlNetModel | None, ControlNetModel | None]:
+    """Where the ControlNet ``name`` starts: (kept from ``keep``, None) when kept, (None, the
+    ControlNet of ``init_from`` to continue) when continued, (None, None) when trained from
+    ``from_unet``. Records its training facts (and, when kept, that it was reused) in
+    ``models``."""
+    if keep is not None and init_from is None:
+        models.reused[name] = True
+        models.facts[name] = _training_facts(keep / folder)
+        return _kept_controlnet(keep / folder), None
+    if init_from is None:
+        return None, None
+    path = init_from / folder
+    models.facts[name] = _continued_facts(
+        _training_facts(path), continue_steps, continue_lr, cfg.controlnet_timesteps
+    )
+    return None, ControlNetModel.from_pretrained(path)
 
 
 def _kept_controlnet(folder: Path) -> ControlNetModel:
@@ -311,8 +344,9 @@ def _training_facts(folder: Path) -> dict:
     return {k: v for k, v in meta.items() if any(word in k for word in keep)}
 
 
-def _continued_facts(facts: dict, cfg: configs.BuildConfig) -> dict:
-    """``facts`` of a ControlNet folder plus this build's continuation: ``continued_steps`` /
+def _continued_facts(facts: dict, steps: int, learning_rate: float, timesteps: str) -> dict:
+    """``facts`` of a ControlNet folder plus this build's continuation (``steps`` at
+    ``learning_rate``, ``timesteps`` sampling): ``continued_steps`` /
     ``continued_learning_rate`` / ``continued_timesteps`` describe this build's, and
     ``continuations`` lists every continuation in order (so a ControlNet continued twice keeps
     the first one on record; folders from before the list held one ``continued_*`` pair)."""
@@ -321,11 +355,7 @@ def _continued_facts(facts: dict, cfg: configs.BuildConfig) -> dict:
         rounds.append(
             {"steps": facts["continued_steps"], "learning_rate": facts["continued_learning_rate"]}
         )
-    this = {
-        "steps": cfg.sdxl_controlnet_continue_steps,
-        "learning_rate": cfg.sdxl_controlnet_continue_lr,
-        "timesteps": cfg.controlnet_timesteps,
-    }
+    this = {"steps": steps, "learning_rate": learning_rate, "timesteps": timesteps}
     base = {k: v for k, v in facts.items() if not k.startswith("continu")}
     return base | {
         "continued_steps": this["steps"],

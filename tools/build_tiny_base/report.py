@@ -268,7 +268,7 @@ Deterministic given the seed and the software versions. Same recipe as SD2-depth
 4. **Depth UNet**: {_depth_start(info)}, then {cfg["depth_steps"]} steps with the depth channel on {", ".join(f"{k} {v}" for k, v in mix["unet"].items() if k != "views_per_image")}
    images, each as {mix["unet"]["views_per_image"]} views (the image + geometrically augmented copies: rotations,
    mirror, off-centre crop + rescale, image and depth together), min-SNR-5 epsilon loss, EMA
-   {cfg["ema_decay"]}, learning rate {cfg["depth_lr"]:g}, {cfg["depth_caption_dropout"]:.0%} caption dropout
+   {cfg["ema_decay"]}, learning rate {cfg["depth_lr"]:g}{_depth_timesteps(cfg)}, {cfg["depth_caption_dropout"]:.0%} caption dropout
    (aerial kept at <= {cfg["unet_aerial_fraction"]:.0%} of the domain mix, so fine-tuning on aerial has something to show).
 
 ## Numbers (held-out scenes)
@@ -349,10 +349,24 @@ def _aerial_note(mix: dict) -> str:
     )
 
 
+# name -> (folder, base folder, steps field, builder option that continues it)
 _CONTROLNET_TEXT = {
-    "sd_controlnet": ("tiny-sd-depth-controlnet", "tiny-sd-base", "controlnet_steps"),
-    "sdxl_controlnet": ("tiny-sdxl-depth-controlnet", "tiny-sdxl-base", "sdxl_controlnet_steps"),
-}
+    "sd_controlnet": (
+        "tiny-sd-depth-controlnet", "tiny-sd-base", "controlnet_steps", "sd_controlnet_init"
+    ),
+    "sdxl_controlnet": (
+        "tiny-sdxl-depth-controlnet", "tiny-sdxl-base", "sdxl_controlnet_steps",
+        "sdxl_controlnet_init",
+    ),
+}  # fmt: skip
+
+
+def _timestep_note(timesteps: str, with_option: bool) -> str:
+    """ ", cubic timestep sampling" (and the option that sets it), empty for uniform."""
+    if timesteps == "uniform":
+        return ""
+    option = f" (`--set controlnet_timesteps={timesteps}`)" if with_option else ""
+    return f", {timesteps} timestep sampling{option}"
 
 
 def _controlnet_section(info: dict) -> str:
@@ -372,28 +386,36 @@ def _controlnet_section(info: dict) -> str:
   (rows = held-out captions, columns = seeds).
 """)
     for name, metrics in m.get("controlnets", {}).items():
-        folder, base, steps = _CONTROLNET_TEXT[name]
+        folder, base, steps, init_option = _CONTROLNET_TEXT[name]
         facts = info.get("controlnet_facts", {}).get(name, {})
         data_note = ""
         steps_text = f"{facts.get('steps', cfg[steps])} steps"
         if "continued_steps" in facts:
-            earlier = facts.get("continuations", [])[:-1]
+            continued_here = bool(info.get(init_option))
+            rounds = facts.get("continuations") or [
+                {
+                    "steps": facts["continued_steps"],
+                    "learning_rate": facts["continued_learning_rate"],
+                }
+            ]
+            earlier = rounds[:-1] if continued_here else rounds
             steps_text += "".join(
-                f" + {r['steps']} continued earlier (learning rate {r['learning_rate']:g})"
+                f" + {r['steps']} continued earlier (learning rate {r['learning_rate']:g}"
+                f"{_timestep_note(r.get('timesteps', 'uniform'), False)})"
                 for r in earlier
             )
-            timesteps = facts.get("continued_timesteps", "uniform")
-            timestep_note = (
-                f", {timesteps} timestep sampling (`--set controlnet_timesteps={timesteps}`)"
-                if timesteps != "uniform"
-                else ""
-            )
-            steps_text += (
-                f" + {facts['continued_steps']} continued by this build (`--sdxl-controlnet-init "
-                f"{info.get('sdxl_controlnet_init')}`, learning rate "
-                f"{facts['continued_learning_rate']:g}{timestep_note}, with the dense aerial towns"
-                " in the data)"
-            )
+            if continued_here:
+                timestep_note = _timestep_note(facts.get("continued_timesteps", "uniform"), True)
+                steps_text += (
+                    f" + {facts['continued_steps']} continued by this build "
+                    f"(`--{init_option.replace('_', '-')} {info.get(init_option)}`, learning rate "
+                    f"{facts['continued_learning_rate']:g}{timestep_note}, with the dense aerial "
+                    "towns in the data)"
+                )
+            elif kept:
+                steps_text = f"kept from `{kept}` (`--keep-extra`), trained by this tool: " + (
+                    steps_text
+                )
         elif kept:
             steps_text = (
                 f"kept from `{kept}` (`--keep-extra`), trained earlier by this tool: " + steps_text
@@ -495,7 +517,7 @@ def following_verdict(following: dict) -> str:
 
 def _previous_note(info: dict) -> str:
     """Where the folders of ``--parent``, ``--depth-init``, ``--judge``, ``--keep-extra`` and
-    ``--sdxl-controlnet-init`` came from (``previous_build_commit``, set after the build)."""
+    ``--sd(xl)-controlnet-init`` came from (``previous_build_commit``, set after the build)."""
     commit = info.get("previous_build_commit")
     options = {
         "--parent": info.get("parent"),
@@ -504,14 +526,33 @@ def _previous_note(info: dict) -> str:
         "--judge": info.get("judge_from"),
         "--keep-extra": info.get("extra_from"),
         "--sdxl-controlnet-init": info.get("sdxl_controlnet_init"),
+        "--sd-controlnet-init": info.get("sd_controlnet_init"),
     }
-    used = [name for name, value in options.items() if value]
-    if not used or not commit:
+    # input_notes: {option: what its folder was} for folders that were never committed (an
+    # intermediate build continued again), set after the build like previous_build_commit.
+    notes = info.get("input_notes", {})
+    used = [name for name, value in options.items() if value and name not in notes]
+    text = ""
+    if used and commit:
+        text = (
+            f"The folders given to {', '.join(f'`{name}`' for name in used)} are `data/models` "
+            f"(or its subfolders) as committed at `{commit}`, copied out before this build "
+            "overwrote them.\n"
+        )
+    for name, note in notes.items():
+        if options.get(name):
+            text += f"`{name}` {options[name]}: {note}\n"
+    return text
+
+
+def _depth_timesteps(cfg: dict) -> str:
+    """The depth stage's timestep sampling, when not uniform (builds before it had none)."""
+    timesteps = cfg.get("depth_timesteps", "uniform")
+    if timesteps == "uniform":
         return ""
     return (
-        f"The folders given to {', '.join(f'`{name}`' for name in used)} are `data/models` "
-        f"(or its subfolders) as committed at `{commit}`, copied out before this build "
-        "overwrote them.\n"
+        f", {timesteps} timestep sampling (`--set depth_timesteps={timesteps}`: 79 % of the steps"
+        " at t >= T/2, where the layout is decided)"
     )
 
 
@@ -526,12 +567,15 @@ def _depth_start(info: dict) -> str:
             "with `depth2img.models.conditioning.concat.expand_unet_input_channels`"
         )
     if info.get("depth_init"):
-        return (
-            f"continued from the depth UNet in `{info['depth_init']}` (`--depth-init`: the "
-            "previously shipped one, the base UNet widened to 5 input channels with "
+        # depth_init_recipe: what that UNet was, when it is not simply the shipped one (set
+        # after the build, like judge_init_recipe, e.g. for a chain of continuations).
+        recipe = info.get(
+            "depth_init_recipe",
+            "the previously shipped one, the base UNet widened to 5 input channels with "
             "`depth2img.models.conditioning.concat.expand_unet_input_channels` and trained by "
-            "this tool; its recipe is in this README's git history)"
+            "this tool; its recipe is in this README's git history",
         )
+        return f"continued from the depth UNet in `{info['depth_init']}` (`--depth-init`: {recipe})"
     return (
         "the base UNet widened to 5 input channels with "
         "`depth2img.models.conditioning.concat.expand_unet_input_channels` (new channel zero-initialized, "

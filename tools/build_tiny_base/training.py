@@ -42,6 +42,7 @@ from depth2img.models.losses import (
     compute_snr,
     min_snr_weights,
     sample_noise,
+    sample_timesteps,
     training_target,
     weighted_mse,
 )
@@ -398,6 +399,7 @@ def train_unet(
     seed: int,
     depth: torch.Tensor | None = None,
     min_snr_gamma: float = 5.0,
+    timesteps: str = "uniform",
     desc: str = "train UNet",
 ) -> tuple[UNet2DConditionModel, list[float]]:
     """Diffusion training on cached latents (library loss, min-SNR weights, EMA, optimizer).
@@ -409,6 +411,8 @@ def train_unet(
         text_emb: (N, L, D) caption embeddings; uncond_emb: (1, L, D) embedding of "".
         scheduler: provides the noise schedule and ``prediction_type``.
         depth: (V, N, 1, h, w) depth channel in [-1, 1] matching ``latents`` (depth UNet only).
+        timesteps: training timestep sampling (``depth2img.models.losses.sample_timesteps``):
+            "uniform", or "cubic" (more of the gradient at high noise, where layout is decided).
 
     Returns:
         The EMA weights (a copy of ``unet``) and the loss history.
@@ -426,7 +430,7 @@ def train_unet(
         view = torch.randint(0, views, (batch,), generator=gen)
         x0 = latents[view, idx]  # [B, C, h, w]
         noise = sample_noise(x0, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        t = sample_timesteps(batch, scheduler.config.num_train_timesteps, timesteps, gen)
         noisy = scheduler.add_noise(x0, noise, t)
         drop = torch.rand(batch, generator=gen) < caption_dropout
         cond = torch.where(drop.view(-1, 1, 1), uncond_emb.expand(batch, -1, -1), text_emb[idx])
