@@ -362,7 +362,7 @@ _CONTROLNET_TEXT = {
 
 
 def _timestep_note(timesteps: str, with_option: bool) -> str:
-    """ ", cubic timestep sampling" (and the option that sets it), empty for uniform."""
+    """The text ", cubic timestep sampling" (and the option that sets it); empty for uniform."""
     if timesteps == "uniform":
         return ""
     option = f" (`--set controlnet_timesteps={timesteps}`)" if with_option else ""
