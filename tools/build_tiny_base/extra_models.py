@@ -272,7 +272,8 @@ def train_extra_models(
         models.sdxl = sdxl
         kept, init = _kept_or_continued(
             models, "sdxl_controlnet", SDXL_CONTROLNET_FOLDER, keep, sdxl_controlnet_init,
-            cfg.sdxl_controlnet_continue_steps, cfg.sdxl_controlnet_continue_lr, cfg,
+            cfg.sdxl_controlnet_continue_steps, cfg.sdxl_controlnet_continue_lr,
+            cfg.controlnet_timesteps,
         )  # fmt: skip
         if kept is not None:
             models.sdxl_controlnet = kept
@@ -288,7 +289,7 @@ def train_extra_models(
             )  # fmt: skip
     kept, init = _kept_or_continued(
         models, "sd_controlnet", SD_CONTROLNET_FOLDER, keep, sd_controlnet_init,
-        cfg.sd_controlnet_continue_steps, cfg.sd_controlnet_continue_lr, cfg,
+        cfg.sd_controlnet_continue_steps, cfg.sd_controlnet_continue_lr, cfg.controlnet_timesteps,
     )  # fmt: skip
     if kept is not None:
         models.controlnet = kept
@@ -313,7 +314,7 @@ def _kept_or_continued(
     init_from: Path | None,
     continue_steps: int,
     continue_lr: float,
-    cfg: configs.BuildConfig,
+    timesteps: str,
 ) -> tuple[ControlNetModel | None, ControlNetModel | None]:
     """Where the ControlNet ``name`` starts: (kept from ``keep``, None) when kept, (None, the
     ControlNet of ``init_from`` to continue) when continued, (None, None) when trained from
@@ -327,7 +328,7 @@ def _kept_or_continued(
         return None, None
     path = init_from / folder
     models.facts[name] = _continued_facts(
-        _training_facts(path), continue_steps, continue_lr, cfg.controlnet_timesteps
+        _training_facts(path), continue_steps, continue_lr, timesteps
     )
     return None, ControlNetModel.from_pretrained(path)
 
